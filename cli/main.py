@@ -1,0 +1,254 @@
+"""`landscape` command-line entry point.
+
+Every command is one library call; user mistakes (``LandscapeError``) end in one line on stderr
+and exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from landscape.errors import ConfigError, LandscapeError
+
+app = typer.Typer(
+    name="landscape",
+    help="Train networks with the losses and optimizers the generalization literature studies, "
+    "then measure the geometry of what was trained.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``["width=256", "activation=gelu"]`` → ``{"width": 256, "activation": "gelu"}`` (values parsed as JSON when they can be)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def build_train_config(config_file: Path | None, overrides: dict[str, Any], params: dict[str, dict[str, Any]]):
+    """The config from ``--config`` (or the defaults), with explicitly given flags applied on top."""
+    from landscape.train.config import TrainConfig
+
+    base = TrainConfig.from_json(config_file) if config_file else TrainConfig()
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    for key, extra in params.items():
+        if extra:
+            changes[key] = {**getattr(base, key), **extra}
+    return base.replace(**changes) if changes else base
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="JSON config (flags override it)."),
+    model: Optional[str] = typer.Option(None, help="Model name (see `landscape models`)."),
+    width: Optional[int] = typer.Option(None, help="Model width (shortcut for --model-param width=…)."),
+    depth: Optional[int] = typer.Option(None, help="Model depth (shortcut for --model-param depth=…)."),
+    model_param: Optional[list[str]] = typer.Option(None, "--model-param", help="KEY=VALUE, repeatable."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset name (see `landscape datasets`)."),
+    dataset_param: Optional[list[str]] = typer.Option(None, "--dataset-param", help="KEY=VALUE, repeatable."),
+    train_size: Optional[int] = typer.Option(None, help="Use a subset of this many training samples."),
+    label_noise: Optional[float] = typer.Option(None, help="Fraction of training labels flipped."),
+    random_labels: Optional[bool] = typer.Option(None, "--random-labels/--real-labels", help="Replace all training labels."),
+    imbalance_ratio: Optional[float] = typer.Option(None, help="Long-tail ratio n_max/n_min (1 = balanced)."),
+    data_seed: Optional[int] = typer.Option(None, help="Seed of the split, subset and label noise."),
+    loss: Optional[str] = typer.Option(None, help="Loss name (see `landscape losses`)."),
+    loss_param: Optional[list[str]] = typer.Option(None, "--loss-param", help="KEY=VALUE, repeatable."),
+    z_loss: Optional[float] = typer.Option(None, help="Coefficient of the logit z-loss term."),
+    flooding: Optional[float] = typer.Option(None, help="Flooding level b: |L − b| + b."),
+    optimizer: Optional[str] = typer.Option(None, help="Optimizer name (see `landscape optimizers`)."),
+    base_optimizer: Optional[str] = typer.Option(None, help="Base optimizer of the sharpness-aware family."),
+    rho: Optional[float] = typer.Option(None, help="Perturbation radius of SAM-type optimizers."),
+    momentum: Optional[float] = typer.Option(None, help="SGD momentum."),
+    optimizer_param: Optional[list[str]] = typer.Option(None, "--optimizer-param", help="KEY=VALUE, repeatable."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay."),
+    decoupled_weight_decay: Optional[bool] = typer.Option(
+        None, "--decoupled-wd/--coupled-wd", help="Decoupled (AdamW-style) or coupled (L2) decay."
+    ),
+    schedule: Optional[str] = typer.Option(None, help="LR schedule: constant, step, cosine, linear."),
+    schedule_param: Optional[list[str]] = typer.Option(None, "--schedule-param", help="KEY=VALUE, repeatable."),
+    warmup_epochs: Optional[float] = typer.Option(None, help="Linear warmup length in epochs."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs."),
+    batch_size: Optional[int] = typer.Option(None, help="Mini-batch size."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the initialization and batch order."),
+    checkpoints: Optional[str] = typer.Option(
+        None, help="Checkpoint schedule: every:K, epochs:1,2,5, steps:100,500, log:N, none."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a model and write a run directory (config.json, checkpoints/, metrics.jsonl)."""
+    from landscape.checkpoints import RunDir
+    from landscape.train.trainer import train as run_training
+
+    overrides = dict(
+        model=model, dataset=dataset, train_size=train_size, label_noise=label_noise,
+        random_labels=random_labels, imbalance_ratio=imbalance_ratio, data_seed=data_seed, loss=loss,
+        z_loss=z_loss, flooding=flooding, optimizer=optimizer, base_optimizer=base_optimizer, lr=lr,
+        weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay, schedule=schedule,
+        warmup_epochs=warmup_epochs, epochs=epochs, batch_size=batch_size, seed=seed, checkpoints=checkpoints,
+    )  # fmt: skip
+    shortcuts = {"width": width, "depth": depth}
+    model_params = {**{k: v for k, v in shortcuts.items() if v is not None}, **parse_key_values(model_param, "--model-param")}
+    optim_shortcuts = {"rho": rho, "momentum": momentum}
+    optimizer_params = {
+        **{k: v for k, v in optim_shortcuts.items() if v is not None},
+        **parse_key_values(optimizer_param, "--optimizer-param"),
+    }
+    params = {
+        "model_params": model_params,
+        "dataset_params": parse_key_values(dataset_param, "--dataset-param"),
+        "loss_params": parse_key_values(loss_param, "--loss-param"),
+        "optimizer_params": optimizer_params,
+        "schedule_params": parse_key_values(schedule_param, "--schedule-param"),
+    }
+    given = config is not None or any(v is not None for v in overrides.values()) or any(params.values())
+    if resume and not given and (out / "config.json").is_file():
+        cfg = RunDir(out).config  # `landscape train --out RUN --resume` continues the stored config
+    else:
+        cfg = build_train_config(config, overrides, params)
+    result = run_training(cfg, out, resume=resume, overwrite=overwrite, device=device, progress=progress)
+    final = result.final
+    console.print(
+        f"run directory: [bold]{result.run_dir}[/]  steps {result.steps}  "
+        f"train acc {final.get('train_acc', float('nan')):.4f}  test acc {final.get('test_acc', float('nan')):.4f}"
+    )
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory to write (replaced if it holds a run)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    epochs: int = typer.Option(30, help="Training epochs."),
+) -> None:
+    """Train an MLP with SAM on sklearn's digits (CPU, well under a minute) and print the run directory."""
+    from landscape.checkpoints import RunDir
+    from landscape.train.config import TrainConfig
+    from landscape.train.trainer import train as run_training
+
+    cfg = TrainConfig(
+        model="mlp", dataset="digits", optimizer="sam", optimizer_params={"rho": 0.05, "momentum": 0.9},
+        lr=0.05, epochs=epochs, batch_size=64, checkpoints="every:5",
+    )  # fmt: skip
+    overwrite = (out / "config.json").is_file()
+    result = run_training(cfg, out, overwrite=overwrite, device=device)
+    rows = RunDir(result.run_dir).metrics()
+    table = Table(title=f"demo run: {result.run_dir}")
+    for col in ("epoch", "train loss", "train acc", "test loss", "test acc"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        if "train_loss" in r and float(r["epoch"]).is_integer() and int(r["epoch"]) % 5 == 0:
+            table.add_row(
+                f"{r['epoch']:.0f}", f"{r['train_loss']:.4f}", f"{r['train_acc']:.4f}",
+                f"{r['test_loss']:.4f}", f"{r['test_acc']:.4f}",
+            )  # fmt: skip
+    console.print(table)
+    console.print(f"run directory: [bold]{result.run_dir}[/] ({len(RunDir(result.run_dir).checkpoints())} checkpoints)")
+
+
+def _list_registry(kind: str, entries: list[tuple[str, str, str]]) -> None:
+    table = Table(title=kind)
+    table.add_column("name", style="bold")
+    table.add_column("aliases")
+    table.add_column("parameters / description")
+    for row in entries:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _describe(registry, name: str) -> tuple[str, str, str]:
+    import inspect
+
+    obj = registry[name]
+    try:
+        sig = inspect.signature(obj)
+        params = ", ".join(
+            f"{k}={p.default!r}"
+            for k, p in sig.parameters.items()
+            if p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD
+        )
+    except (TypeError, ValueError):
+        params = ""
+    doc = " ".join((inspect.getdoc(obj) or "").split("\n\n")[0].split())
+    return name, ", ".join(registry.aliases(name)), f"{params}\n[dim]{doc}[/]" if params else f"[dim]{doc}[/]"
+
+
+@app.command("models")
+def list_models() -> None:
+    """List the registered models and their parameters."""
+    from landscape.models import MODELS
+
+    _list_registry("models", [_describe(MODELS, n) for n in MODELS.names()])
+
+
+@app.command("datasets")
+def list_datasets() -> None:
+    """List the registered datasets and their parameters."""
+    from landscape.datasets import DATASETS
+
+    _list_registry("datasets", [_describe(DATASETS, n) for n in DATASETS.names()])
+
+
+@app.command("losses")
+def list_losses() -> None:
+    """List the registered losses and their parameters."""
+    from landscape.train.losses import LOSSES
+
+    _list_registry("losses", [_describe(LOSSES, n) for n in LOSSES.names()])
+
+
+@app.command("optimizers")
+def list_optimizers() -> None:
+    """List the registered optimizers and their parameters."""
+    from landscape.train.optimizers import OPTIMIZERS
+
+    _list_registry("optimizers", [_describe(OPTIMIZERS, n) for n in OPTIMIZERS.names()])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; a LandscapeError ends in one line on stderr and exit code 2."""
+    try:
+        result = app(args=argv, standalone_mode=False, prog_name="landscape")
+        return result if isinstance(result, int) else 0
+    except LandscapeError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Abort:
+        err_console.print("interrupted; `landscape train --out RUN_DIR --resume` continues a run")
+        return 130
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted; `landscape train --out RUN_DIR --resume` continues a run")
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,42 @@
+"""Whole-split evaluation: sample-weighted mean loss and accuracy, in eval mode, without grad."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    losses: dict[str, PerSampleLoss],
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Mean of each per-sample loss over ``(x, y)`` and the accuracy, in ``eval()`` mode.
+
+    Returns ``{name: (1/N) Σ_n loss(f(x_n), y_n) for each loss} ∪ {"acc": (1/N) Σ_n 1[argmax f(x_n) = y_n]}``;
+    the model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    totals = {name: torch.zeros((), dtype=torch.float64, device=x.device) for name in losses}
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    try:
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            logits = model(xb)
+            for name, fn in losses.items():
+                totals[name] += fn(logits, yb).double().sum()
+            correct += (logits.argmax(dim=1) == yb).sum()
+    finally:
+        model.train(was_training)
+    n = max(len(x), 1)
+    out = {name: float(total) / n for name, total in totals.items()}
+    out["acc"] = float(correct) / n
+    return out

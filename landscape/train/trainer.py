@@ -1,0 +1,366 @@
+"""The training loop: seeded, resumable, writing a RUN_DIR.
+
+RUN_DIR/
+  config.json                         {"config": TrainConfig, "model_spec", "dataset", "versions", ...}
+  checkpoints/step_000000.safetensors model weights (state_dict incl. BatchNorm buffers)
+  checkpoints/step_000000.state.pt    optimizer / schedule / RNG state for resume (weights_only)
+  metrics.jsonl                       one object per evaluation: step, epoch, lr, train/test loss, CE, acc
+
+Determinism: the model is initialized from ``seed``; epoch ``e`` visits the training set in the
+order ``randperm(N, generator=seed·1_000_003 + e)``; the torch RNG state (dropout) is saved with
+every checkpoint. A run resumed from any checkpoint therefore ends with bit-identical weights
+(on CPU) to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from landscape.checkpoints import (
+    Checkpoint,
+    RunDir,
+    checkpoint_name,
+    load_state,
+    load_state_dict,
+    load_weights,
+    save_state,
+    save_weights,
+)
+from landscape.datasets import Dataset, load_dataset
+from landscape.errors import ConfigError, TrainingDiverged
+from landscape.evaluate import evaluate
+from landscape.models import build_model
+from landscape.train.config import TrainConfig, checkpoint_steps
+from landscape.train.losses import Loss, build_loss
+from landscape.train.optimizers import bn_first_pass_only, build_optimizer
+from landscape.train.schedules import build_schedule
+from landscape.utils import atomic_write, atomic_write_json, resolve_device, seed_everything, versions
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final: dict[str, Any]
+    resumed_from: int | None = None
+
+
+def load_data(config: TrainConfig) -> Dataset:
+    return load_dataset(
+        config.dataset,
+        train_size=config.train_size,
+        label_noise=config.label_noise,
+        random_labels=config.random_labels,
+        imbalance_ratio=config.imbalance_ratio,
+        seed=config.data_seed,
+        **config.dataset_params,
+    )
+
+
+def build_loss_from(config: TrainConfig) -> Loss:
+    return build_loss(config.loss, z_loss=config.z_loss, flooding=config.flooding, **config.loss_params)
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Batches per epoch; a last batch of a single sample is dropped (BatchNorm cannot train on it)."""
+    full, rest = divmod(n_train, batch_size)
+    return max(full + (1 if rest > 1 else 0), 1)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool) -> bool:
+    """Check what is in ``out``; returns True when there is a run to resume."""
+    if resume and overwrite:
+        raise ConfigError("choose one of --resume and --overwrite")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return False
+    if not out.is_dir():
+        raise ConfigError(f"output path {out} exists and is not a directory; choose another --out")
+    has_config = (out / "config.json").is_file()
+    if resume:
+        if not has_config:
+            raise ConfigError(
+                f"{out} is not empty and holds no landscape run (no config.json); nothing to resume there"
+            )
+        stored = RunDir(out).config
+        diff = stored.diff(config)
+        if diff:
+            shown = ", ".join(f"{k} (stored {a!r}, given {b!r})" for k, a, b in ((k, *v) for k, v in diff.items()))
+            raise ConfigError(
+                f"cannot resume {out}: the run was started with a different config: {shown}; "
+                "resume without changing settings, or train into a new --out"
+            )
+        return True
+    if overwrite:
+        if not has_config:
+            raise ConfigError(
+                f"{out} is not empty and is not a landscape run directory (no config.json); "
+                "refusing to overwrite it — choose another --out"
+            )
+        shutil.rmtree(out)
+        return False
+    raise ConfigError(
+        f"run directory {out} already exists and is not empty; pass --resume to continue it, "
+        "--overwrite to replace it, or choose another --out"
+    )
+
+
+def _latest_resumable(run: RunDir) -> Checkpoint | None:
+    for cp in reversed(run.checkpoints()):
+        if cp.state_path.is_file():
+            return cp
+    return None
+
+
+def _read_metrics(path: Path, up_to_step: int) -> list[str]:
+    """Lines of metrics.jsonl with ``step ≤ up_to_step`` (unparsable, half-written lines dropped)."""
+    if not path.is_file():
+        return []
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", math.inf) <= up_to_step:
+            keep.append(line)
+    return keep
+
+
+class _Progress:
+    """A rich progress bar over optimizer steps, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, completed: int) -> None:
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]train[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeRemainingColumn(),
+            )
+            self.task = self.bar.add_task("train", total=total, completed=completed, status="")
+            self.bar.start()
+
+    def update(self, completed: int, status: str | None = None) -> None:
+        if self.bar is not None:
+            fields = {"status": status} if status is not None else {}
+            self.bar.update(self.task, completed=completed, **fields)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train ``config`` into the run directory ``out``.
+
+    ``resume`` continues from the newest checkpoint that has its trainer state (a new run if ``out``
+    is empty); ``overwrite`` replaces an existing run directory. ``stop_after`` ends this call after
+    that many optimizer steps (as if interrupted; resume finishes the run).
+    """
+    out = Path(out)
+    dev = resolve_device(device)
+
+    data = load_data(config)
+    seed_everything(config.seed)
+    model = build_model(config.model, data.input_shape, data.num_classes, **config.model_params).to(dev)
+    loss_fn = build_loss_from(config)
+    optimizer = build_optimizer(
+        config.optimizer,
+        model,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        decoupled_weight_decay=config.decoupled_weight_decay,
+        base=config.base_optimizer,
+        **config.optimizer_params,
+    )
+    n_train = len(data.train)
+    spe = steps_per_epoch(n_train, config.batch_size)
+    total = config.epochs * spe
+    scheduler = build_schedule(
+        config.schedule,
+        optimizer,
+        total_steps=total,
+        steps_per_epoch=spe,
+        warmup_steps=round(config.warmup_epochs * spe),
+        **config.schedule_params,
+    )
+    save_at = set(checkpoint_steps(config.checkpoints, spe, total))
+    # Only now, with every component built and validated, touch the output directory.
+    try:
+        resuming = _prepare_run_dir(out, config, resume, overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {out} ({exc.strerror}); choose another --out") from exc
+
+    ckpt_dir = out / "checkpoints"
+    metrics_path = out / "metrics.jsonl"
+    step = 0
+    running = {"loss": 0.0, "correct": 0, "count": 0}
+    resumed_from = None
+    if resuming:
+        cp = _latest_resumable(RunDir(out))
+        if cp is not None:
+            state = load_state(cp.state_path)
+            load_weights(model, load_state_dict(cp.path), source=f"checkpoint {cp.path}")
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            if dev.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"], dev)
+            step, running = int(state["step"]), dict(state["running"])
+            resumed_from = step
+        kept = _read_metrics(metrics_path, step if cp is not None else -1)
+        atomic_write(metrics_path, lambda fh: fh.write("".join(line + "\n" for line in kept)))
+    else:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            out / "config.json",
+            {
+                "config": config.to_dict(),
+                "model_spec": {
+                    "name": config.model,
+                    "input_shape": list(data.input_shape),
+                    "num_classes": data.num_classes,
+                    "params": config.model_params,
+                    "factory": None,
+                },
+                "dataset": {"name": data.name, "n_train": n_train, "n_test": len(data.test), "info": data.info},
+                "steps_per_epoch": spe,
+                "total_steps": total,
+                "device": str(dev),
+                "versions": versions(),
+            },
+        )
+        metrics_path.touch()
+
+    x_train, y_train = data.train.x.to(dev), data.train.y.to(dev)
+    x_test, y_test = data.test.x.to(dev), data.test.y.to(dev)
+    eval_losses = {"loss": loss_fn.per_sample, "ce": build_loss("ce").per_sample}
+
+    def log_metrics(step: int) -> dict[str, Any]:
+        record: dict[str, Any] = {"step": step, "epoch": step / spe, "lr": optimizer.param_groups[0]["lr"]}
+        for split, (x, y) in (("train", (x_train, y_train)), ("test", (x_test, y_test))):
+            values = evaluate(model, x, y, eval_losses, config.eval_batch_size)
+            record.update({f"{split}_{k}": v for k, v in values.items()})
+        if running["count"]:
+            record["train_loss_running"] = running["loss"] / running["count"]
+            record["train_acc_running"] = running["correct"] / running["count"]
+        record["time"] = time.time()
+        if not all(math.isfinite(v) for k, v in record.items() if k.endswith("loss")):
+            _diverged(step, "evaluation loss")
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        return record
+
+    def save_checkpoint(step: int) -> None:
+        name = checkpoint_name(step)
+        state: dict[str, Any] = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "running": dict(running),
+        }
+        if dev.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(dev)
+        save_state(ckpt_dir / f"{name}.state.pt", state)
+        # Weights last: a .safetensors file is the mark of a complete checkpoint.
+        save_weights(ckpt_dir / f"{name}.safetensors", model, {"step": step, "epoch": step / spe})
+
+    def _diverged(step: int, what: str) -> None:
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps({"step": step, "event": "diverged", "what": what}) + "\n")
+        last = RunDir(out).checkpoints()
+        keep = f"last good checkpoint: {last[-1].path}" if last else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"{what} became NaN/inf at step {step} (epoch {step / spe:.2f}); {keep}; "
+            "lower the learning rate or change the loss/optimizer settings"
+        )
+
+    record: dict[str, Any] = {}
+    if step == 0 and resumed_from is None:
+        record = log_metrics(0)
+        save_checkpoint(0)
+
+    bar = _Progress(progress, total, step)
+    start_step = step
+    model.train()
+    order = None
+    try:
+        while step < total:
+            epoch, i = divmod(step, spe)
+            if order is None or i == 0:
+                order = epoch_order(config.seed, epoch, n_train).to(dev)
+            idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            first: dict[str, torch.Tensor] = {}
+
+            def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb, first: dict = first) -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                loss.backward()
+                if not first:
+                    first["logits"] = logits.detach()
+                return loss.detach()
+
+            loss = optimizer.step(bn_first_pass_only(model, closure))
+            scheduler.step()
+            loss_value = float(loss)
+            if not math.isfinite(loss_value):
+                _diverged(step, "training loss")
+            step += 1
+            running["loss"] += loss_value * len(yb)
+            running["correct"] += int((first["logits"].argmax(1) == yb).sum())
+            running["count"] += len(yb)
+
+            epoch_end = step % spe == 0
+            if epoch_end or step in save_at:
+                record = log_metrics(step)
+                bar.update(
+                    step,
+                    f"epoch {step / spe:.1f}  loss {record['train_loss']:.4f}  "
+                    f"train acc {record['train_acc']:.3f}  test acc {record['test_acc']:.3f}",
+                )
+            if epoch_end:
+                running = {"loss": 0.0, "correct": 0, "count": 0}
+            if step in save_at:
+                save_checkpoint(step)
+            bar.update(step)
+            if stop_after is not None and step - start_step >= stop_after:
+                break
+    finally:
+        bar.close()
+    if not record:
+        record = RunDir(out).metrics()[-1] if RunDir(out).metrics() else {}
+    return TrainResult(run_dir=out, steps=step, final=record, resumed_from=resumed_from)
