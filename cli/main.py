@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import click
 import typer
@@ -59,39 +59,39 @@ def build_train_config(config_file: Path | None, overrides: dict[str, Any], para
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="JSON config (flags override it)."),
-    model: Optional[str] = typer.Option(None, help="Model name (see `landscape models`)."),
-    width: Optional[int] = typer.Option(None, help="Model width (shortcut for --model-param width=…)."),
-    depth: Optional[int] = typer.Option(None, help="Model depth (shortcut for --model-param depth=…)."),
-    model_param: Optional[list[str]] = typer.Option(None, "--model-param", help="KEY=VALUE, repeatable."),
-    dataset: Optional[str] = typer.Option(None, help="Dataset name (see `landscape datasets`)."),
-    dataset_param: Optional[list[str]] = typer.Option(None, "--dataset-param", help="KEY=VALUE, repeatable."),
-    train_size: Optional[int] = typer.Option(None, help="Use a subset of this many training samples."),
-    label_noise: Optional[float] = typer.Option(None, help="Fraction of training labels flipped."),
-    random_labels: Optional[bool] = typer.Option(None, "--random-labels/--real-labels", help="Replace all training labels."),
-    imbalance_ratio: Optional[float] = typer.Option(None, help="Long-tail ratio n_max/n_min (1 = balanced)."),
-    data_seed: Optional[int] = typer.Option(None, help="Seed of the split, subset and label noise."),
-    loss: Optional[str] = typer.Option(None, help="Loss name (see `landscape losses`)."),
-    loss_param: Optional[list[str]] = typer.Option(None, "--loss-param", help="KEY=VALUE, repeatable."),
-    z_loss: Optional[float] = typer.Option(None, help="Coefficient of the logit z-loss term."),
-    flooding: Optional[float] = typer.Option(None, help="Flooding level b: |L − b| + b."),
-    optimizer: Optional[str] = typer.Option(None, help="Optimizer name (see `landscape optimizers`)."),
-    base_optimizer: Optional[str] = typer.Option(None, help="Base optimizer of the sharpness-aware family."),
-    rho: Optional[float] = typer.Option(None, help="Perturbation radius of SAM-type optimizers."),
-    momentum: Optional[float] = typer.Option(None, help="SGD momentum."),
-    optimizer_param: Optional[list[str]] = typer.Option(None, "--optimizer-param", help="KEY=VALUE, repeatable."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate."),
-    weight_decay: Optional[float] = typer.Option(None, help="Weight decay."),
-    decoupled_weight_decay: Optional[bool] = typer.Option(
+    config: Path | None = typer.Option(None, "--config", "-c", help="JSON config (flags override it)."),
+    model: str | None = typer.Option(None, help="Model name (see `landscape models`)."),
+    width: int | None = typer.Option(None, help="Model width (shortcut for --model-param width=…)."),
+    depth: int | None = typer.Option(None, help="Model depth (shortcut for --model-param depth=…)."),
+    model_param: list[str] | None = typer.Option(None, "--model-param", help="KEY=VALUE, repeatable."),
+    dataset: str | None = typer.Option(None, help="Dataset name (see `landscape datasets`)."),
+    dataset_param: list[str] | None = typer.Option(None, "--dataset-param", help="KEY=VALUE, repeatable."),
+    train_size: int | None = typer.Option(None, help="Use a subset of this many training samples."),
+    label_noise: float | None = typer.Option(None, help="Fraction of training labels flipped."),
+    random_labels: bool | None = typer.Option(None, "--random-labels/--real-labels", help="Replace all training labels."),
+    imbalance_ratio: float | None = typer.Option(None, help="Long-tail ratio n_max/n_min (1 = balanced)."),
+    data_seed: int | None = typer.Option(None, help="Seed of the split, subset and label noise."),
+    loss: str | None = typer.Option(None, help="Loss name (see `landscape losses`)."),
+    loss_param: list[str] | None = typer.Option(None, "--loss-param", help="KEY=VALUE, repeatable."),
+    z_loss: float | None = typer.Option(None, help="Coefficient of the logit z-loss term."),
+    flooding: float | None = typer.Option(None, help="Flooding level b: |L − b| + b."),
+    optimizer: str | None = typer.Option(None, help="Optimizer name (see `landscape optimizers`)."),
+    base_optimizer: str | None = typer.Option(None, help="Base optimizer of the sharpness-aware family."),
+    rho: float | None = typer.Option(None, help="Perturbation radius of SAM-type optimizers."),
+    momentum: float | None = typer.Option(None, help="SGD momentum."),
+    optimizer_param: list[str] | None = typer.Option(None, "--optimizer-param", help="KEY=VALUE, repeatable."),
+    lr: float | None = typer.Option(None, help="Learning rate."),
+    weight_decay: float | None = typer.Option(None, help="Weight decay."),
+    decoupled_weight_decay: bool | None = typer.Option(
         None, "--decoupled-wd/--coupled-wd", help="Decoupled (AdamW-style) or coupled (L2) decay."
     ),
-    schedule: Optional[str] = typer.Option(None, help="LR schedule: constant, step, cosine, linear."),
-    schedule_param: Optional[list[str]] = typer.Option(None, "--schedule-param", help="KEY=VALUE, repeatable."),
-    warmup_epochs: Optional[float] = typer.Option(None, help="Linear warmup length in epochs."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs."),
-    batch_size: Optional[int] = typer.Option(None, help="Mini-batch size."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the initialization and batch order."),
-    checkpoints: Optional[str] = typer.Option(
+    schedule: str | None = typer.Option(None, help="LR schedule: constant, step, cosine, linear."),
+    schedule_param: list[str] | None = typer.Option(None, "--schedule-param", help="KEY=VALUE, repeatable."),
+    warmup_epochs: float | None = typer.Option(None, help="Linear warmup length in epochs."),
+    epochs: int | None = typer.Option(None, help="Training epochs."),
+    batch_size: int | None = typer.Option(None, help="Mini-batch size."),
+    seed: int | None = typer.Option(None, help="Seed of the initialization and batch order."),
+    checkpoints: str | None = typer.Option(
         None, help="Checkpoint schedule: every:K, epochs:1,2,5, steps:100,500, log:N, none."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),

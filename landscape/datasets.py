@@ -65,6 +65,8 @@ __all__ = [
     "dataset_params",
     "iterate_batches",
     "load_dataset",
+    "load_pickle_restricted",
+    "read_idx",
 ]
 
 DATA_ENV = "LANDSCAPE_DATA"
@@ -209,6 +211,7 @@ def load_dataset(
             "label_noise": label_noise,
             "random_labels": random_labels,
             "imbalance_ratio": imbalance_ratio,
+            "root": None if root_path is None else str(root_path),
         },
         "source": _jsonable(raw.info),
         "available": {"train": len(y_train), "test": len(y_test)},
@@ -327,6 +330,8 @@ def _check_raw(
     x_train, x_test = np.asarray(raw.x_train), np.asarray(raw.x_test)
     y_train, y_test = np.asarray(raw.y_train), np.asarray(raw.y_test)
     num_classes = int(raw.num_classes)
+    if num_classes < 2:
+        raise DataError(f"dataset {name!r}: needs at least 2 classes, got {num_classes}")
     if x_train.ndim < 2 or x_test.ndim < 2:
         raise DataError(
             f"dataset {name!r}: inputs must have shape (N, ...), got {x_train.shape} and {x_test.shape}"
@@ -350,8 +355,6 @@ def _check_raw(
             raise DataError(
                 f"dataset {name!r}: {split} labels span [{y.min()}, {y.max()}], outside [0, {num_classes - 1}]"
             )
-    if num_classes < 2:
-        raise DataError(f"dataset {name!r}: needs at least 2 classes, got {num_classes}")
     return x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), num_classes
 
 

@@ -46,8 +46,8 @@ def test_resnet_variants_drop_skips_and_batchnorm():
 
 def test_mlp_width_depth_activation():
     m = build_model("mlp", (4,), 3, width=5, depth=3, activation="tanh")
-    linears = [l for l in m.modules() if isinstance(l, nn.Linear)]
-    assert [l.out_features for l in linears] == [5, 5, 5, 3]
+    linears = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
+    assert [lin.out_features for lin in linears] == [5, 5, 5, 3]
     assert sum(isinstance(a, nn.Tanh) for a in m.modules()) == 3
     assert model_params("mlp")["width"] == 128
 

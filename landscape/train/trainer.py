@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from landscape.checkpoints import (
     Checkpoint,
@@ -44,7 +43,13 @@ from landscape.train.config import TrainConfig, checkpoint_steps
 from landscape.train.losses import Loss, build_loss
 from landscape.train.optimizers import bn_first_pass_only, build_optimizer
 from landscape.train.schedules import build_schedule
-from landscape.utils import atomic_write, atomic_write_json, resolve_device, seed_everything, versions
+from landscape.utils import (
+    atomic_write,
+    atomic_write_json,
+    resolve_device,
+    seed_everything,
+    versions,
+)
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,13 @@ class _Progress:
     def __init__(self, enabled: bool, total: int, completed: int) -> None:
         self.bar = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(
                 TextColumn("[bold]train[/]"),

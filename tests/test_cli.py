@@ -1,0 +1,115 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from landscape_cli.main import main, parse_key_values
+
+from landscape.checkpoints import RunDir
+from landscape.errors import ConfigError
+
+FAST = ["--epochs", "1", "--train-size", "200", "--width", "16", "--no-progress", "--device", "cpu"]
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_train_with_flags_writes_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--out", str(out), "--optimizer", "sam", "--rho", "0.1", "--momentum", "0.9",
+               "--loss", "focal", "--loss-param", "gamma=1", "--label-noise", "0.2", "--checkpoints", "none",
+               "--model-param", "activation=tanh", *FAST])
+    assert rc == 0
+    assert f"run directory: {out}" in capsys.readouterr().out.replace("\n", "")
+    cfg = RunDir(out).config
+    assert (cfg.optimizer, cfg.optimizer_params, cfg.loss, cfg.loss_params) == ("sam", {"rho": 0.1, "momentum": 0.9}, "focal", {"gamma": 1})
+    assert cfg.model_params == {"width": 16, "activation": "tanh"} and cfg.label_noise == 0.2
+    assert [c.step for c in RunDir(out).checkpoints()] == [0, 4]
+
+
+def test_config_file_with_flag_overrides_and_resume(tmp_path, capsys):
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"epochs": 1, "train_size": 200, "lr": 0.1, "model_params": {"width": 8}}))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(conf), "--lr", "0.2", "--out", str(out), "--no-progress"]) == 0
+    cfg = RunDir(out).config
+    assert cfg.lr == 0.2 and cfg.model_params == {"width": 8} and cfg.epochs == 1
+    # resume with no flags continues the stored config
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--optimizer", "adamz"], "unknown optimizer 'adamz'; valid optimizer names: "),
+        (["--loss", "hinge"], "unknown loss 'hinge'; valid loss names: "),
+        (["--model", "vgg"], "unknown model 'vgg'; valid model names: cnn, mlp, resnet20"),
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'; valid dataset names: "),
+        (["--dataset", "mnist", "--dataset-param", "root=/nonexistent"], "/nonexistent"),
+        (["--checkpoints", "often"], "bad checkpoint schedule"),
+        (["--model-param", "width"], "--model-param takes KEY=VALUE"),
+        (["--label-noise", "2"], "label_noise must be in [0, 1]"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *argv, *FAST]) == 2
+    assert message in _error_line(capsys)
+    assert not out.exists()
+
+
+def test_malformed_config_files(tmp_path, capsys):
+    conf = tmp_path / "c.json"
+    conf.write_text('{"epochs": 1, "lr": }')
+    assert main(["train", "--config", str(conf), "--out", str(tmp_path / "r")]) == 2
+    assert "is not valid JSON" in _error_line(capsys)
+    conf.write_text('{"epochz": 1}')
+    assert main(["train", "--config", str(conf), "--out", str(tmp_path / "r")]) == 2
+    assert "unknown config key(s) epochz" in _error_line(capsys)
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), *FAST]) == 2
+    assert "pass --resume to continue it, --overwrite to replace it" in _error_line(capsys)
+    assert main(["train", "--out", str(out), "--lr", "0.3", "--resume", *FAST]) == 2
+    assert "different config: lr" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("command, names", [("models", ["mlp", "cnn", "resnet20"]),
+                                            ("losses", ["ce", "focal", "sparsemax"]),
+                                            ("optimizers", ["sgd", "sam", "asam", "gam"]),
+                                            ("datasets", ["digits", "mnist", "cifar10"])])
+def test_registry_listings(capsys, command, names):
+    assert main([command]) == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in names)
+
+
+def test_demo_runs(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "2", "--device", "cpu"]) == 0
+    assert "run directory" in capsys.readouterr().out
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--device", "cpu"]) == 0
+
+
+def test_console_script_errors_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "landscape_cli.main", "train", "--out", str(tmp_path / "r"), "--optimizer", "nope"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "unknown optimizer 'nope'" in proc.stderr
+
+
+def test_parse_key_values():
+    assert parse_key_values(["a=1", "b=0.5", "c=true", "d=relu", "e=[1,2]"], "--x") == {
+        "a": 1, "b": 0.5, "c": True, "d": "relu", "e": [1, 2]}
+    with pytest.raises(ConfigError):
+        parse_key_values(["=3"], "--x")
