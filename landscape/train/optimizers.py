@@ -98,7 +98,9 @@ def bn_first_pass_only(model: nn.Module, closure: Callable[[], Tensor]) -> Calla
         for module in model.modules():
             if isinstance(module, _BatchNorm):
                 tracked = module.num_batches_tracked
-                saved.append((module, module.momentum, None if tracked is None else tracked.clone()))
+                saved.append(
+                    (module, module.momentum, None if tracked is None else tracked.clone())
+                )
                 module.momentum = 0.0
         try:
             return closure()
@@ -328,7 +330,7 @@ def _ascent(groups: _Groups, directions: list[list[Tensor]], radius_key: str) ->
     """
     scaled: list[list[Tensor]] = []
     weights: list[list[Tensor] | None] = []
-    for (group, params), vs in zip(groups, directions):
+    for (group, params), vs in zip(groups, directions, strict=True):
         if group.get("adaptive", False):
             t = torch._foreach_abs(params)
             torch._foreach_add_(t, group["eta"])
@@ -339,7 +341,7 @@ def _ascent(groups: _Groups, directions: list[list[Tensor]], radius_key: str) ->
             weights.append(None)
     norm = _global_norm([x for xs in scaled for x in xs])
     steps: list[list[Tensor]] = []
-    for (group, _), tv, t in zip(groups, scaled, weights):
+    for (group, _), tv, t in zip(groups, scaled, weights, strict=True):
         scale = _safe_ratio(group[radius_key], norm)
         if t is None:
             e = torch._foreach_mul(tv, scale)
@@ -371,7 +373,9 @@ def _resolve_base(base_optimizer: Any) -> Callable[..., Optimizer]:
             )
         return OPTIMIZERS[key]
     if isinstance(base_optimizer, type) and issubclass(base_optimizer, SharpnessAware):
-        raise ConfigError(f"base optimizer cannot itself be sharpness-aware: {base_optimizer.__name__}")
+        raise ConfigError(
+            f"base optimizer cannot itself be sharpness-aware: {base_optimizer.__name__}"
+        )
     return base_optimizer
 
 
@@ -463,8 +467,8 @@ class SharpnessAware(Optimizer):
 
     @staticmethod
     def _set_grads(groups: _Groups, grads: list[list[Tensor]]) -> None:
-        for (_, params), gs in zip(groups, grads):
-            for p, g in zip(params, gs):
+        for (_, params), gs in zip(groups, grads, strict=True):
+            for p, g in zip(params, gs, strict=True):
                 p.grad = g
 
     def _save(self, groups: _Groups) -> None:
@@ -485,7 +489,7 @@ class SharpnessAware(Optimizer):
 
     @staticmethod
     def _move(groups: _Groups, steps: list[list[Tensor]]) -> None:
-        for (_, params), e in zip(groups, steps):
+        for (_, params), e in zip(groups, steps, strict=True):
             torch._foreach_add_(params, e)
 
     @staticmethod
@@ -559,7 +563,10 @@ class SAM(SharpnessAware):
         _check_nonnegative("rho", rho)
         _check_nonnegative("eta", eta)
         super().__init__(
-            params, base_optimizer, {"rho": rho, "adaptive": bool(adaptive), "eta": eta}, base_kwargs
+            params,
+            base_optimizer,
+            {"rho": rho, "adaptive": bool(adaptive), "eta": eta},
+            base_kwargs,
         )
 
 
@@ -683,7 +690,7 @@ class GNR(SharpnessAware):
             groups, g1 = self._reference
             self._reference = None
             g2 = self._grads(groups)
-            for (group, _), a, b in zip(groups, g1, g2):
+            for (group, _), a, b in zip(groups, g1, g2, strict=True):
                 torch._foreach_mul_(b, group["alpha"])
                 torch._foreach_add_(b, a, alpha=1.0 - group["alpha"])
             self._set_grads(groups, g2)
@@ -778,7 +785,7 @@ class GAM(SharpnessAware):
             self._move(groups, _ascent(groups, g0, "rho"))  # w1 = w + ρ' g0/‖g0‖
             _evaluate(closure)
             g1 = self._take_grads(groups)
-            d = [torch._foreach_sub(a, b) for a, b in zip(g1, g0)]
+            d = [torch._foreach_sub(a, b) for a, b in zip(g1, g0, strict=True)]
             self._reset()  # back to w
             self._move(groups, _ascent(groups, d, "rho_t"))  # w2 = w + ρ_t d/‖d‖
             del d
@@ -790,7 +797,7 @@ class GAM(SharpnessAware):
         finally:
             self._restore()
         # m = g0 + |1 − β| g2 (in g0), u = α g1 + (1 − α) g3 (in g3)
-        for (group, _), a0, a1, a2, a3 in zip(groups, g0, g1, g2, g3):
+        for (group, _), a0, a1, a2, a3 in zip(groups, g0, g1, g2, g3, strict=True):
             torch._foreach_add_(a0, a2, alpha=abs(1.0 - group["beta"]))
             torch._foreach_mul_(a3, 1.0 - group["alpha"])
             torch._foreach_add_(a3, a1, alpha=group["alpha"])
@@ -798,10 +805,12 @@ class GAM(SharpnessAware):
         del g1, g2
         flat_m = [x for xs in m for x in xs]
         flat_u = [x for xs in u for x in xs]
-        inner = torch.stack([torch.dot(a.reshape(-1), b.reshape(-1)) for a, b in zip(flat_m, flat_u)])
+        inner = torch.stack(
+            [torch.dot(a.reshape(-1), b.reshape(-1)) for a, b in zip(flat_m, flat_u, strict=True)]
+        )
         coef = _safe_ratio(inner.sum(), _global_norm(flat_u).square().to(inner.dtype))
         # ĝ = u − γ (m − coef·u) = (1 + γ coef) u − γ m
-        for (group, _), mm, uu in zip(groups, m, u):
+        for (group, _), mm, uu in zip(groups, m, u, strict=True):
             torch._foreach_mul_(uu, 1.0 + group["gamma"] * coef)
             torch._foreach_add_(uu, mm, alpha=-group["gamma"])
         self._set_grads(groups, u)

@@ -92,11 +92,15 @@ class Step(Schedule):
         gamma: float = 0.1,
         unit: str = "auto",
     ) -> None:
-        super().__init__(total_steps=total_steps, steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps)
+        super().__init__(
+            total_steps=total_steps, steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps
+        )
         if not isinstance(gamma, numbers.Real) or isinstance(gamma, bool) or not gamma > 0:
             raise ConfigError(f"invalid gamma={gamma!r} for the step schedule: must be > 0")
         if unit not in ("auto", "fraction", "epoch", "step"):
-            raise ConfigError(f"invalid unit={unit!r} for the step schedule; valid: auto, fraction, epoch, step")
+            raise ConfigError(
+                f"invalid unit={unit!r} for the step schedule; valid: auto, fraction, epoch, step"
+            )
         if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Sequence):
             raise ConfigError(f"milestones must be a list of numbers, got {milestones!r}")
         self.gamma = float(gamma)
@@ -135,11 +139,15 @@ class Cosine(Schedule):
     def __init__(
         self, *, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0, min_lr: float = 0.0
     ) -> None:
-        super().__init__(total_steps=total_steps, steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps)
+        super().__init__(
+            total_steps=total_steps, steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps
+        )
         self.min_lr = _factor("min_lr", min_lr)
 
     def factor(self, step: int) -> float:
-        return self.min_lr + (1.0 - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * self.progress(step)))
+        return self.min_lr + (1.0 - self.min_lr) * 0.5 * (
+            1.0 + math.cos(math.pi * self.progress(step))
+        )
 
 
 @SCHEDULES.register("linear")
@@ -149,7 +157,9 @@ class Linear(Schedule):
     def __init__(
         self, *, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0, min_lr: float = 0.0
     ) -> None:
-        super().__init__(total_steps=total_steps, steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps)
+        super().__init__(
+            total_steps=total_steps, steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps
+        )
         self.min_lr = _factor("min_lr", min_lr)
 
     def factor(self, step: int) -> float:
@@ -211,6 +221,9 @@ def build_schedule(
             f"{canonical}; accepted: {', '.join(accepted) or '(none)'}"
         )
     schedule = cls(
-        total_steps=total_steps, steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps, **params
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        warmup_steps=warmup_steps,
+        **params,
     )
     return LambdaLR(optimizer, schedule)

@@ -1,0 +1,156 @@
+"""Feature extraction for the representation probes (neural collapse, RankMe, DSE).
+
+:func:`extract_features` runs a model over inputs in ``eval()`` mode, without
+gradients and in batches, and returns what a named module *receives* (its input,
+read by a forward pre-hook) together with the model's logits. The default module
+is the last :class:`torch.nn.Linear` in ``model.modules()`` order — ``classifier``
+for every model in :mod:`landscape.models` — so the default features are the
+penultimate features ``h`` of Papyan, Han & Donoho (2020), exactly what the
+authors' analysis code reads with a forward hook on the classifier.
+
+:func:`find_classifier` returns the weight ``W`` (``C × D``) and bias of that
+layer, the classifier the neural-collapse measures NC2–NC4 compare ``h`` with.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+from torch import Tensor, nn
+
+from landscape.errors import ConfigError, LandscapeError
+
+__all__ = ["extract_features", "find_classifier", "find_module"]
+
+_MAX_NAMES_LISTED = 12
+
+
+def _last_linear_name(model: nn.Module) -> str:
+    name = None
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            name = n
+    if name is None:
+        raise ConfigError(
+            f"{type(model).__name__} has no nn.Linear layer; name the layer whose input to read, "
+            f"one of: {', '.join(_module_names(model)[-_MAX_NAMES_LISTED:]) or '(no submodules)'}"
+        )
+    return name
+
+
+def _module_names(model: nn.Module) -> list[str]:
+    return [n for n, _ in model.named_modules() if n]
+
+
+def find_module(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
+    """The module called ``name`` (dotted path as in ``model.named_modules()``), or the last
+    ``nn.Linear`` when ``name`` is ``None``; returns ``(name, module)``.
+
+    An unknown name raises :class:`ConfigError` listing close matches and a few valid names.
+    """
+    if name is None:
+        name = _last_linear_name(model)
+    modules = dict(model.named_modules())
+    if name not in modules or name == "":
+        names = _module_names(model)
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        shown = names if len(names) <= _MAX_NAMES_LISTED else [*names[:6], "…", *names[-5:]]
+        raise ConfigError(
+            f"unknown layer {name!r} in {type(model).__name__}; {hint}"
+            f"valid module names ({len(names)}): {', '.join(shown)}"
+        )
+    return name, modules[name]
+
+
+def find_classifier(model: nn.Module, name: str | None = None) -> tuple[Tensor, Tensor | None]:
+    """Weight (``C × D``) and bias (``C``, or ``None``) of the last ``nn.Linear`` of ``model``,
+    or of the ``nn.Linear`` called ``name``; detached, on the parameters' device and dtype."""
+    name, module = find_module(model, name)
+    if not isinstance(module, nn.Linear):
+        raise ConfigError(
+            f"layer {name!r} is a {type(module).__name__}, not an nn.Linear; "
+            f"the classifier must be a linear layer (default: the last one, {_last_linear_name(model)!r})"
+        )
+    bias = None if module.bias is None else module.bias.detach()
+    return module.weight.detach(), bias
+
+
+def extract_features(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    layer: str | None = None,
+    batch_size: int = 1024,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Features at the input of ``layer`` and the logits of ``model`` on inputs ``x``.
+
+    Args:
+        model: any module; it is run in ``eval()`` mode under ``torch.no_grad()`` and its
+            training mode (and device, if ``device`` moves it) is restored afterwards.
+        x: inputs, ``N × …`` (e.g. a :class:`~landscape.datasets.Split`'s ``x``).
+        layer: dotted module name (``model.named_modules()``) whose **input** is read by a
+            forward pre-hook; ``None`` → the last ``nn.Linear`` (``classifier`` for our
+            models), i.e. the penultimate features.
+        batch_size: inputs per forward pass.
+        device: where to run; ``None`` → the device of the model's first parameter (CPU for
+            a parameter-free model).
+
+    Returns:
+        ``(features, logits)``: ``features`` is ``N × D`` (the module input flattened per
+        sample), ``logits`` ``N × C``; both on ``device``, in the model's dtype.
+
+    Raises:
+        ConfigError: unknown ``layer`` (the message lists valid module names) or bad ``batch_size``.
+        LandscapeError: the module is not called exactly once per forward pass, or the model
+            does not return a tensor.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}")
+    name, module = find_module(model, layer)
+    params = list(model.parameters()) + list(model.buffers())
+    home = params[0].device if params else torch.device("cpu")
+    device = home if device is None else torch.device(device)
+
+    captured: list[Tensor] = []
+
+    def hook(_module: nn.Module, args: tuple) -> None:
+        if not args or not isinstance(args[0], Tensor):
+            raise LandscapeError(f"layer {name!r} was called without a tensor as first input")
+        captured.append(args[0].detach())
+
+    was_training = model.training
+    handle = module.register_forward_pre_hook(hook)
+    moved = device != home
+    feats: list[Tensor] = []
+    logits: list[Tensor] = []
+    try:
+        if moved:
+            model.to(device)
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start : start + batch_size].to(device)
+                captured.clear()
+                out = model(xb)
+                if not isinstance(out, Tensor):
+                    raise LandscapeError(
+                        f"{type(model).__name__} returned {type(out).__name__}, not a logit tensor"
+                    )
+                if len(captured) != 1:
+                    raise LandscapeError(
+                        f"layer {name!r} ran {len(captured)} times in one forward pass; "
+                        "name a module that is called exactly once"
+                    )
+                feats.append(captured[0].reshape(xb.shape[0], -1))
+                logits.append(out.reshape(xb.shape[0], -1))
+    finally:
+        handle.remove()
+        model.train(was_training)
+        if moved:
+            model.to(home)
+    if not feats:
+        raise ConfigError("extract_features got no inputs (x has 0 rows)")
+    return torch.cat(feats), torch.cat(logits)

@@ -1,0 +1,370 @@
+"""Hessian-vector products and the Krylov methods built on them.
+
+The loss is the sample-weighted mean over the chosen data,
+
+.. math::  L(θ) = \\frac{1}{N} \\sum_n ℓ(f_θ(x_n), y_n) = \\sum_b \\frac{n_b}{N} L_b(θ),
+
+so a full-data HVP is ``Σ_b (n_b/N) H_b v``. Each ``H_b v`` is forward-over-reverse
+(``torch.func.jvp(torch.func.grad(L_b), (θ,), (v,))``), with double backward as the fallback
+(for layers without forward-mode rules, or BatchNorm in train mode).
+
+Lanczos with full reorthogonalization gives extremal eigenpairs (Golub & Van Loan §10.1);
+Hutchinson (1989) and Hutch++ (Meyer et al. 2021) estimate the trace; stochastic Lanczos
+quadrature (Golub & Meurant; Ghorbani et al. 2019; PyHessian) gives the spectral density.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape.errors import ConfigError
+from landscape.params import ParamLayout, call, model_state, select_parameters
+
+Matvec = Callable[[torch.Tensor], torch.Tensor]
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+HVP_METHODS = ("forward_over_reverse", "double_backward")
+BN_MODES = ("eval", "train")
+
+
+class HessianOperator:
+    """The Hessian of the mean loss over ``(x, y)`` w.r.t. a set of parameters, as a linear operator.
+
+    ``params`` restricts the operator to a block (the others stay fixed): the result is the
+    diagonal block ``H[params, params]`` of the full Hessian. The model is never mutated: its
+    parameters and buffers are copied (cast to ``dtype``) and used through ``functional_call``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: PerSampleLoss,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        params: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        bn_mode: str = "eval",
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        method: str = "forward_over_reverse",
+    ) -> None:
+        if bn_mode not in BN_MODES:
+            raise ConfigError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
+        if method not in HVP_METHODS:
+            raise ConfigError(f"HVP method must be one of {', '.join(HVP_METHODS)}, got {method!r}")
+        self.model = model
+        self.loss = loss
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.dtype = dtype
+        self.bn_mode = bn_mode
+        self.method = method if bn_mode == "eval" else "double_backward"
+        self.layout: ParamLayout = select_parameters(model, params)
+        self.state = model_state(model, dtype, self.device)
+        self.theta = self.layout.flatten(self.state)
+        self.x = x.to(self.device, dtype if x.is_floating_point() else x.dtype)
+        self.y = y.to(self.device)
+        self.n = len(self.x)
+        if self.n == 0:
+            raise ConfigError("the Hessian needs at least one data point")
+        self.batch_size = batch_size or self.n
+        self.num_matvecs = 0
+
+    @property
+    def size(self) -> int:
+        return self.layout.numel
+
+    def _batch_loss(self, theta: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        state = dict(self.state)
+        if self.bn_mode == "train":  # batch statistics; running buffers must not be touched
+            state.update({k: v.clone() for k, v in self.state.items() if k not in self.layout.names})
+        state.update(self.layout.unflatten(theta))
+        was_training = self.model.training
+        self.model.train(self.bn_mode == "train")
+        try:
+            return self.loss(call(self.model, state, xb), yb).mean()
+        finally:
+            self.model.train(was_training)
+
+    def _batches(self):
+        for start in range(0, self.n, self.batch_size):
+            xb, yb = self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+            yield xb, yb, len(xb) / self.n
+
+    def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
+        """``L(θ)`` and ``∇L(θ)`` over all batches."""
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        grad = torch.zeros_like(self.theta)
+        for xb, yb, w in self._batches():
+            theta = self.theta.detach().requires_grad_(True)
+            value = self._batch_loss(theta, xb, yb)
+            (g,) = torch.autograd.grad(value, theta)
+            total += w * value.detach()
+            grad += w * g
+        return float(total), grad
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``H v`` = Σ_b (n_b/N) H_b v."""
+        v = v.to(self.device, self.dtype)
+        out = torch.zeros_like(self.theta)
+        for xb, yb, w in self._batches():
+            out += w * self._batch_hvp(v, xb, yb)
+        self.num_matvecs += 1
+        return out
+
+    __call__ = matvec
+
+    def _batch_hvp(self, v: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if self.method == "forward_over_reverse":
+            try:
+                grad_fn = torch.func.grad(lambda t: self._batch_loss(t, xb, yb))
+                return torch.func.jvp(grad_fn, (self.theta,), (v,))[1].detach()
+            except (RuntimeError, NotImplementedError):
+                self.method = "double_backward"  # a layer without a forward-mode rule
+        theta = self.theta.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(self._batch_loss(theta, xb, yb), theta, create_graph=True)
+        (hv,) = torch.autograd.grad(g, theta, grad_outputs=v)
+        return hv.detach()
+
+    def dense(self) -> torch.Tensor:
+        """The full matrix, column by column (P HVPs): for tests and tiny models only."""
+        eye = torch.eye(self.size, dtype=self.dtype, device=self.device)
+        return torch.stack([self.matvec(e) for e in eye], dim=1)
+
+
+# ---- Lanczos ----------------------------------------------------------------------------------
+
+
+@dataclass
+class LanczosResult:
+    """Ritz values (ascending), Ritz vectors (columns, optional), residual bounds, and T's pieces."""
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor | None
+    residuals: torch.Tensor
+    alphas: torch.Tensor
+    betas: torch.Tensor
+    steps: int
+    converged: bool
+    first_components: torch.Tensor = field(repr=False, default=None)  # S[0, :] — SLQ weights are its squares
+    basis_bytes: int = 0
+
+
+def _tridiagonal_eigh(alphas: torch.Tensor, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    a = alphas.double().cpu()
+    b = betas.double().cpu()
+    t = torch.diag(a)
+    if len(b):
+        t = t + torch.diag(b, 1) + torch.diag(b, -1)
+    return torch.linalg.eigh(t)
+
+
+def lanczos(
+    matvec: Matvec,
+    size: int,
+    *,
+    max_steps: int = 100,
+    top_k: int = 5,
+    bottom_k: int = 0,
+    tol: float | None = None,
+    v0: torch.Tensor | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    basis_device: torch.device | str | None = None,
+    eigenvectors: bool = False,
+    check_every: int = 5,
+    on_step: Callable[[int], None] | None = None,
+) -> LanczosResult:
+    """Lanczos with full reorthogonalization for the ``top_k`` largest and ``bottom_k`` smallest eigenpairs.
+
+    Builds the tridiagonal ``T_m = V_mᵀ H V_m`` (``V`` orthonormal, reorthogonalized twice against
+    every previous vector). The Ritz pair ``(θ_i, V s_i)`` has residual ``‖H V s_i − θ_i V s_i‖ =
+    |β_m s_{m,i}|``; iteration stops when every wanted pair has residual ``≤ tol · max|θ|`` (default
+    ``tol``: 1e-4 in float32, 1e-9 in float64), after ``max_steps`` (capped at ``size``), or when an
+    invariant subspace is found (``β ≈ 0``: the Ritz values are then exact).
+    ``basis_device="cpu"`` keeps the ``m × P`` basis off the GPU for very large models.
+    """
+    device = torch.device(device)
+    basis_device = torch.device(basis_device) if basis_device is not None else device
+    if tol is None:
+        tol = 1e-9 if dtype == torch.float64 else 1e-4
+    m = min(max_steps, size)
+    if v0 is None:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        v0 = torch.randn(size, generator=g, dtype=torch.float64)
+    q = (v0 / v0.norm()).to(device, dtype)
+    basis = torch.zeros(m, size, dtype=dtype, device=basis_device)
+    alphas, betas = [], []
+    eps = torch.finfo(dtype).eps
+    converged = False
+    beta = torch.zeros((), dtype=dtype, device=device)
+    evals = evecs = None
+    j = 0
+    for j in range(m):
+        basis[j] = q.to(basis_device)
+        w = matvec(q).to(dtype)
+        alpha = torch.dot(q, w)
+        alphas.append(alpha)
+        w = w - alpha * q - (beta * basis[j - 1].to(device) if j > 0 else 0.0)
+        for _ in range(2):  # full reorthogonalization, twice ("twice is enough")
+            vb = basis[: j + 1]
+            w = w - (vb.T @ (vb @ w.to(basis_device))).to(device)
+        beta = w.norm()
+        if on_step is not None:
+            on_step(j + 1)
+        last = j == m - 1
+        invariant = bool(beta <= eps * 100 * max(abs(float(a)) for a in alphas)) or float(beta) == 0.0
+        if invariant or last or (j + 1) % check_every == 0:
+            evals, evecs = _tridiagonal_eigh(torch.stack(alphas), torch.stack(betas) if betas else torch.zeros(0))
+            if invariant:
+                converged = True
+                break
+            residuals = (float(beta) * evecs[-1]).abs()
+            wanted = _wanted(len(evals), top_k, bottom_k)
+            scale = evals.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
+            if len(evals) >= top_k + bottom_k and bool((residuals[wanted] <= tol * scale).all()):
+                converged = True
+                break
+        if last:
+            break
+        betas.append(beta)
+        q = w / beta
+    steps = len(alphas)
+    if evals is None:
+        evals, evecs = _tridiagonal_eigh(torch.stack(alphas), torch.stack(betas[: steps - 1]) if steps > 1 else torch.zeros(0))
+    residuals = (float(beta) * evecs[-1]).abs()
+    if steps == size:
+        residuals = torch.zeros_like(residuals)
+        converged = True
+    vectors = None
+    if eigenvectors:
+        wanted = _wanted(steps, top_k, bottom_k)
+        vectors = (basis[:steps].T.to(device) @ evecs[:, wanted].to(device, dtype))
+    return LanczosResult(
+        eigenvalues=evals,
+        eigenvectors=vectors,
+        residuals=residuals,
+        alphas=torch.stack(alphas).double().cpu(),
+        betas=torch.stack(betas[: steps - 1]).double().cpu() if steps > 1 else torch.zeros(0, dtype=torch.float64),
+        steps=steps,
+        converged=converged,
+        first_components=evecs[0].clone(),
+        basis_bytes=basis.numel() * basis.element_size(),
+    )
+
+
+def _wanted(n: int, top_k: int, bottom_k: int) -> torch.Tensor:
+    idx = list(range(max(n - top_k, 0), n)) + list(range(min(bottom_k, n)))
+    return torch.tensor(sorted(set(idx)), dtype=torch.long)
+
+
+# ---- trace ------------------------------------------------------------------------------------
+
+
+def _rademacher(size: int, n: int, generator: torch.Generator, dtype: torch.dtype, device) -> torch.Tensor:
+    return (torch.randint(0, 2, (n, size), generator=generator, dtype=torch.int8) * 2 - 1).to(device, dtype)
+
+
+@dataclass(frozen=True)
+class TraceEstimate:
+    """An unbiased estimate of ``tr(H)`` with its standard error and the matvecs it used."""
+
+    estimate: float
+    standard_error: float
+    samples: np.ndarray
+    matvecs: int
+
+
+def hutchinson(matvec: Matvec, size: int, *, samples: int = 100, seed: int = 0,
+               dtype: torch.dtype = torch.float32, device="cpu") -> TraceEstimate:
+    """Hutchinson: ``tr(H) ≈ (1/n) Σ_i z_iᵀ H z_i``, ``z_i`` Rademacher; SE = std(z_iᵀHz_i)/√n."""
+    g = torch.Generator().manual_seed(seed)
+    z = _rademacher(size, samples, g, dtype, device)
+    values = np.array([float(torch.dot(zi, matvec(zi))) for zi in z])
+    se = float(values.std(ddof=1) / math.sqrt(samples)) if samples > 1 else float("nan")
+    return TraceEstimate(float(values.mean()), se, values, samples)
+
+
+def hutch_plus_plus(matvec: Matvec, size: int, *, matvecs: int = 99, seed: int = 0,
+                    dtype: torch.dtype = torch.float32, device="cpu") -> TraceEstimate:
+    """Hutch++ (Meyer, Musco, Musco & Woodruff 2021) with ``matvecs`` = 3k products.
+
+    ``Q = orth(H S)`` for Rademacher ``S ∈ R^{P×k}``; ``tr(H) ≈ tr(QᵀHQ) + (1/k) Σ_i g_iᵀ(I−QQᵀ)H(I−QQᵀ)g_i``.
+    The standard error is that of the Hutchinson part (the first term is exact).
+    """
+    k = max(matvecs // 3, 1)
+    g = torch.Generator().manual_seed(seed)
+    s = _rademacher(size, k, g, dtype, device)
+    hs = torch.stack([matvec(si) for si in s], dim=1)
+    q, _ = torch.linalg.qr(hs)
+    hq = torch.stack([matvec(qi) for qi in q.T], dim=1)
+    exact = float(torch.trace(q.T @ hq))
+    gs = _rademacher(size, k, g, dtype, device)
+    values = []
+    for gi in gs:
+        p = gi - q @ (q.T @ gi)
+        values.append(float(torch.dot(p, matvec(p))))
+    values_np = np.array(values)
+    se = float(values_np.std(ddof=1) / math.sqrt(k)) if k > 1 else float("nan")
+    return TraceEstimate(exact + float(values_np.mean()), se, values_np + exact, 3 * k)
+
+
+# ---- spectral density -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpectralDensity:
+    """SLQ quadrature: ``nodes[v, j]`` (Ritz values) and ``weights[v, j]`` (squared first components)."""
+
+    nodes: np.ndarray
+    weights: np.ndarray
+
+    def moment(self, p: int) -> float:
+        """``(1/n_v) Σ_v Σ_j w_vj θ_vj^p`` ≈ ``tr(H^p)/P``."""
+        return float(np.mean(np.sum(self.weights * self.nodes**p, axis=1)))
+
+
+def stochastic_lanczos_quadrature(matvec: Matvec, size: int, *, vectors: int = 1, steps: int = 100,
+                                  seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu",
+                                  on_step: Callable[[int], None] | None = None) -> SpectralDensity:
+    """SLQ (PyHessian ``density``): per Rademacher probe ``v`` (normalized), ``m`` Lanczos steps give
+    ``T = S diag(θ) Sᵀ``; the quadrature ``Σ_j S_{0j}² f(θ_j)`` approximates ``vᵀ f(H) v``."""
+    g = torch.Generator().manual_seed(seed)
+    nodes, weights = [], []
+    for _ in range(vectors):
+        v0 = _rademacher(size, 1, g, torch.float64, "cpu")[0]
+        res = lanczos(matvec, size, max_steps=steps, top_k=0, bottom_k=0, tol=0.0, v0=v0,
+                      dtype=dtype, device=device, check_every=10**9, on_step=on_step)
+        nodes.append(res.eigenvalues.numpy())
+        weights.append((res.first_components**2).numpy())
+    width = max(len(n) for n in nodes)
+    pad = lambda a: np.pad(a, (0, width - len(a)))  # noqa: E731 — zero weight for early-stopped probes
+    return SpectralDensity(np.stack([pad(n) for n in nodes]), np.stack([pad(w) for w in weights]))
+
+
+def smoothed_density(sd: SpectralDensity, *, bins: int = 10_000, sigma_squared: float = 1e-5,
+                     overhead: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian-broadened density on a grid, PyHessian's convention (``density_generate``).
+
+    Grid ``[mean_v min θ − overhead, mean_v max θ + overhead]``; kernel variance
+    ``σ² = sigma_squared · max(1, λmax − λmin)``; the result is normalized to unit mass.
+    Returns ``(grid, density)``.
+    """
+    lam_max = float(np.mean(np.max(sd.nodes, axis=1))) + overhead
+    lam_min = float(np.mean(np.min(sd.nodes, axis=1))) - overhead
+    grid = np.linspace(lam_min, lam_max, bins)
+    var = sigma_squared * max(1.0, lam_max - lam_min)
+    density = np.zeros(bins)
+    for nodes, weights in zip(sd.nodes, sd.weights, strict=True):
+        kern = np.exp(-((grid[:, None] - nodes[None, :]) ** 2) / (2 * var)) / math.sqrt(2 * math.pi * var)
+        density += kern @ weights
+    density /= len(sd.nodes)
+    mass = density.sum() * (grid[1] - grid[0])
+    return grid, density / mass if mass > 0 else density

@@ -1,0 +1,223 @@
+"""Hessian probe: top/bottom eigenvalues (Lanczos), trace (Hutchinson / Hutch++), spectral density
+(SLQ), and the same per layer.
+
+References: Yao et al. 2020 (PyHessian), Ghorbani et al. 2019 (SLQ for neural nets), Meyer et al.
+2021 (Hutch++). ``engine="pyhessian"`` runs PyHessian itself (power iteration with deflation,
+Hutchinson, SLQ) on the same model and data, for comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape.errors import ConfigError, LandscapeError
+from landscape.linalg import (
+    HessianOperator,
+    hutch_plus_plus,
+    hutchinson,
+    lanczos,
+    smoothed_density,
+    stochastic_lanczos_quadrature,
+)
+from landscape.params import layer_blocks, select_parameters
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+TRACE_METHODS = ("hutchinson", "hutch++")
+ENGINES = ("lanczos", "pyhessian")
+
+
+@dataclass(frozen=True)
+class HessianConfig:
+    """Settings of the Hessian probe (all recorded beside its results)."""
+
+    top_k: int = 5
+    bottom_k: int = 1
+    lanczos_steps: int = 100
+    tol: float | None = None
+    eigenvectors: bool = False
+    trace: bool = True
+    trace_method: str = "hutchinson"
+    trace_samples: int = 100
+    density: bool = False
+    density_vectors: int = 1
+    density_steps: int = 100
+    density_bins: int = 10_000
+    sigma_squared: float = 1e-5
+    per_layer: bool = False
+    subset: int | None = None
+    batch_size: int = 512
+    bn_mode: str = "eval"
+    dtype: str = "float32"
+    engine: str = "lanczos"
+    seed: int = 0
+    basis_device: str | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.top_k >= 1, f"top_k must be ≥ 1, got {self.top_k}"),
+            (self.bottom_k >= 0, f"bottom_k must be ≥ 0, got {self.bottom_k}"),
+            (self.lanczos_steps >= 2, f"lanczos_steps must be ≥ 2, got {self.lanczos_steps}"),
+            (self.trace_method in TRACE_METHODS, f"trace_method must be one of {', '.join(TRACE_METHODS)}"),
+            (self.trace_samples >= 2, f"trace_samples must be ≥ 2, got {self.trace_samples}"),
+            (self.density_vectors >= 1 and self.density_steps >= 2, "density needs ≥ 1 vector and ≥ 2 steps"),
+            (self.subset is None or self.subset >= 1, f"subset must be ≥ 1, got {self.subset}"),
+            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
+            (self.bn_mode in ("eval", "train"), f"bn_mode must be eval or train, got {self.bn_mode!r}"),
+            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
+            (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fixed_subset(n: int, size: int | None, seed: int) -> torch.Tensor:
+    """The same ``size`` indices of ``range(n)`` for a given seed (all of them, in order, for None)."""
+    if size is None or size >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:size].sort().values
+
+
+def hessian(
+    model: nn.Module,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: HessianConfig = HessianConfig(),
+    *,
+    device: torch.device | str | None = None,
+    on_hvp: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Spectrum summaries of ``∇²L(θ)``, ``L = (1/N) Σ_n loss(f_θ(x_n), y_n)`` over ``(x, y)``
+    (or a fixed ``cfg.subset`` of it). ``loss`` returns per-sample values.
+
+    Returns arrays and scalars: ``eigenvalues`` (top-k, descending), ``bottom_eigenvalues``
+    (ascending), ``residuals``, ``lambda_ratio`` = |λ_min/λ_max|, ``trace``/``trace_se``,
+    ``esd_nodes``/``esd_weights``/``density_grid``/``density``, ``layers`` (per-layer
+    ``top_eigenvalue``, ``trace``, ``num_params``), and counts (``num_hvps``, ``num_params``).
+    """
+    if cfg.engine == "pyhessian":
+        return _pyhessian(model, loss, x, y, cfg, device)
+    dtype = DTYPES[cfg.dtype]
+    idx = fixed_subset(len(x), cfg.subset, cfg.seed)
+    x, y = x[idx], y[idx]
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    counter = {"n": 0}
+
+    def make_op(params=None) -> HessianOperator:
+        op = HessianOperator(model, loss, x, y, params=params, batch_size=cfg.batch_size,
+                             bn_mode=cfg.bn_mode, dtype=dtype, device=dev)
+        inner = op.matvec
+
+        def counted(v: torch.Tensor) -> torch.Tensor:
+            out = inner(v)
+            counter["n"] += 1
+            if on_hvp is not None:
+                on_hvp(counter["n"])
+            return out
+
+        op.matvec = counted  # type: ignore[method-assign]
+        return op
+
+    op = make_op()
+    out: dict[str, Any] = {"num_params": op.size, "num_samples": len(x)}
+    loss_value, grad = op.loss_and_gradient()
+    out["loss"] = loss_value
+    out["grad_norm"] = float(grad.norm())
+    res = lanczos(op.matvec, op.size, max_steps=cfg.lanczos_steps, top_k=cfg.top_k, bottom_k=cfg.bottom_k,
+                  tol=cfg.tol, seed=cfg.seed, dtype=dtype, device=dev, basis_device=cfg.basis_device,
+                  eigenvectors=cfg.eigenvectors)
+    evals = res.eigenvalues.numpy()
+    k = min(cfg.top_k, len(evals))
+    top = evals[::-1][:k].copy()
+    out["eigenvalues"] = top
+    out["residuals"] = res.residuals.numpy()[::-1][:k].copy()
+    out["lanczos_steps"] = res.steps
+    out["converged"] = bool(res.converged)
+    out["basis_bytes"] = res.basis_bytes
+    if cfg.bottom_k:
+        out["bottom_eigenvalues"] = evals[: cfg.bottom_k].copy()
+        out["bottom_residuals"] = res.residuals.numpy()[: cfg.bottom_k].copy()
+        out["lambda_ratio"] = float(abs(evals[0] / evals[-1])) if evals[-1] != 0 else float("nan")
+    if cfg.eigenvectors and res.eigenvectors is not None:
+        wanted_top = res.eigenvectors[:, -k:].flip(1)  # columns in the order of `eigenvalues`
+        out["eigenvectors"] = wanted_top.T.float().cpu().numpy()
+    if cfg.trace:
+        est = _trace(op, cfg, dtype, dev)
+        out["trace"], out["trace_se"] = est.estimate, est.standard_error
+    if cfg.density:
+        sd = stochastic_lanczos_quadrature(op.matvec, op.size, vectors=cfg.density_vectors,
+                                           steps=cfg.density_steps, seed=cfg.seed, dtype=dtype, device=dev)
+        grid, dens = smoothed_density(sd, bins=cfg.density_bins, sigma_squared=cfg.sigma_squared)
+        out.update(esd_nodes=sd.nodes, esd_weights=sd.weights, density_grid=grid, density=dens)
+    if cfg.per_layer:
+        out["layers"] = _per_layer(model, make_op, cfg, dtype, dev)
+    out["num_hvps"] = counter["n"]
+    return out
+
+
+def _trace(op: HessianOperator, cfg: HessianConfig, dtype: torch.dtype, dev: torch.device):
+    if cfg.trace_method == "hutch++":
+        return hutch_plus_plus(op.matvec, op.size, matvecs=cfg.trace_samples, seed=cfg.seed, dtype=dtype, device=dev)
+    return hutchinson(op.matvec, op.size, samples=cfg.trace_samples, seed=cfg.seed, dtype=dtype, device=dev)
+
+
+def _per_layer(model, make_op, cfg: HessianConfig, dtype, dev) -> dict[str, np.ndarray]:
+    """Top eigenvalue and trace of each diagonal block ``H[layer, layer]``."""
+    blocks = layer_blocks(model, select_parameters(model))
+    names, tops, traces, sizes = [], [], [], []
+    for layer, params in blocks.items():
+        op = make_op(params)
+        res = lanczos(op.matvec, op.size, max_steps=cfg.lanczos_steps, top_k=1, bottom_k=0, tol=cfg.tol,
+                      seed=cfg.seed, dtype=dtype, device=dev)
+        names.append(layer)
+        tops.append(float(res.eigenvalues[-1]))
+        sizes.append(op.size)
+        traces.append(_trace(op, cfg, dtype, dev).estimate if cfg.trace else float("nan"))
+    return {
+        "names": np.array(names, dtype="S"),
+        "top_eigenvalue": np.array(tops),
+        "trace": np.array(traces),
+        "num_params": np.array(sizes),
+    }
+
+
+def _pyhessian(model, loss, x, y, cfg: HessianConfig, device) -> dict[str, Any]:
+    """Run PyHessian (Yao et al. 2020) itself on the same model and data subset."""
+    try:
+        from pyhessian import hessian as PyHessian
+    except ImportError as exc:
+        raise LandscapeError(
+            "engine 'pyhessian' needs PyHessian: pip install pyhessian --no-deps (or pip install -e '.[pyhessian]')"
+        ) from exc
+    if cfg.bn_mode != "eval" or cfg.dtype != "float32" or cfg.per_layer:
+        raise ConfigError("engine 'pyhessian' supports bn_mode=eval, dtype=float32 and no per-layer spectra")
+    idx = fixed_subset(len(x), cfg.subset, cfg.seed)
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    torch.manual_seed(cfg.seed)
+    criterion = lambda out, tgt: loss(out, tgt).mean()  # noqa: E731
+    hc = PyHessian(model, criterion, data=(x[idx].to(dev), y[idx].to(dev)), cuda=dev.type == "cuda")
+    top, _ = hc.eigenvalues(maxIter=cfg.lanczos_steps, tol=1e-3, top_n=cfg.top_k)
+    out: dict[str, Any] = {"eigenvalues": np.array(sorted(top, reverse=True)), "num_samples": len(idx)}
+    if cfg.trace:
+        values = np.array(hc.trace(maxIter=cfg.trace_samples, tol=1e-3))
+        out["trace"] = float(values.mean())
+        out["trace_se"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    if cfg.density:
+        nodes, weights = hc.density(iter=cfg.density_steps, n_v=cfg.density_vectors)
+        from landscape.linalg import SpectralDensity
+
+        sd = SpectralDensity(np.array(nodes), np.array(weights))
+        grid, dens = smoothed_density(sd, bins=cfg.density_bins, sigma_squared=cfg.sigma_squared)
+        out.update(esd_nodes=sd.nodes, esd_weights=sd.weights, density_grid=grid, density=dens)
+    return out
