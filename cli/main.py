@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import click
 import typer
@@ -166,6 +166,207 @@ def demo(
             )  # fmt: skip
     console.print(table)
     console.print(f"run directory: [bold]{result.run_dir}[/] ({len(RunDir(result.run_dir).checkpoints())} checkpoints)")
+
+
+# ---- probes ------------------------------------------------------------------------------------
+
+TARGET = typer.Argument(..., help="RUN_DIR, one of its checkpoint files, or a foreign checkpoint file/folder.")
+CHECKPOINTS = typer.Option("last", "--checkpoints", help="last, first, all, every:N, or steps S1,S2,…")
+OUT = typer.Option(None, "--out", "-o", help="Results file (default RUN_DIR/analysis.h5).")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N.")
+MODEL = typer.Option(None, "--model", help="Model name, for a checkpoint outside a RUN_DIR.")
+MODEL_PARAM = typer.Option(None, "--model-param", help="KEY=VALUE for --model, repeatable.")
+NUM_CLASSES = typer.Option(None, "--num-classes", help="Class count, for --model.")
+INPUT_SHAPE = typer.Option(None, "--input-shape", help="Input shape C,H,W (or D), for --model.")
+FACTORY = typer.Option(None, "--model-factory", help="pkg.module:function building the model.")
+DATASET = typer.Option(None, "--dataset", help="Dataset, for a checkpoint outside a RUN_DIR (default digits).")
+DATASET_PARAM = typer.Option(None, "--dataset-param", help="KEY=VALUE for --dataset, repeatable.")
+LOSS = typer.Option(None, "--loss", help="Loss, for a checkpoint outside a RUN_DIR (default ce).")
+FORCE = typer.Option(False, "--force", help="Recompute results already stored with the same settings.")
+PLOTS = typer.Option(True, "--plots/--no-plots", help="Write figures to the plots/ folder beside the results.")
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress.")
+
+
+def _foreign_specs(model, model_param, num_classes, input_shape, factory, dataset, dataset_param, loss):
+    """Model and data specs for checkpoints outside a RUN_DIR (ignored for a RUN_DIR)."""
+    from landscape.checkpoints import ModelSpec
+    from landscape.targets import DataSpec
+
+    shape = None
+    if input_shape:
+        try:
+            shape = tuple(int(s) for s in input_shape.split(","))
+        except ValueError:
+            raise ConfigError(f"--input-shape takes integers like 3,32,32, got {input_shape!r}") from None
+    model_spec = None
+    if model or factory:
+        model_spec = ModelSpec(name=model, input_shape=shape, num_classes=num_classes,
+                               params=parse_key_values(model_param, "--model-param"), factory=factory)
+    data_spec = DataSpec(dataset=dataset or "digits", dataset_params=parse_key_values(dataset_param, "--dataset-param"),
+                         loss=loss or "ce")
+    if model_spec is not None and model_spec.factory is None and (shape is None or num_classes is None):
+        from landscape.datasets import load_dataset
+
+        data = load_dataset(data_spec.dataset, **data_spec.dataset_params)
+        model_spec = ModelSpec(name=model, input_shape=shape or data.input_shape,
+                               num_classes=num_classes or data.num_classes, params=model_spec.params)
+    return model_spec, data_spec
+
+
+def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | None, device: str, foreign,
+                   force: bool, plots: bool, progress: bool, unit: str = "") -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from landscape.analyze import default_output, run_probe
+    from landscape.targets import resolve_targets
+
+    model_spec, data_spec = foreign
+    out_path = out if out is not None else default_output(target)
+    n_targets = len(resolve_targets(target, checkpoints))
+    bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[work]}"), TimeElapsedColumn(), console=err_console, disable=not progress)
+    with bar:
+        task = bar.add_task(probe, total=n_targets, work="")
+
+        def on_target(t, state):
+            if state in ("done", "stored"):
+                bar.advance(task)
+            bar.update(task, description=f"{probe} {t.name}", work="(stored)" if state == "stored" else "")
+
+        def on_progress(t, n):
+            bar.update(task, work=f"{n} {unit}" if unit else "")
+
+        records = run_probe(target, probe, cfg, checkpoints=checkpoints, out=out_path, device=device,
+                            model_spec=model_spec, data_spec=data_spec, force=force,
+                            on_progress=on_progress, on_target=on_target)
+    _print_summary(probe, records)
+    console.print(f"results: [bold]{out_path}[/]")
+    if plots:
+        from landscape.figures import probe_figures
+
+        written = probe_figures(out_path, probe, Path(out_path).parent / "plots")
+        if written:
+            console.print(f"figures: [bold]{Path(out_path).parent / 'plots'}[/] ({len(written)} files)")
+
+
+def _print_summary(probe: str, records) -> None:
+    import numpy as np
+
+    from landscape.probes import PROBES
+
+    keys = PROBES[probe].summary
+    table = Table(title=f"{probe}")
+    table.add_column("checkpoint", style="bold")
+    rows = []
+    for r in records:
+        result = r.result
+        parts = {k: v for k, v in result.items() if not isinstance(v, dict)}
+        splits = {k: v for k, v in result.items() if isinstance(v, dict) and k in ("train", "test")}
+        groups = splits or {"": parts}
+        for split, values in groups.items():
+            cells = []
+            for k in keys:
+                v = values.get(k)
+                if v is None:
+                    cells.append("–")
+                    continue
+                arr = np.atleast_1d(np.asarray(v, dtype=float))
+                cells.append(", ".join(f"{a:.4g}" for a in arr[:5]))
+            rows.append((f"{r.target.name}" + (f" ({split})" if split else "") + (" (stored)" if r.skipped else ""), cells))
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name, cells in rows:
+        table.add_row(name, *cells)
+    console.print(table)
+
+
+@app.command()
+def hessian(
+    target: Path = TARGET,
+    top_k: int = typer.Option(5, "--top-k", help="Largest eigenvalues."),
+    bottom_k: int = typer.Option(1, "--bottom-k", help="Smallest eigenvalues."),
+    trace: bool = typer.Option(True, "--trace/--no-trace", help="Hutchinson trace estimate."),
+    trace_method: str = typer.Option("hutchinson", help="hutchinson or hutch++."),
+    trace_samples: int = typer.Option(100, help="Probe vectors (matvecs) of the trace estimate."),
+    density: bool = typer.Option(False, "--density", help="Spectral density by stochastic Lanczos quadrature."),
+    density_vectors: int = typer.Option(1, help="SLQ probe vectors."),
+    density_steps: int = typer.Option(100, help="Lanczos steps per SLQ vector."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="Top eigenvalue and trace of each layer's block."),
+    eigenvectors: bool = typer.Option(False, "--eigenvectors", help="Store the top eigenvectors."),
+    lanczos_steps: int = typer.Option(100, help="Maximum Lanczos steps."),
+    tol: Optional[float] = typer.Option(None, help="Ritz residual tolerance (default by dtype)."),
+    subset: Optional[int] = typer.Option(None, "--subset", help="A fixed subset of N samples (default: the whole split)."),
+    split: str = typer.Option("train", help="train or test."),
+    batch_size: int = typer.Option(512, "--batch-size", help="Samples per HVP batch."),
+    bn_mode: str = typer.Option("eval", help="BatchNorm in eval (running stats) or train (batch stats) mode."),
+    engine: str = typer.Option("lanczos", help="lanczos (ours) or pyhessian."),
+    dtype: str = typer.Option("float32", help="float32 or float64."),
+    seed: int = typer.Option(0, help="Seed of the subset and the random vectors."),
+    basis_device: Optional[str] = typer.Option(None, help="Keep the Lanczos basis here (e.g. cpu) for huge models."),
+    checkpoints: str = CHECKPOINTS, out: Optional[Path] = OUT, device: str = DEVICE,
+    model: Optional[str] = MODEL, model_param: Optional[list[str]] = MODEL_PARAM, num_classes: Optional[int] = NUM_CLASSES,
+    input_shape: Optional[str] = INPUT_SHAPE, model_factory: Optional[str] = FACTORY, dataset: Optional[str] = DATASET,
+    dataset_param: Optional[list[str]] = DATASET_PARAM, loss: Optional[str] = LOSS,
+    force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
+) -> None:
+    """Hessian eigenvalues (Lanczos), trace (Hutchinson/Hutch++) and spectral density (SLQ) of checkpoints."""
+    from landscape.probes.hessian import HessianConfig
+
+    cfg = HessianConfig(
+        top_k=top_k, bottom_k=bottom_k, lanczos_steps=lanczos_steps, tol=tol, eigenvectors=eigenvectors,
+        trace=trace, trace_method=trace_method, trace_samples=trace_samples, density=density,
+        density_vectors=density_vectors, density_steps=density_steps, per_layer=per_layer, subset=subset,
+        batch_size=batch_size, bn_mode=bn_mode, dtype=dtype, engine=engine, seed=seed,
+        basis_device=basis_device, split=split,
+    )  # fmt: skip
+    foreign = _foreign_specs(model, model_param, num_classes, input_shape, model_factory, dataset, dataset_param, loss)
+    _run_probe_cli("hessian", cfg, target, checkpoints, out, device, foreign, force, plots, progress, unit="HVPs")
+
+
+def _representation_command(probe: str, config_name: str, doc: str):
+    """A `landscape collapse|rankme|dse` command: the probe on the features of each checkpoint."""
+
+    def command(
+        target: Path = TARGET,
+        layer: Optional[str] = typer.Option(None, "--layer", help="Module whose input is the feature (default: the classifier)."),
+        split: str = typer.Option("both", "--split", help="train, test or both."),
+        samples: Optional[int] = typer.Option(None, "--samples", help="A fixed subset of N samples per split."),
+        setting: Optional[list[str]] = typer.Option(None, "--setting", help="KEY=VALUE probe setting, repeatable."),
+        checkpoints: str = typer.Option("all", "--checkpoints", help="last, first, all, every:N, or steps S1,S2,…"),
+        out: Optional[Path] = OUT, device: str = DEVICE,
+        model: Optional[str] = MODEL, model_param: Optional[list[str]] = MODEL_PARAM,
+        num_classes: Optional[int] = NUM_CLASSES, input_shape: Optional[str] = INPUT_SHAPE,
+        model_factory: Optional[str] = FACTORY, dataset: Optional[str] = DATASET,
+        dataset_param: Optional[list[str]] = DATASET_PARAM, loss: Optional[str] = LOSS,
+        force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
+    ) -> None:
+        from landscape.probes import make_config
+
+        settings = {"layer": layer, "splits": split, "samples": samples, **parse_key_values(setting, "--setting")}
+        cfg = make_config(probe, **settings)
+        foreign = _foreign_specs(model, model_param, num_classes, input_shape, model_factory, dataset, dataset_param, loss)
+        _run_probe_cli(probe, cfg, target, checkpoints, out, device, foreign, force, plots, progress)
+
+    command.__doc__ = doc
+    command.__name__ = probe
+    return command
+
+
+app.command("collapse")(_representation_command(
+    "collapse", "CollapseProbeConfig",
+    "Neural collapse (NC1–NC4, CDNV, orthogonal frame) of the penultimate features, over a run's checkpoints."))
+app.command("rankme")(_representation_command(
+    "rankme", "RankMeProbeConfig", "RankMe, effective rank and α-ReQ of the features, over a run's checkpoints."))
+app.command("dse")(_representation_command(
+    "dse", "DSEProbeConfig",
+    "Diffusion spectral entropy and mutual information DSMI(Z;Y), DSMI(Z;X) of the features, over a run's checkpoints."))
 
 
 def _list_registry(kind: str, entries: list[tuple[str, str, str]]) -> None:

@@ -15,6 +15,7 @@ layer, the classifier the neural-collapse measures NC2–NC4 compare ``h`` with.
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -154,3 +155,42 @@ def extract_features(
     if not feats:
         raise ConfigError("extract_features got no inputs (x has 0 rows)")
     return torch.cat(feats), torch.cat(logits)
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """Which features a representation probe reads: the input of ``layer`` (default: the
+    classifier's), on each of ``splits``, for a fixed seeded subset of ``samples`` points."""
+
+    layer: str | None = None
+    splits: str = "train,test"
+    samples: int | None = None
+    batch_size: int = 1024
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from landscape.probes.base import parse_splits
+
+        parse_splits(self.splits)
+        if self.samples is not None and self.samples < 2:
+            raise ConfigError(f"samples must be ≥ 2, got {self.samples}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
+
+
+def split_features(ctx, settings: FeatureSettings) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """``{split: (features, logits, labels, inputs)}`` for the probe context ``ctx`` (cached per checkpoint)."""
+    from landscape.probes.base import fixed_subset, parse_splits
+
+    out = {}
+    for split in parse_splits(settings.splits):
+        key = f"features:{split}:{settings.layer}:{settings.samples}:{settings.seed}"
+        if key not in ctx.cache:
+            data = ctx.split(split)
+            idx = fixed_subset(len(data), settings.samples, settings.seed)
+            x, y = data.x[idx], data.y[idx]
+            feats, logits = extract_features(ctx.model, x, layer=settings.layer,
+                                             batch_size=settings.batch_size, device=ctx.device)
+            ctx.cache[key] = (feats, logits, y.to(feats.device), x)
+        out[split] = ctx.cache[key]
+    return out

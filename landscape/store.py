@@ -169,6 +169,14 @@ class Store:
                 raise StoreError(f"{self.path} has no group {group!r}; stored: {', '.join(_list(f)) or 'none'}")
             return _read(g), {k: _decode_attr(v) for k, v in g.attrs.items()}
 
+    def attrs(self, group: str) -> dict[str, Any]:
+        """Attributes of any group (e.g. a checkpoint's step and hash); empty if it is absent."""
+        if not self.exists():
+            return {}
+        with self._open("r") as f:
+            g = f.get(group.strip("/") or "/")
+            return {} if g is None else {k: _decode_attr(v) for k, v in g.attrs.items()}
+
     def groups(self) -> list[str]:
         if not self.exists():
             return []

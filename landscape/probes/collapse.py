@@ -76,9 +76,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from landscape.errors import ConfigError, LandscapeError
+from landscape.features import FeatureSettings, find_classifier, split_features
+from landscape.probes.base import ProbeContext, register_probe
 
 __all__ = ["CollapseConfig", "neural_collapse"]
 
@@ -314,4 +316,28 @@ def neural_collapse(
         empty_classes=torch.nonzero(counts == 0).flatten().cpu().numpy(),
         num_classes_present=cp,
     )
+    return out
+
+
+@dataclass(frozen=True)
+class CollapseProbeConfig(FeatureSettings, CollapseConfig):
+    """The neural-collapse probe: :class:`CollapseConfig` on the features of :class:`FeatureSettings`."""
+
+    def __post_init__(self) -> None:
+        FeatureSettings.__post_init__(self)
+        if hasattr(CollapseConfig, "__post_init__"):
+            CollapseConfig.__post_init__(self)
+
+
+@register_probe("collapse", CollapseProbeConfig, summary=("nc1", "equiangular_means", "self_duality", "ncc_mismatch"))
+def run_collapse(ctx: ProbeContext, cfg: CollapseProbeConfig) -> dict[str, Any]:
+    """NC1–NC4 of the penultimate features on each split (Papyan et al. 2020); one subgroup per split."""
+    weight = None
+    if cfg.layer is None or isinstance(dict(ctx.model.named_modules()).get(cfg.layer), nn.Linear):
+        weight, _ = find_classifier(ctx.model, cfg.layer)  # the linear layer whose input is the feature
+    out: dict[str, Any] = {}
+    for split, (feats, logits, y, _) in split_features(ctx, cfg).items():
+        w = None if weight is None else weight.to(feats.device)
+        out[split] = neural_collapse(feats, y, w, predictions=logits.argmax(1),
+                                     num_classes=ctx.data.num_classes, cfg=cfg)
     return out

@@ -69,6 +69,8 @@ import torch
 from torch import Tensor
 
 from landscape.errors import ConfigError
+from landscape.features import FeatureSettings, split_features
+from landscape.probes.base import ProbeContext, register_probe
 
 __all__ = ["DSEConfig", "diffusion_spectral_entropy", "diffusion_spectral_mutual_information"]
 
@@ -275,3 +277,42 @@ def diffusion_spectral_mutual_information(
         "clusters": clusters,
         "sigma_used": sigma,
     }
+
+
+@dataclass(frozen=True)
+class DSEProbeConfig(FeatureSettings, DSEConfig):
+    """The DSE/DSMI probe: :class:`DSEConfig` on the features of :class:`FeatureSettings`.
+
+    ``dsmi_inputs`` also computes DSMI(Z; X) against the (spectrally clustered) inputs.
+    """
+
+    dsmi_inputs: bool = True
+
+    def __post_init__(self) -> None:
+        FeatureSettings.__post_init__(self)
+        if hasattr(DSEConfig, "__post_init__"):
+            DSEConfig.__post_init__(self)
+
+
+@register_probe("dse", DSEProbeConfig, summary=("dse", "dsmi_y", "dsmi_x"))
+def run_dse(ctx: ProbeContext, cfg: DSEProbeConfig) -> dict[str, Any]:
+    """DSE of the features, DSMI(Z; Y) with the labels and DSMI(Z; X) with clustered inputs, per split.
+
+    The input clustering is the same at every checkpoint of a run, so it is computed once.
+    """
+    out: dict[str, Any] = {}
+    for split, (feats, _, y, x) in split_features(ctx, cfg).items():
+        res = diffusion_spectral_entropy(feats, cfg)
+        mi_y = diffusion_spectral_mutual_information(feats, y, cfg)
+        group = {"dse": res["dse"], "eigenvalues": res["eigenvalues"], "n_used": res["n_used"],
+                 "sigma_used": res["sigma_used"], "dsmi_y": mi_y["dsmi"],
+                 "dsmi_y_per_class": mi_y["mi_per_group"]}
+        if cfg.dsmi_inputs:
+            key = f"input_clusters:{split}:{cfg.samples}:{cfg.seed}:{cfg.n_clusters}"
+            if key not in ctx.run_cache:
+                flat = x.reshape(len(x), -1).to(torch.float64)
+                ctx.run_cache[key] = diffusion_spectral_mutual_information(feats, flat, cfg)["clusters"]
+            mi_x = diffusion_spectral_mutual_information(feats, torch.as_tensor(ctx.run_cache[key]), cfg)
+            group["dsmi_x"] = mi_x["dsmi"]
+        out[split] = group
+    return out

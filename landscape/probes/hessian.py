@@ -26,6 +26,7 @@ from landscape.linalg import (
     stochastic_lanczos_quadrature,
 )
 from landscape.params import layer_blocks, select_parameters
+from landscape.probes.base import ProbeContext, fixed_subset, register_probe
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TRACE_METHODS = ("hutchinson", "hutch++")
@@ -57,6 +58,7 @@ class HessianConfig:
     engine: str = "lanczos"
     seed: int = 0
     basis_device: str | None = None
+    split: str = "train"
 
     def __post_init__(self) -> None:
         checks = [
@@ -71,6 +73,7 @@ class HessianConfig:
             (self.bn_mode in ("eval", "train"), f"bn_mode must be eval or train, got {self.bn_mode!r}"),
             (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
             (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}"),
+            (self.split in ("train", "test"), f"split must be train or test, got {self.split!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -78,14 +81,6 @@ class HessianConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def fixed_subset(n: int, size: int | None, seed: int) -> torch.Tensor:
-    """The same ``size`` indices of ``range(n)`` for a given seed (all of them, in order, for None)."""
-    if size is None or size >= n:
-        return torch.arange(n)
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=g)[:size].sort().values
 
 
 def hessian(
@@ -221,3 +216,10 @@ def _pyhessian(model, loss, x, y, cfg: HessianConfig, device) -> dict[str, Any]:
         grid, dens = smoothed_density(sd, bins=cfg.density_bins, sigma_squared=cfg.sigma_squared)
         out.update(esd_nodes=sd.nodes, esd_weights=sd.weights, density_grid=grid, density=dens)
     return out
+
+
+@register_probe("hessian", HessianConfig, summary=("eigenvalues", "bottom_eigenvalues", "trace", "num_hvps"))
+def run_hessian(ctx: ProbeContext, cfg: HessianConfig) -> dict[str, Any]:
+    """The Hessian probe on the checkpoint's ``cfg.split`` (the training loss, labels as trained)."""
+    split = ctx.split(cfg.split)
+    return hessian(ctx.model, ctx.loss, split.x, split.y, cfg, device=ctx.device, on_hvp=ctx.advance)

@@ -51,6 +51,8 @@ import torch
 from torch import Tensor
 
 from landscape.errors import ConfigError
+from landscape.features import FeatureSettings, split_features
+from landscape.probes.base import ProbeContext, register_probe
 
 __all__ = ["RankMeConfig", "rankme", "power_law_fit"]
 
@@ -157,3 +159,19 @@ def rankme(Z: Tensor, cfg: RankMeConfig = RankMeConfig()) -> dict[str, Any]:
         "singular_values": s.cpu().numpy(),
         "covariance_eigenvalues": lam,
     }
+
+
+@dataclass(frozen=True)
+class RankMeProbeConfig(FeatureSettings, RankMeConfig):
+    """The RankMe probe: :class:`RankMeConfig` on the features of :class:`FeatureSettings`."""
+
+    def __post_init__(self) -> None:
+        FeatureSettings.__post_init__(self)
+        if hasattr(RankMeConfig, "__post_init__"):
+            RankMeConfig.__post_init__(self)
+
+
+@register_probe("rankme", RankMeProbeConfig, summary=("rankme", "effective_rank", "alpha_req"))
+def run_rankme(ctx: ProbeContext, cfg: RankMeProbeConfig) -> dict[str, Any]:
+    """RankMe, effective rank and α-ReQ of the features on each split; one subgroup per split."""
+    return {split: rankme(feats, cfg) for split, (feats, _, _, _) in split_features(ctx, cfg).items()}

@@ -209,7 +209,11 @@ class _DecoupledWeightDecay:
 
 @OPTIMIZERS.register("sgd")
 class SGD(_DecoupledWeightDecay, torch.optim.SGD):
-    """torch's SGD (momentum, Nesterov, dampening) with an optional decoupled weight decay."""
+    """torch's SGD (momentum, Nesterov, dampening) with an optional decoupled weight decay.
+
+    Unlike torch, ``momentum`` defaults to 0.9 (the setting of nearly every paper this toolkit
+    reproduces, SAM's base optimizer included); pass ``momentum=0`` for plain SGD.
+    """
 
     closure_calls: ClassVar[int] = 1
 
@@ -217,7 +221,7 @@ class SGD(_DecoupledWeightDecay, torch.optim.SGD):
         self,
         params: Iterable[Any],
         lr: float = 1e-3,
-        momentum: float = 0.0,
+        momentum: float = 0.9,
         dampening: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,

@@ -603,7 +603,7 @@ def test_unknown_parameter_lists_accepted_ones():
         ("gam", dict(lr=0.1, rho_t=-1.0), "rho_t"),
         ("sgd", dict(lr=0.1, momentum=1.0), "momentum"),
         ("sam", dict(lr=0.1, momentum=-0.1), "momentum"),
-        ("sgd", dict(lr=0.1, nesterov=True), "nesterov"),
+        ("sgd", dict(lr=0.1, momentum=0.0, nesterov=True), "nesterov"),
         ("adam", dict(lr=0.1, betas=(0.9, 1.0)), "betas"),
         ("sgd", dict(lr=0.1, weight_decay=-1e-4), "weight_decay"),
         ("sam", dict(lr=0.1, base="sam"), "base"),

@@ -1,0 +1,163 @@
+"""Run probes over checkpoints and store the results in one HDF5 file.
+
+``run_probe(path, "hessian", cfg)`` resolves the checkpoints (:mod:`landscape.targets`), skips
+those whose results are already stored with the same settings, runs the probe on each of the
+others, and writes ``/<checkpoint>/<probe>`` through :class:`landscape.store.Store` with every
+setting needed to repeat it as attributes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from landscape.checkpoints import ModelSpec, file_sha256
+from landscape.errors import ConfigError
+from landscape.probes import PROBES, ProbeContext
+from landscape.store import Store, settings_hash
+from landscape.targets import DataSpec, Target, load_data_and_loss, load_model, resolve_targets
+from landscape.utils import resolve_device, versions
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """One (checkpoint, probe) result: stored now, or found already stored."""
+
+    target: Target
+    group: str
+    result: dict[str, Any]
+    skipped: bool
+    seconds: float
+
+
+def default_output(path: str | Path) -> Path:
+    """``RUN_DIR/analysis.h5`` for a run (or one of its checkpoints); otherwise an explicit --out is needed."""
+    path = Path(path)
+    for candidate in (path, path.parent.parent):
+        if candidate.is_dir() and (candidate / "config.json").is_file():
+            return candidate / "analysis.h5"
+    raise ConfigError(f"{path} is not a run directory: name the results file with --out FILE.h5")
+
+
+def run_probe(
+    path: str | Path,
+    probe: str,
+    cfg: Any = None,
+    *,
+    checkpoints: str = "last",
+    out: str | Path | None = None,
+    device: str | torch.device = "auto",
+    model_spec: ModelSpec | None = None,
+    data_spec: DataSpec | None = None,
+    force: bool = False,
+    on_progress: Callable[[Target, int], None] | None = None,
+    on_target: Callable[[Target, str], None] | None = None,
+) -> list[ProbeRecord]:
+    """Run ``probe`` with config ``cfg`` on the selected checkpoints of ``path``; store and return the results.
+
+    ``on_target(target, state)`` is told ``"start"``/``"done"``/``"stored"`` per checkpoint and
+    ``on_progress(target, n)`` the probe's units of work (HVPs for the Hessian).
+    """
+    spec = PROBES[probe]
+    cfg = cfg if cfg is not None else spec.config()
+    if not isinstance(cfg, spec.config):
+        raise ConfigError(f"probe {probe!r} takes a {spec.config.__name__}, got {type(cfg).__name__}")
+    dev = resolve_device(device)
+    targets = resolve_targets(path, checkpoints)
+    store = Store(out if out is not None else default_output(path))
+    store.check_writable()
+    settings = dataclasses.asdict(cfg)
+    records: list[ProbeRecord] = []
+    data_cache: dict[Any, Any] = {}
+    run_cache: dict[str, Any] = {}
+    for target in targets:
+        group = f"{target.name}/{spec.name}"
+        if not force and store.has(group, settings):
+            if on_target:
+                on_target(target, "stored")
+            arrays, _ = store.read(group)
+            records.append(ProbeRecord(target, group, arrays, True, 0.0))
+            continue
+        if on_target:
+            on_target(target, "start")
+        key = str(target.run_dir)
+        if key not in data_cache:
+            data_cache[key] = load_data_and_loss(target, data_spec)
+        data, loss = data_cache[key]
+        model = load_model(target, model_spec, dev)
+        ctx = ProbeContext(model=model, loss=loss.per_sample, data=data, device=dev, run_cache=run_cache,
+                           advance=(lambda n, t=target: on_progress(t, n)) if on_progress else (lambda n: None))
+        torch.manual_seed(getattr(cfg, "seed", 0))
+        start = time.perf_counter()
+        result = spec.run(ctx, cfg)
+        seconds = time.perf_counter() - start
+        attrs = {
+            "probe": spec.name,
+            "settings": settings,
+            "settings_hash": settings_hash(settings),
+            "versions": versions(),
+            "device": str(dev),
+            "seconds": seconds,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "data": {"dataset": data.name, "n_train": len(data.train), "n_test": len(data.test)},
+            "loss": getattr(loss, "spec", lambda: {})(),
+        }
+        parent = {
+            "checkpoint": str(target.path),
+            "checkpoint_sha256": file_sha256(target.path),
+            **({"step": target.step} if target.step is not None else {}),
+            **{k: v for k, v in target.metrics().items() if isinstance(v, int | float)},
+        }
+        store.write(group, _storable(result), attrs, parent)
+        records.append(ProbeRecord(target, group, result, False, seconds))
+        if on_target:
+            on_target(target, "done")
+    return records
+
+
+def _storable(result: dict[str, Any]) -> dict[str, Any]:
+    """Scalars and arrays as HDF5 can hold them (bools → uint8, None → NaN, tensors → numpy)."""
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            out[key] = _storable(value)
+        elif isinstance(value, torch.Tensor):
+            out[key] = value.detach().cpu().numpy()
+        elif value is None:
+            out[key] = np.nan
+        elif isinstance(value, bool | np.bool_):
+            out[key] = np.uint8(value)
+        else:
+            out[key] = value
+    return out
+
+
+def collect_series(store_path: str | Path, probe: str, keys: list[str]) -> dict[str, Any]:
+    """Scalars of ``probe`` across the stored checkpoints, ordered by step: ``{"step", "epoch", key…}``.
+
+    A key may be a path into subgroups (``"train/nc1"``).
+    """
+    store = Store(store_path)
+    rows = []
+    for group in store.groups():
+        ckpt, _, name = group.rpartition("/")
+        if name != probe:
+            continue
+        arrays, _ = store.read(group)
+        parent_attrs = store.attrs(ckpt)
+        row = {"step": parent_attrs.get("step", np.nan), "epoch": parent_attrs.get("epoch", np.nan)}
+        for key in keys:
+            value: Any = arrays
+            for part in key.split("/"):
+                value = value.get(part, np.nan) if isinstance(value, dict) else np.nan
+            row[key] = float(np.asarray(value).reshape(-1)[0]) if np.size(value) else np.nan
+        rows.append(row)
+    rows.sort(key=lambda r: (np.nan_to_num(r["step"], nan=np.inf)))
+    return {k: np.array([r[k] for r in rows]) for k in ["step", "epoch", *keys]}

@@ -1,0 +1,98 @@
+"""Which figures each probe gets, drawn from the HDF5 store alone.
+
+``probe_figures(store, probe, plots_dir)`` writes the figures of one probe and returns their
+paths: per checkpoint for the Hessian (ESD, top-k spectrum, per-layer bars), and curves over the
+stored checkpoints for the representation probes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from landscape.analyze import collect_series
+from landscape.store import Store
+
+# (panel title, key inside a split's subgroup, log y)
+CURVES: dict[str, list[tuple[str, str, bool]]] = {
+    "collapse": [
+        ("NC1  Tr(Σ_W Σ_B⁺)/C", "nc1", True),
+        ("NC2 equinorm (means)", "equinorm_means", True),
+        ("NC2 equiangularity (means)", "equiangular_means", True),
+        ("NC3 self-duality", "self_duality", True),
+        ("NC4 NCC mismatch", "ncc_mismatch", True),
+        ("CDNV", "cdnv", True),
+    ],
+    "rankme": [("RankMe", "rankme", False), ("effective rank", "effective_rank", False),
+               ("α-ReQ", "alpha_req", False)],
+    "dse": [("DSE (bits)", "dse", False), ("DSMI(Z; Y) (bits)", "dsmi_y", False),
+            ("DSMI(Z; X) (bits)", "dsmi_x", False)],
+}
+
+
+def probe_figures(store_path: str | Path, probe: str, plots_dir: str | Path,
+                  formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Draw ``probe``'s figures from ``store_path`` into ``plots_dir``."""
+    drawers: dict[str, Callable[[Store, Path, tuple[str, ...]], list[Path]]] = {
+        "hessian": _hessian_figures,
+        **{name: (lambda s, d, f, name=name: _curve_figures(s, name, d, f)) for name in CURVES},
+    }
+    if probe not in drawers:
+        return []
+    return drawers[probe](Store(store_path), Path(plots_dir), formats)
+
+
+def _hessian_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+    from landscape.plots import plot_esd, plot_layer_spectrum, plot_top_eigenvalues, save_figure
+
+    written: list[Path] = []
+    for group in store.groups():
+        ckpt, _, name = group.rpartition("/")
+        if name != "hessian":
+            continue
+        r, _ = store.read(group)
+        stem = plots_dir / "hessian" / ckpt
+        fig = plot_top_eigenvalues(r["eigenvalues"], bottom=r.get("bottom_eigenvalues"), title=f"Hessian spectrum — {ckpt}")
+        written += save_figure(fig, f"{stem}_top", formats)
+        if "density" in r:
+            fig = plot_esd(r["density_grid"], r["density"], nodes=r.get("esd_nodes"), weights=r.get("esd_weights"),
+                           title=f"Hessian eigenvalue density — {ckpt}")
+            written += save_figure(fig, f"{stem}_esd", formats)
+        if "layers" in r:
+            layers = r["layers"]
+            trace = layers["trace"] if np.isfinite(layers["trace"]).any() else None
+            fig = plot_layer_spectrum(list(layers["names"]), layers["top_eigenvalue"], trace,
+                                      title=f"Per-layer Hessian — {ckpt}")
+            written += save_figure(fig, f"{stem}_layers", formats)
+    return written
+
+
+def _curve_figures(store: Store, probe: str, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+    from landscape.plots import plot_curves, save_figure
+
+    panels = CURVES[probe]
+    splits = ("train", "test")
+    keys = [f"{s}/{k}" for s in splits for _, k, _ in panels]
+    series = collect_series(store.path, probe, keys)
+    if not len(series["step"]):
+        return []
+    x, xlabel = series["epoch"], "epoch"
+    if np.isnan(x).any():
+        x, xlabel = series["step"].astype(float), "step"
+    if np.isnan(x).any():
+        x, xlabel = np.arange(len(x), dtype=float), "checkpoint"
+    data = {}
+    for title, key, _ in panels:
+        lines = {s: series[f"{s}/{key}"] for s in splits if np.isfinite(series[f"{s}/{key}"]).any()}
+        if lines:
+            data[title] = lines
+    logy = [title for title, _, log in panels if log]
+    logx = xlabel == "epoch" and probe == "collapse" and (x > 0).sum() >= 2
+    fig = plot_curves(x, data, xlabel=xlabel, logx=logx, logy=logy, title=_TITLES[probe])
+    return save_figure(fig, plots_dir / probe, formats)
+
+
+_TITLES = {"collapse": "Neural collapse over training", "rankme": "RankMe over training",
+           "dse": "Diffusion spectral entropy over training"}

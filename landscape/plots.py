@@ -1,0 +1,614 @@
+r"""Figures from probe results: Hessian spectra, per-layer curvature, metric curves, training curves.
+
+Every function takes arrays — what a probe returns, what :mod:`landscape.store` reads back from
+``analysis.h5``, or the records of ``metrics.jsonl`` — never a model, and returns a
+:class:`matplotlib.figure.Figure`. Figures are built on :class:`~matplotlib.figure.Figure` with
+a :class:`~matplotlib.backends.backend_agg.FigureCanvasAgg` attached, never through
+``pyplot``: nothing touches pyplot's figure list or the user's backend, so this works on
+headless machines, in worker processes, in tests and beside an interactive session.
+:func:`save_figure` writes PNG / PDF / SVG atomically.
+
+Conventions shared by all figures: 150 dpi, constrained ("tight") layout, fonts set on each
+figure (titles 11 pt, labels 10 pt, ticks and legends 9 pt), a light grid, no top/right
+spines, a legend only where an axes holds more than one labelled line. NaN values are gaps;
+on a logarithmic axis non-positive values are masked (NaN) rather than clipped. A point with
+no finite neighbour gets a marker so that it is not invisible.
+
+* :func:`plot_esd` — the Hessian eigenvalue spectral density of stochastic Lanczos quadrature
+  (Ghorbani, Krishnan & Xiao 2019; PyHessian, Yao et al. 2020) on a log density axis.
+* :func:`plot_top_eigenvalues` — the top-:math:`k` eigenvalues by rank, the bottom ones beside.
+* :func:`plot_layer_spectrum` — per-layer top eigenvalue (and trace) of the diagonal Hessian
+  blocks as horizontal bars.
+* :func:`plot_curves` — small multiples of measures over training (neural collapse NC1–NC4,
+  RankMe, DSE / DSMI, sharpness, …).
+* :func:`plot_training_curves` — loss, accuracy and learning rate from ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFormatter
+from matplotlib.transforms import blended_transform_factory
+
+from landscape.errors import LandscapeError
+from landscape.utils import atomic_write
+
+__all__ = [
+    "FORMATS",
+    "plot_curves",
+    "plot_esd",
+    "plot_layer_spectrum",
+    "plot_top_eigenvalues",
+    "plot_training_curves",
+    "save_figure",
+]
+
+DPI = 150
+FORMATS = ("png", "pdf", "svg")
+TITLE_SIZE = 11
+LABEL_SIZE = 10
+TICK_SIZE = 9
+LEGEND_SIZE = 9
+SUPTITLE_SIZE = 12
+DENSITY_FLOOR = 1e-8  # log-density axis floor, relative to the largest density
+SHORT_SERIES = 40  # series with at most this many points get a marker on every point
+TRAIN_COLOR, TEST_COLOR, LR_COLOR = "C0", "C1", "C2"
+TOP_COLOR, BOTTOM_COLOR = "C0", "C3"
+
+# Axis labels for the measures the probes return, by (lower-cased) series name.
+_YLABELS: dict[str, str] = {
+    "nc1": r"$\mathrm{Tr}(\Sigma_W \Sigma_B^{+})\,/\,C$",
+    "nc2_equinorm": r"std$_c\,\|\tilde\mu_c\|$ / mean$_c\,\|\tilde\mu_c\|$",
+    "equinorm_means": r"std$_c\,\|\tilde\mu_c\|$ / mean$_c\,\|\tilde\mu_c\|$",
+    "equinorm_weights": r"std$_c\,\|w_c\|$ / mean$_c\,\|w_c\|$",
+    "nc2_equiangular": r"mean$_{c\neq c'}\,|\cos + 1/(C-1)|$",
+    "equiangular_means": r"mean$_{c\neq c'}\,|\cos + 1/(C-1)|$",
+    "equiangular_weights": r"mean$_{c\neq c'}\,|\cos + 1/(C-1)|$",
+    "nc3": r"$\|W^\top/\|W\|_F - M/\|M\|_F\|_F^2$",
+    "self_duality": r"$\|W^\top/\|W\|_F - M/\|M\|_F\|_F^2$",
+    "nc4": "NCC mismatch (fraction)",
+    "ncc_mismatch": "NCC mismatch (fraction)",
+    "trace_ratio": r"$\mathrm{Tr}\,\Sigma_W / \mathrm{Tr}\,\Sigma_B$",
+    "rankme": "RankMe",
+    "effective_rank": "effective rank",
+    "dse": "DSE (bits)",
+    "dsmi": "DSMI (bits)",
+    "dsmi_x": "DSMI (bits)",
+    "dsmi_y": "DSMI (bits)",
+}
+
+
+# ---- figure scaffolding --------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas (never registered with pyplot)."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _style(ax: Any) -> None:
+    ax.tick_params(labelsize=TICK_SIZE)
+    ax.grid(True, which="major", alpha=0.3, linewidth=0.6)
+    ax.spines["top"].set_visible(False)
+    ax.spines["right"].set_visible(False)
+
+
+def _labels(ax: Any, xlabel: str | None = None, ylabel: str | None = None, title: str | None = None) -> None:
+    if xlabel is not None:
+        ax.set_xlabel(xlabel, fontsize=LABEL_SIZE)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
+    if title is not None:
+        ax.set_title(title, fontsize=TITLE_SIZE)
+
+
+def _legend(ax: Any) -> None:
+    """A legend only when the axes holds more than one labelled artist."""
+    handles, labels = ax.get_legend_handles_labels()
+    if len(handles) > 1:
+        ax.legend(handles, labels, fontsize=LEGEND_SIZE, frameon=False)
+
+
+def _suptitle(fig: Figure, title: str | None) -> None:
+    if title:
+        fig.suptitle(title, fontsize=SUPTITLE_SIZE)
+
+
+def _markevery(y: np.ndarray) -> list[int] | None:
+    """Indices of points without a finite neighbour (a line through them draws nothing)."""
+    finite = np.isfinite(y)
+    left = np.concatenate([[False], finite[:-1]])
+    right = np.concatenate([finite[1:], [False]])
+    return np.flatnonzero(finite & ~left & ~right).tolist()
+
+
+def _plot_series(ax: Any, x: np.ndarray, y: np.ndarray, **kwargs: Any) -> Any:
+    """``ax.plot`` with markers on short series and on isolated points; returns the line."""
+    if len(y) <= SHORT_SERIES:
+        (line,) = ax.plot(x, y, marker="o", markersize=3.5, **kwargs)
+        return line
+    isolated = _markevery(y)
+    if isolated:
+        (line,) = ax.plot(x, y, marker="o", markersize=3.5, markevery=isolated, **kwargs)
+    else:
+        (line,) = ax.plot(x, y, **kwargs)
+    return line
+
+
+# ---- array helpers -------------------------------------------------------------------------------
+
+
+def _vector(name: str, values: Any) -> np.ndarray:
+    """``values`` as a 1-D float64 array (a scalar becomes one point)."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise LandscapeError(f"{name} must be numeric, got {type(values).__name__}") from exc
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise LandscapeError(f"{name} must be 1-D, got shape {arr.shape}")
+    return arr
+
+
+def _same_length(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> None:
+    if len(a) != len(b):
+        raise LandscapeError(f"{name_b} has {len(b)} values but {name_a} has {len(a)}")
+
+
+def _positive(y: np.ndarray) -> np.ndarray:
+    """``y`` with non-positive (and non-finite) values as NaN, for a log axis."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(y) & (y > 0), y, np.nan)
+
+
+def _decode(name: Any) -> str:
+    if isinstance(name, bytes | np.bytes_):
+        return bytes(name).decode("utf-8", errors="replace")
+    return str(name)
+
+
+def _wants(flag: bool | Collection[str], key: str) -> bool:
+    """A bool for every panel, or the collection of panel names it applies to."""
+    if isinstance(flag, bool | np.bool_):
+        return bool(flag)
+    if isinstance(flag, str):
+        return flag == key
+    return key in flag
+
+
+# ---- Hessian spectra -----------------------------------------------------------------------------
+
+
+def plot_esd(grid: Any, density: Any, *, nodes: Any = None, weights: Any = None,
+             title: str | None = None, log: bool = True) -> Figure:
+    r"""The Hessian eigenvalue spectral density :math:`\phi(\lambda)` (PyHessian / Ghorbani style).
+
+    Args:
+        grid: eigenvalue grid :math:`\lambda` (``density_grid`` of the Hessian probe).
+        density: :math:`\phi(\lambda)` on ``grid`` (``density``).
+        nodes: optional SLQ Ritz values (``esd_nodes``, any shape, e.g. ``[vectors, steps]``),
+            drawn as a rug along the bottom of the axes.
+        weights: optional quadrature weights of ``nodes`` (``esd_weights``, same shape): the rug
+            marks' heights are proportional to them and zero-weight nodes (the padding of
+            early-stopped probes) are dropped.
+        title: axes title (default "Hessian eigenvalue spectral density").
+        log: log density axis. Values below ``1e-8 × max density`` (zeros included) are drawn
+            at that floor, which is the bottom of the axis — the same device as PyHessian's
+            ``density + 1e-7``, relative to the scale of the density.
+
+    Returns:
+        A figure with one axes; ``ax.lines[0]`` is the density (x = ``grid``, y = ``density``,
+        floored on the log axis).
+    """
+    x = _vector("grid", grid)
+    y = _vector("density", density)
+    _same_length("grid", x, "density", y)
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    _style(ax)
+    finite = y[np.isfinite(y)]
+    peak = float(finite.max()) if finite.size else 0.0
+    if log:
+        floor = DENSITY_FLOOR * peak if peak > 0 else DENSITY_FLOOR
+        with np.errstate(invalid="ignore"):
+            y_plot = np.where(np.isfinite(y), np.maximum(y, floor), np.nan)
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_locator(NullLocator())  # ~9 decades: minor ticks are clutter (and slow)
+        top = peak * 3.0 if peak > 0 else 1.0
+        ax.set_ylim(floor / 3.0, top)
+    else:
+        y_plot = y
+    _plot_series(ax, x, y_plot, color=TOP_COLOR, linewidth=1.4, label="density")
+    if not log:
+        ax.set_ylim(bottom=min(0.0, float(finite.min())) if finite.size else 0.0)
+    if nodes is not None:
+        _rug(ax, nodes, weights)
+    _labels(ax, r"eigenvalue $\lambda$", r"density $\phi(\lambda)$",
+            title if title is not None else "Hessian eigenvalue spectral density")
+    _legend(ax)
+    return fig
+
+
+def _rug(ax: Any, nodes: Any, weights: Any) -> None:
+    try:
+        lam = np.asarray(nodes, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as exc:
+        raise LandscapeError(f"nodes must be numeric, got {type(nodes).__name__}") from exc
+    if weights is None:
+        heights = np.full(lam.shape, 0.05)
+        label = "SLQ nodes"
+    else:
+        try:
+            w = np.asarray(weights, dtype=np.float64).ravel()
+        except (TypeError, ValueError) as exc:
+            raise LandscapeError(f"weights must be numeric, got {type(weights).__name__}") from exc
+        if w.shape != lam.shape:
+            raise LandscapeError(f"weights has {w.size} values but nodes has {lam.size}")
+        keep = np.isfinite(w) & (w > 0)
+        lam, w = lam[keep], w[keep]
+        wmax = float(w.max()) if w.size else 1.0
+        heights = 0.02 + 0.10 * w / wmax
+        label = "SLQ nodes (height ∝ weight)"
+    keep = np.isfinite(lam)
+    lam, heights = lam[keep], heights[keep]
+    if lam.size == 0:
+        return
+    trans = blended_transform_factory(ax.transData, ax.transAxes)
+    ax.vlines(lam, 0.0, heights, transform=trans, colors=BOTTOM_COLOR, linewidth=0.8,
+              alpha=0.7, label=label)
+
+
+def plot_top_eigenvalues(eigenvalues: Any, *, bottom: Any = None, title: str | None = None,
+                         yscale: str = "auto") -> Figure:
+    r"""The top-:math:`k` Hessian eigenvalues as stems by rank, the bottom ones beside them.
+
+    Args:
+        eigenvalues: top eigenvalues (the probe's ``eigenvalues``); drawn sorted descending at
+            ranks :math:`1 \dots k` (NaNs last).
+        bottom: optional smallest eigenvalues (``bottom_eigenvalues``); drawn sorted ascending,
+            in another colour, after a gap, at ticks :math:`\lambda_n, \lambda_{n-1}, \dots`.
+        title: axes title (default "Hessian top eigenvalues").
+        yscale: ``"auto"``, ``"linear"``, ``"log"`` or ``"symlog"``. ``"auto"``: log when every
+            value is positive and they span more than three decades; symlog (linear within
+            :math:`\pm\min|\lambda_{<0}|`) when negative values are more than 100× smaller than
+            the largest positive one, so that both remain visible; linear otherwise.
+
+    Returns:
+        A figure with one axes. Lines labelled ``"top-<k>"`` and ``"bottom-<b>"`` hold the markers
+        (x = positions, y = sorted values).
+    """
+    top = _vector("eigenvalues", eigenvalues)
+    top = -np.sort(-top)  # descending; NaN stays last
+    low = np.sort(_vector("bottom", bottom)) if bottom is not None else np.empty(0)
+    k, b = len(top), len(low)
+    if k == 0:
+        raise LandscapeError("eigenvalues is empty: nothing to plot")
+    x_top = np.arange(1, k + 1, dtype=np.float64)
+    x_low = np.arange(k + 2, k + 2 + b, dtype=np.float64)
+    scale = _eigen_scale(np.concatenate([top, low])) if yscale == "auto" else yscale
+    if scale not in ("linear", "log", "symlog"):
+        raise LandscapeError(f"yscale must be auto, linear, log or symlog, got {yscale!r}")
+
+    fig = _figure(max(4.5, min(10.0, 3.0 + 0.25 * (k + b))), 3.8)
+    ax = fig.add_subplot()
+    _style(ax)
+    values = np.concatenate([top, low])
+    if scale == "symlog":
+        neg = np.abs(values[np.isfinite(values) & (values < 0)])
+        linthresh = float(neg.min()) if neg.size else 1.0
+        ax.set_yscale("symlog", linthresh=linthresh, linscale=1.0)
+    elif scale == "log":
+        ax.set_yscale("log", nonpositive="mask")
+    stem_base = 0.0
+    if scale == "log":
+        pos = values[np.isfinite(values) & (values > 0)]
+        stem_base = float(pos.min()) / 3.0 if pos.size else 1.0
+    ax.vlines(x_top, stem_base, top, colors=TOP_COLOR, linewidth=1.6)
+    ax.plot(x_top, top, "o", color=TOP_COLOR, markersize=6, label=f"top-{k}")
+    if b:
+        ax.vlines(x_low, stem_base, low, colors=BOTTOM_COLOR, linewidth=1.6)
+        ax.plot(x_low, low, "s", color=BOTTOM_COLOR, markersize=6, label=f"bottom-{b}")
+    if scale != "log":
+        ax.axhline(0.0, color="0.3", linewidth=0.8, zorder=0.5, label="_nolegend_")
+    else:
+        ax.set_ylim(bottom=stem_base)
+
+    # ticks: integer ranks for the top group (thinned when many), λ_n, λ_{n-1}, … for the bottom
+    if k <= 12:
+        rank_ticks = list(x_top)
+    else:
+        rank_ticks = [t for t in MaxNLocator(nbins=6, steps=[1, 2, 5, 10], integer=True).tick_values(1, k)
+                      if 1 <= t <= k]
+        rank_ticks = sorted({1.0, *rank_ticks})
+    low_labels = [r"$\lambda_n$" if i == 0 else rf"$\lambda_{{n-{i}}}$" for i in range(b)]
+    ax.xaxis.set_major_locator(FixedLocator(rank_ticks + list(x_low)))
+    ax.set_xticklabels([str(int(t)) for t in rank_ticks] + low_labels)
+    ax.set_xlim(0.3, (k + 1 + b if b else k) + 0.7)
+    ax.grid(False, axis="x")
+    _labels(ax, "rank (eigenvalues in descending order)", r"eigenvalue $\lambda$",
+            title if title is not None else "Hessian top eigenvalues")
+    _legend(ax)
+    return fig
+
+
+def _eigen_scale(values: np.ndarray) -> str:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return "linear"
+    if v.min() > 0:
+        return "log" if v.max() / v.min() > 1e3 else "linear"
+    neg = np.abs(v[v < 0])
+    if neg.size and v.max() > 0 and v.max() / neg.min() > 100:
+        return "symlog"
+    return "linear"
+
+
+def plot_layer_spectrum(names: Sequence[Any], top_eigenvalue: Any, trace: Any = None, *,
+                        title: str | None = None) -> Figure:
+    """Per-layer Hessian curvature as horizontal bars: top eigenvalue, and trace when given.
+
+    Args:
+        names: layer names (``layers/names`` of the Hessian probe; bytes are decoded as UTF-8).
+            The first layer is drawn at the top.
+        top_eigenvalue: top eigenvalue of each diagonal block ``H[layer, layer]``.
+        trace: optional trace of each block, drawn on a second panel sharing the layer axis.
+            An all-NaN trace (the probe ran with ``trace=False``) counts as not given.
+        title: figure title (default "Per-layer Hessian spectrum").
+
+    Both panels use a log x axis when every value is positive and they span more than two
+    decades (non-positive bars are then omitted), a linear one otherwise. Each bar is
+    annotated with its value.
+
+    Returns:
+        A figure with one or two axes; the bars are ``ax.patches`` (``ax.containers[0]``).
+    """
+    labels = [_decode(n) for n in np.asarray(names, dtype=object).ravel()]
+    top = _vector("top_eigenvalue", top_eigenvalue)
+    _same_length("names", np.asarray(labels, dtype=object), "top_eigenvalue", top)
+    tr = None
+    if trace is not None:
+        tr = _vector("trace", trace)
+        _same_length("names", np.asarray(labels, dtype=object), "trace", tr)
+        if not np.isfinite(tr).any():
+            tr = None
+    if not labels:
+        raise LandscapeError("no layers to plot")
+    n = len(labels)
+    panels = [("top eigenvalue", top)] + ([("trace", tr)] if tr is not None else [])
+    longest = max(len(s) for s in labels)
+    width = min(5.5, 1.5 + 0.065 * longest) + 3.6 * len(panels)
+    fig = _figure(width, 1.2 + 0.3 * n)
+    y = np.arange(n)
+    first = None
+    for i, (what, values) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1, sharey=first)
+        first = first or ax
+        _style(ax)
+        ax.grid(False, axis="y")
+        finite = values[np.isfinite(values)]
+        log = finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() > 100
+        base = float(finite.min()) / 3.0 if log else 0.0
+        if log:
+            ax.set_xscale("log")
+        # bars from `base` to the value; a missing (or, on a log axis, non-positive) value: none
+        widths = np.nan_to_num((_positive(values) if log else values) - base, nan=0.0)
+        bars = ax.barh(y, widths, left=base, color=TOP_COLOR if i == 0 else "C4", height=0.65)
+        texts = ["" if not math.isfinite(v) else f"{v:.4g}" for v in values]
+        ax.bar_label(bars, labels=texts, padding=2, fontsize=TICK_SIZE - 1)
+        if log:
+            ax.set_xlim(left=base, right=float(finite.max()) * 6.0)
+        else:
+            ax.margins(x=0.15)
+            ax.axvline(0.0, color="0.3", linewidth=0.8, label="_nolegend_")
+        _labels(ax, what, None, f"{what} per layer")
+        if i == 0:
+            ax.set_yticks(y, labels)
+            ax.set_ylabel("layer", fontsize=LABEL_SIZE)
+            ax.set_ylim(n - 0.5, -0.5)  # first layer on top
+        else:
+            ax.tick_params(axis="y", labelleft=False)
+    _suptitle(fig, title if title is not None else "Per-layer Hessian spectrum")
+    return fig
+
+
+# ---- curves over training ------------------------------------------------------------------------
+
+
+def plot_curves(x: Any, series: Mapping[str, Any], *, xlabel: str = "epoch",
+                logx: bool | Collection[str] = False, logy: bool | Collection[str] = False,
+                title: str | None = None, ncols: int | None = None,
+                ylabels: Mapping[str, str] | None = None) -> Figure:
+    """Small multiples: one panel per measure, over training (or any shared x).
+
+    Args:
+        x: the shared x coordinates (epochs, steps, …).
+        series: panel name → values (same length as ``x``), or → ``{line label: values}`` for
+            several lines in one panel (e.g. ``{"train": …, "test": …}``). Panels appear in the
+            order of the mapping; the panel title is its name.
+        xlabel: x label, on the lowest panel of each column.
+        logx, logy: log axes — ``True`` for every panel, or the names of the panels that get
+            one (the neural-collapse literature draws NC1–NC4 on log y, often over log
+            epochs). Points with non-positive coordinates on a log axis are masked (gaps).
+        title: figure title.
+        ncols: panels per row (default ``min(3, number of panels)``).
+        ylabels: y labels by panel name; by default known measures (``nc1``, ``nc2_equinorm``,
+            ``equiangular_means``, ``self_duality``, ``rankme``, ``dse``, …, case-insensitive)
+            get their formula or unit, others none (the panel title names them).
+
+    Returns:
+        A figure with exactly one axes per panel; each axes' ``lines`` are its series in order,
+        x and y as given (float), with NaN where masked for a log axis.
+    """
+    xs = _vector("x", x)
+    if not series:
+        raise LandscapeError("no series to plot")
+    n = len(series)
+    ncols = min(3, n) if ncols is None else int(ncols)
+    if ncols < 1:
+        raise LandscapeError(f"ncols must be ≥ 1, got {ncols}")
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig = _figure(3.7 * ncols, 2.9 * nrows + (0.3 if title else 0.0))
+    first_ax = None
+    for i, (name, value) in enumerate(series.items()):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        first_ax = first_ax or ax
+        _style(ax)
+        lines = value if isinstance(value, Mapping) else {name: value}
+        use_logx, use_logy = _wants(logx, name), _wants(logy, name)
+        if use_logx:
+            ax.set_xscale("log")
+        if use_logy:
+            ax.set_yscale("log")
+        px = _positive(xs) if use_logx else xs
+        for j, (label, values) in enumerate(lines.items()):
+            ys = _vector(f"series[{name!r}][{label!r}]" if len(lines) > 1 else f"series[{name!r}]", values)
+            _same_length("x", xs, f"series {name!r}", ys)
+            py = _positive(ys) if use_logy else ys
+            if use_logx:
+                py = np.where(np.isnan(px), np.nan, py)
+            _plot_series(ax, px, py, color=f"C{j}", linewidth=1.5, label=str(label))
+        ylabel = (ylabels or {}).get(name, _YLABELS.get(str(name).lower()))
+        below_empty = i + ncols >= n
+        _labels(ax, xlabel if below_empty else None, ylabel, str(name))
+        _legend(ax)
+    _suptitle(fig, title)
+    return fig
+
+
+def plot_training_curves(records: Iterable[Mapping[str, Any]], *, title: str | None = None) -> Figure:
+    """Loss (log y), accuracy and learning rate over training, train vs test, from ``metrics.jsonl``.
+
+    Args:
+        records: parsed lines of ``metrics.jsonl``. Records with an ``event`` key (e.g.
+            ``{"step": …, "event": "diverged"}``) or without a ``step`` are skipped; a step
+            logged twice (a resumed run) keeps its last record. Missing values are gaps.
+        title: figure title.
+
+    The x axis is ``epoch`` when every kept record has one, else ``step``. Accuracy in
+    :math:`[0, 1]` is shown in percent. The learning-rate panel is drawn when any record has
+    ``lr``, on a log axis when it spans more than two decades.
+
+    Returns:
+        A figure with two or three axes (loss, accuracy[, learning rate]); lines are labelled
+        ``train`` / ``test`` (``lr`` in the last panel).
+    """
+    by_step: dict[float, Mapping[str, Any]] = {}
+    for rec in records:
+        if not isinstance(rec, Mapping) or "event" in rec or rec.get("step") is None:
+            continue
+        try:
+            by_step[float(rec["step"])] = rec
+        except (TypeError, ValueError):
+            continue
+    if not by_step:
+        raise LandscapeError("no metric records to plot (only events, or an empty metrics.jsonl)")
+    steps = sorted(by_step)
+    recs = [by_step[s] for s in steps]
+
+    def column(key: str) -> np.ndarray:
+        out = np.full(len(recs), np.nan)
+        for i, r in enumerate(recs):
+            v = r.get(key)
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out[i] = float(v)
+        return out
+
+    epochs = column("epoch")
+    if np.isfinite(epochs).all():
+        xs, xlabel = epochs, "epoch"
+    else:
+        xs, xlabel = np.asarray(steps, dtype=np.float64), "step"
+    lr = column("lr")
+    has_lr = bool(np.isfinite(lr).any())
+    panels = 3 if has_lr else 2
+    fig = _figure(3.9 * panels, 3.3 + (0.3 if title else 0.0))
+
+    ax = fig.add_subplot(1, panels, 1)
+    _style(ax)
+    ax.set_yscale("log")
+    for split, color in (("train", TRAIN_COLOR), ("test", TEST_COLOR)):
+        values = column(f"{split}_loss")
+        if np.isfinite(values).any():
+            _plot_series(ax, xs, _positive(values), color=color, linewidth=1.5, label=split)
+    _labels(ax, xlabel, "loss", "loss")
+    _legend(ax)
+
+    ax = fig.add_subplot(1, panels, 2)
+    _style(ax)
+    accs = {split: column(f"{split}_acc") for split in ("train", "test")}
+    for (split, values), color in zip(accs.items(), (TRAIN_COLOR, TEST_COLOR), strict=True):
+        if np.isfinite(values).any():
+            _plot_series(ax, xs, values, color=color, linewidth=1.5, label=split)
+    finite_acc = np.concatenate([v[np.isfinite(v)] for v in accs.values()])
+    if finite_acc.size and finite_acc.min() >= 0 and finite_acc.max() <= 1:
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    _labels(ax, xlabel, "accuracy", "accuracy")
+    _legend(ax)
+
+    if has_lr:
+        ax = fig.add_subplot(1, panels, 3)
+        _style(ax)
+        finite = lr[np.isfinite(lr)]
+        positive = finite[finite > 0]
+        log = finite.size and finite.min() > 0 and positive.max() / positive.min() > 100
+        if log:
+            ax.set_yscale("log")
+        _plot_series(ax, xs, lr, color=LR_COLOR, linewidth=1.5, label="lr")
+        if not log:
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
+        _labels(ax, xlabel, "learning rate", "learning rate")
+    _suptitle(fig, title)
+    return fig
+
+
+# ---- saving --------------------------------------------------------------------------------------
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], formats: Sequence[str] | None = None) -> list[Path]:
+    """Write ``fig`` to ``path`` in each format, atomically; returns the written paths.
+
+    ``path`` may carry a format suffix (``plots/esd.pdf``) or not (``plots/esd``). The formats
+    written are ``formats`` when given (the suffix, if any, is then replaced), else the
+    suffix's format, else PNG. Each file goes through a temporary file in the same folder and
+    an ``os.replace``: a reader sees the old figure or the new one, never a partial file.
+    Parent folders are created. PDFs carry no creation date, so equal figures give equal files.
+
+    Raises:
+        LandscapeError: an unknown format, or a path that cannot be written (one line).
+    """
+    target = Path(path)
+    suffix = target.suffix.lower().lstrip(".")
+    has_format_suffix = suffix in FORMATS
+    stem = target.with_suffix("") if has_format_suffix else target
+    if formats is None:
+        wanted = [suffix] if has_format_suffix else ["png"]
+    else:
+        wanted = [formats] if isinstance(formats, str) else list(formats)
+    wanted = [str(f).lower().lstrip(".") for f in wanted]
+    unknown = [f for f in wanted if f not in FORMATS]
+    if unknown or not wanted:
+        raise LandscapeError(f"unknown figure format {', '.join(unknown) or '(none)'}; use {', '.join(FORMATS)}")
+    written: list[Path] = []
+    for fmt in dict.fromkeys(wanted):
+        out = stem.parent / f"{stem.name}.{fmt}"
+        metadata = {"CreationDate": None} if fmt == "pdf" else None
+        try:
+            atomic_write(out, lambda fh, fmt=fmt, metadata=metadata: fig.savefig(
+                fh, format=fmt, dpi=DPI, metadata=metadata), mode="wb")
+        except OSError as exc:
+            reason = exc.strerror or str(exc).splitlines()[0]
+            raise LandscapeError(f"cannot write figure {out}: {reason}") from exc
+        written.append(out)
+    return written

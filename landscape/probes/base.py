@@ -1,0 +1,86 @@
+"""What every probe shares: the context it runs in, and the registry that names it.
+
+A probe is a function ``run(ctx, cfg) -> dict`` plus a frozen config dataclass. The dict holds
+arrays and scalars (nested dicts become HDF5 subgroups); the probe never opens a file —
+:mod:`landscape.analyze` and :mod:`landscape.store` do the I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from landscape.datasets import Dataset, Split
+from landscape.errors import ConfigError
+from landscape.registry import Registry
+
+
+@dataclass
+class ProbeContext:
+    """A loaded checkpoint: the model (on ``device``), the per-sample loss, and the data."""
+
+    model: nn.Module
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    data: Dataset
+    device: torch.device
+    advance: Callable[[int], None] = lambda n: None  # progress: n units of work done so far
+    cache: dict[str, Any] = field(default_factory=dict)  # shared by the probes of one checkpoint
+    run_cache: dict[str, Any] = field(default_factory=dict)  # shared across checkpoints of one run
+
+    def split(self, name: str) -> Split:
+        table = {"train": self.data.train, "test": self.data.test}
+        if name not in table:
+            raise ConfigError(f"unknown split {name!r}; use train or test")
+        return table[name]
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    config: type
+    run: Callable[[ProbeContext, Any], dict[str, Any]]
+    summary: tuple[str, ...] = ()  # result keys worth a column in a summary table
+
+
+PROBES: Registry[Probe] = Registry("probe")
+
+
+def register_probe(name: str, config: type, summary: tuple[str, ...] = ()):
+    """Decorator: ``@register_probe("hessian", HessianConfig)`` on ``run(ctx, cfg)``."""
+
+    def decorator(run: Callable[[ProbeContext, Any], dict[str, Any]]):
+        PROBES.register(name)(Probe(name, config, run, summary))
+        return run
+
+    return decorator
+
+
+def make_config(probe: str, **settings: Any) -> Any:
+    """Build a probe's config from keyword settings; unknown keys fail with the valid ones."""
+    cls = PROBES[probe].config
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(settings) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)} for probe {probe!r}; valid: {', '.join(names)}")
+    return cls(**settings)
+
+
+def parse_splits(splits: str) -> list[str]:
+    names = [s.strip() for s in splits.replace("both", "train,test").split(",") if s.strip()]
+    bad = [s for s in names if s not in ("train", "test")]
+    if bad or not names:
+        raise ConfigError(f"splits must be train, test or train,test (both), got {splits!r}")
+    return list(dict.fromkeys(names))
+
+
+def fixed_subset(n: int, size: int | None, seed: int) -> torch.Tensor:
+    """The same ``size`` indices of ``range(n)`` for a given seed (all of them, in order, for None)."""
+    if size is None or size >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:size].sort().values
