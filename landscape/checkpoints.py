@@ -303,7 +303,7 @@ class RunDir:
         if which == "first":
             return cps[0]
         for c in cps:
-            if c.step == int(which) or c.name == str(which):
+            if c.name == str(which) or str(c.step) == str(which).lstrip("0").rjust(1, "0"):
                 return c
         raise CheckpointError(
             f"run {self.path} has no checkpoint {which!r}; available steps: "

@@ -113,3 +113,60 @@ def test_parse_key_values():
         "a": 1, "b": 0.5, "c": True, "d": "relu", "e": [1, 2]}
     with pytest.raises(ConfigError):
         parse_key_values(["=3"], "--x")
+
+
+HESS = ["--top-k", "2", "--trace-samples", "10", "--subset", "100", "--lanczos-steps", "30", "--no-progress", "--device", "cpu"]
+
+
+def test_hessian_command_writes_results_and_figures(run_copy, capsys):
+    assert main(["hessian", str(run_copy), *HESS, "--density", "--density-steps", "20", "--per-layer"]) == 0
+    out = capsys.readouterr().out
+    assert "eigenvalues" in out and f"results: {run_copy / 'analysis.h5'}" in out.replace("\n", "")
+    from landscape.store import Store
+
+    last = RunDir(run_copy).checkpoints()[-1].name
+    arrays, attrs = Store(run_copy / "analysis.h5").read(f"{last}/hessian")
+    assert len(arrays["eigenvalues"]) == 2 and attrs["settings"]["subset"] == 100
+    assert (run_copy / "plots" / "hessian" / f"{last}_esd.png").is_file()
+    # stored results are reused, not recomputed
+    assert main(["hessian", str(run_copy), *HESS, "--density", "--density-steps", "20", "--per-layer"]) == 0
+    assert "(stored)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("probe, extra", [("collapse", []), ("rankme", ["--split", "test"]),
+                                          ("dse", ["--setting", "n_random_subsets=1", "--setting", "sigma=median"])])
+def test_representation_commands(run_copy, capsys, probe, extra):
+    assert main([probe, str(run_copy), "--samples", "100", "--no-progress", "--device", "cpu", *extra]) == 0
+    assert (run_copy / "plots" / f"{probe}.png").is_file()
+    assert "step_000000" in capsys.readouterr().out
+
+
+def test_foreign_checkpoint_needs_a_spec_and_an_output(run_copy, tmp_path, capsys):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(RunDir(run_copy).checkpoints()[-1].path.read_bytes())
+    assert main(["hessian", str(weights), *HESS]) == 2
+    assert "name the results file with --out" in _error_line(capsys)
+    assert main(["hessian", str(weights), *HESS, "--out", str(tmp_path / "r.h5")]) == 2
+    assert "give a model spec" in _error_line(capsys)
+    assert main(["hessian", str(weights), *HESS, "--out", str(tmp_path / "r.h5"), "--model", "mlp",
+                 "--model-param", "width=32", "--model-param", "depth=1"]) == 2
+    assert "shape mismatch: features.1.weight (16, 64) vs model (32, 64)" in _error_line(capsys)
+    assert main(["hessian", str(weights), *HESS, "--out", str(tmp_path / "r.h5"), "--model", "mlp",
+                 "--model-param", "width=16", "--model-param", "depth=1"]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["hessian", "{run}", "--top-k", "0"], "top_k must be ≥ 1"),
+    (["hessian", "{run}", "--engine", "magic"], "engine must be one of lanczos, pyhessian"),
+    (["hessian", "{run}", "--checkpoints", "99"], "no checkpoint at step(s) 99"),
+    (["collapse", "{run}", "--split", "validation"], "splits must be train, test"),
+    (["dse", "{run}", "--setting", "sigma=-1"], "sigma must be a positive number"),
+    (["rankme", "{run}", "--layer", "nope"], "nope"),
+    (["hessian", "{run}", "--out", "{file}/x.h5"], "cannot write results to"),
+])
+def test_probe_bad_input_is_one_line(run_copy, tmp_path, capsys, argv, message):
+    (tmp_path / "afile").write_text("x")
+    argv = [a.format(run=run_copy, file=tmp_path / "afile") for a in argv]
+    assert main([*argv, "--no-progress", "--device", "cpu"]) == 2
+    assert message in _error_line(capsys)
+    assert not (run_copy / "analysis.h5").exists() or "--layer" in argv

@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+
+from landscape.analyze import collect_series, default_output, run_probe
+from landscape.checkpoints import ModelSpec, RunDir, file_sha256
+from landscape.errors import CheckpointError, ConfigError
+from landscape.figures import probe_figures
+from landscape.features import extract_features
+from landscape.probes import PROBES, make_config
+from landscape.probes.collapse import neural_collapse
+from landscape.probes.rankme import rankme
+from landscape.store import Store
+from landscape.targets import DataSpec
+from landscape.train.trainer import load_data
+
+FAST_HESSIAN = dict(top_k=2, bottom_k=1, trace_samples=10, subset=100, lanczos_steps=30)
+
+
+def test_every_probe_is_registered_with_a_frozen_config():
+    assert set(PROBES.names()) >= {"hessian", "collapse", "rankme", "dse"}
+    for name in PROBES.names():
+        cfg = PROBES[name].config()
+        with pytest.raises(AttributeError):
+            cfg.seed = 1
+    with pytest.raises(ConfigError, match="unknown setting\\(s\\) topk for probe 'hessian'"):
+        make_config("hessian", topk=3)
+
+
+def test_run_probe_stores_results_with_provenance_and_skips_stored_work(run_copy):
+    cfg = make_config("hessian", **FAST_HESSIAN)
+    first = run_probe(run_copy, "hessian", cfg, checkpoints="all", device="cpu")
+    run = RunDir(run_copy)
+    assert [r.target.step for r in first] == [c.step for c in run.checkpoints()]
+    assert not any(r.skipped for r in first)
+    store = Store(default_output(run_copy))
+    assert store.path == run_copy / "analysis.h5"
+    arrays, attrs = store.read(first[-1].group)
+    np.testing.assert_allclose(arrays["eigenvalues"], first[-1].result["eigenvalues"])
+    assert attrs["settings"]["top_k"] == 2 and attrs["probe"] == "hessian" and "torch" in attrs["versions"]
+    assert attrs["data"]["dataset"] == "digits" and attrs["loss"]["name"] == "ce"
+    parent = store.attrs(first[-1].target.name)
+    last = run.checkpoints()[-1]
+    assert parent["step"] == last.step and parent["checkpoint_sha256"] == file_sha256(last.path)
+    assert parent["test_acc"] == run.metrics()[-1]["test_acc"]
+    # again: everything is found stored; with other settings it is computed anew
+    again = run_probe(run_copy, "hessian", cfg, checkpoints="all", device="cpu")
+    assert all(r.skipped for r in again)
+    np.testing.assert_array_equal(again[-1].result["eigenvalues"], arrays["eigenvalues"])
+    other = run_probe(run_copy, "hessian", make_config("hessian", **{**FAST_HESSIAN, "top_k": 3}), device="cpu")
+    assert not other[0].skipped and len(other[0].result["eigenvalues"]) == 3
+    forced = run_probe(run_copy, "hessian", make_config("hessian", **{**FAST_HESSIAN, "top_k": 3}), device="cpu", force=True)
+    assert not forced[0].skipped
+    series = collect_series(store.path, "hessian", ["eigenvalues", "trace"])
+    assert list(series["step"]) == [c.step for c in run.checkpoints()]
+    assert list(series["epoch"]) == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_results_are_the_same_whichever_way_the_checkpoint_is_named(run_copy, tmp_path):
+    cfg = make_config("hessian", **FAST_HESSIAN)
+    by_run = run_probe(run_copy, "hessian", cfg, device="cpu")[0].result
+    last = RunDir(run_copy).checkpoints()[-1]
+    by_file = run_probe(last.path, "hessian", cfg, device="cpu", out=tmp_path / "b.h5")[0].result
+    foreign = tmp_path / "w.safetensors"
+    foreign.write_bytes(last.path.read_bytes())
+    spec = ModelSpec(name="mlp", input_shape=(1, 8, 8), num_classes=10, params={"width": 16, "depth": 1})
+    by_foreign = run_probe(foreign, "hessian", cfg, device="cpu", out=tmp_path / "c.h5", model_spec=spec,
+                           data_spec=DataSpec(dataset_params={"train_size": 300}))[0].result
+    for r in (by_file, by_foreign):
+        np.testing.assert_array_equal(r["eigenvalues"], by_run["eigenvalues"])
+
+
+def test_representation_probes_match_direct_calls(run_copy):
+    results = {p: run_probe(run_copy, p, make_config(p, samples=200), device="cpu")[0].result
+               for p in ("collapse", "rankme")}
+    run = RunDir(run_copy)
+    model, data = run.load_model(), load_data(run.config)
+    idx = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(0))[:200].sort().values
+    feats, logits = extract_features(model, data.test.x[idx])
+    direct = neural_collapse(feats, data.test.y[idx], model.classifier.weight.detach(),
+                             predictions=logits.argmax(1), num_classes=10)
+    assert results["collapse"]["test"]["nc1"] == pytest.approx(direct["nc1"], rel=1e-12)
+    assert results["collapse"]["test"]["ncc_mismatch"] == direct["ncc_mismatch"]
+    assert results["rankme"]["test"]["rankme"] == pytest.approx(rankme(feats)["rankme"], rel=1e-12)
+    assert set(results["collapse"]) == {"train", "test"}
+
+
+def test_dse_probe_and_curve_figures(run_copy):
+    cfg = make_config("dse", samples=120, splits="train", n_random_subsets=2)
+    records = run_probe(run_copy, "dse", cfg, checkpoints="all", device="cpu")
+    assert all({"dse", "dsmi_y", "dsmi_x"} <= set(r.result["train"]) for r in records)
+    for p in ("collapse", "rankme"):
+        run_probe(run_copy, p, make_config(p, samples=100), checkpoints="all", device="cpu")
+    run_probe(run_copy, "hessian", make_config("hessian", **FAST_HESSIAN, density=True, per_layer=True,
+                                               density_steps=20, density_bins=200), device="cpu")
+    plots = run_copy / "plots"
+    written = {p.name for probe in ("collapse", "rankme", "dse", "hessian")
+               for p in probe_figures(run_copy / "analysis.h5", probe, plots)}
+    last = RunDir(run_copy).checkpoints()[-1].name
+    assert {"collapse.png", "rankme.png", "dse.png", f"{last}_top.png", f"{last}_esd.png", f"{last}_layers.png"} <= written
+
+
+def test_bad_targets_fail_before_anything_is_written(run_copy, tmp_path):
+    cfg = make_config("hessian", **FAST_HESSIAN)
+    with pytest.raises(ConfigError, match="w.pt does not exist; give a RUN_DIR or a checkpoint file"):
+        run_probe(tmp_path / "w.pt", "hessian", cfg, device="cpu")
+    (tmp_path / "w.pt").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="name the results file with --out"):
+        run_probe(tmp_path / "w.pt", "hessian", cfg, device="cpu")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        run_probe(tmp_path / "w.pt", "hessian", cfg, device="cpu", out=tmp_path / "x.h5",
+                  model_spec=ModelSpec(name="mlp", input_shape=(1, 8, 8), num_classes=10))
+    # a corrupt checkpoint inside a run: a clear error, and the stored results survive
+    run_probe(run_copy, "hessian", cfg, device="cpu")
+    before = Store(run_copy / "analysis.h5").read(f"{RunDir(run_copy).checkpoints()[-1].name}/hessian")[0]
+    first = RunDir(run_copy).checkpoints()[0].path
+    first.write_bytes(first.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        run_probe(run_copy, "hessian", cfg, checkpoints="all", device="cpu")
+    after = Store(run_copy / "analysis.h5").read(f"{RunDir(run_copy).checkpoints()[-1].name}/hessian")[0]
+    np.testing.assert_array_equal(before["eigenvalues"], after["eigenvalues"])
