@@ -61,7 +61,9 @@ def select_parameters(model: nn.Module, names: Sequence[str] | None = None) -> P
             )
         chosen = [n for n in params if n in set(names)]
     if not chosen:
-        raise ConfigError("no parameters selected")
+        raise ConfigError(
+            "the model has no trainable parameters (requires_grad is False everywhere); nothing to differentiate"
+        )
     return ParamLayout(tuple(chosen), tuple(params[n].shape for n in chosen))
 
 

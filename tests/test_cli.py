@@ -170,3 +170,25 @@ def test_probe_bad_input_is_one_line(run_copy, tmp_path, capsys, argv, message):
     assert main([*argv, "--no-progress", "--device", "cpu"]) == 2
     assert message in _error_line(capsys)
     assert not (run_copy / "analysis.h5").exists() or "--layer" in argv
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--subset", "100000"], "subset of 100000 samples asked for, but the data hold 300"),
+    (["--top-k", "5000"], "exceed the 1210 parameters"),
+])
+def test_hessian_bad_sizes(run_copy, capsys, argv, message):
+    assert main(["hessian", str(run_copy), "--no-progress", "--device", "cpu", *argv]) == 2
+    assert message in _error_line(capsys)
+
+
+def test_hessian_of_a_model_without_trainable_parameters():
+    import torch
+
+    from landscape.models import build_model
+    from landscape.probes.hessian import HessianConfig, hessian
+
+    model = build_model("mlp", (4,), 3, width=4, depth=1)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        hessian(model, lambda z, y: z.sum(1), torch.randn(5, 4), torch.zeros(5, dtype=torch.long), HessianConfig())

@@ -35,11 +35,21 @@ def test_hvp_equals_dense_hessian_times_vectors(case, batch_size):
     assert all(torch.equal(before[k], after[k]) for k in before)  # the model is never mutated
 
 
-def test_double_backward_fallback_agrees(case):
+@pytest.mark.parametrize("method", ["cached_graph", "double_backward", "forward_over_reverse"])
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_every_hvp_method_agrees_with_dense(case, method, batch_size):
     model, x, y, H = case
-    op = HessianOperator(model, CE, x, y, dtype=F64, method="double_backward")
-    v = torch.randn(op.size, dtype=F64)
-    torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+    op = HessianOperator(model, CE, x, y, dtype=F64, method=method, batch_size=batch_size)
+    for _ in range(2):  # the cached graph is reused
+        v = torch.randn(op.size, dtype=F64)
+        torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_auto_method_caches_the_graph_only_for_one_batch(case):
+    model, x, y, _ = case
+    assert HessianOperator(model, CE, x, y).method == "cached_graph"
+    assert HessianOperator(model, CE, x, y, batch_size=len(x) // 2).method == "double_backward"
+    assert HessianOperator(model, CE, x, y, method="forward_over_reverse", bn_mode="train").method == "double_backward"
 
 
 def test_bn_train_mode_uses_batch_statistics_without_touching_buffers():

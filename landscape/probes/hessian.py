@@ -101,6 +101,10 @@ def hessian(
     ``esd_nodes``/``esd_weights``/``density_grid``/``density``, ``layers`` (per-layer
     ``top_eigenvalue``, ``trace``, ``num_params``), and counts (``num_hvps``, ``num_params``).
     """
+    if cfg.subset is not None and cfg.subset > len(x):
+        raise ConfigError(
+            f"subset of {cfg.subset} samples asked for, but the data hold {len(x)}; use a subset ≤ {len(x)} or none"
+        )
     if cfg.engine == "pyhessian":
         return _pyhessian(model, loss, x, y, cfg, device)
     dtype = DTYPES[cfg.dtype]
@@ -125,7 +129,11 @@ def hessian(
         return op
 
     op = make_op()
-    out: dict[str, Any] = {"num_params": op.size, "num_samples": len(x)}
+    if cfg.top_k > op.size or cfg.bottom_k > op.size:
+        raise ConfigError(
+            f"top_k={cfg.top_k} / bottom_k={cfg.bottom_k} exceed the {op.size} parameters of the model; ask for fewer"
+        )
+    out: dict[str, Any] = {"num_params": op.size, "num_samples": len(x), "hvp_method": op.method}
     loss_value, grad = op.loss_and_gradient()
     out["loss"] = loss_value
     out["grad_norm"] = float(grad.norm())

@@ -1,0 +1,271 @@
+"""Top-k Hessian eigenvalues: our Lanczos against PyHessian's power iteration, same model and data.
+
+    python benchmarks/hessian.py --model mlp --dataset digits --samples 512 --top-k 5
+    python benchmarks/hessian.py --model cnn --threads 1
+    python benchmarks/hessian.py --model resnet20 --dataset gaussian_mixture --device cuda
+
+One run builds one model (``landscape.models.build_model``), trains it briefly with plain SGD
+(``--train-steps``, so that the spectrum is that of a partly trained net rather than of the
+initialization), and measures on that model and the same ``--samples`` training points:
+
+(a) ours: ``HessianOperator`` (forward-over-reverse HVPs; all samples in one batch unless
+    ``--batch-size``) and ``lanczos(top_k=k)`` with its default stopping rule (every wanted Ritz
+    pair has residual ≤ tol·max|θ|, tol = 1e-4 in float32, 1e-9 in float64). HVPs = Lanczos steps.
+(b) PyHessian (Yao et al. 2020): ``hessian(model, criterion, data=(x, y)).eigenvalues(top_n=k)``
+    with its defaults ``tol=1e-3, maxIter=100`` (power iteration with deflation, one eigenvalue
+    after another; it finds the largest-MAGNITUDE eigenvalues). HVPs are counted by wrapping
+    ``pyhessian.hessian.hessian_vector_product``, which its power iteration calls once per step
+    for ``data=``. Its time includes the constructor (one forward and a backward with
+    ``create_graph=True``), as ours includes building the operator.
+(c) the cost of one HVP as a multiple of one gradient evaluation (forward + backward of the mean
+    loss): forward-over-reverse (``torch.func.jvp(grad)``, ours by default), double backward
+    (ours, fallback) and PyHessian's HVP (one backward through the retained gradient graph, no
+    forward pass: cheaper per product, but the graph stays in memory).
+
+Both eigenvalue sets are compared with a reference: our Lanczos in float64 with tol 1e-10
+(untimed; ``--ref-steps 0`` skips it and compares with ours). Timings are medians over
+``--repeats`` interleaved rounds after ``--warmup`` untimed ones, with ``torch.cuda.synchronize``
+around every timed call on a GPU; every round reseeds both methods, so the HVP counts repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from landscape.datasets import load_dataset
+from landscape.linalg import HessianOperator, lanczos
+from landscape.models import build_model, count_parameters
+from landscape.train.losses import build_loss
+from landscape.utils import resolve_device
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="mlp", choices=["mlp", "cnn", "resnet20"])
+    p.add_argument("--dataset", default="digits", choices=["digits", "gaussian_mixture"])
+    p.add_argument("--samples", type=int, default=512, help="training points the Hessian is taken over")
+    p.add_argument("--image-shape", default="3,32,32",
+                   help="gaussian_mixture inputs for cnn/resnet20 (the mlp gets 32 features)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--train-steps", type=int, default=300, help="plain SGD steps first (0: at init)")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--train-batch", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=0, help="our HVP batch (0: all samples at once)")
+    p.add_argument("--max-steps", type=int, default=100, help="our Lanczos step limit")
+    p.add_argument("--py-tol", type=float, default=1e-3, help="PyHessian eigenvalues(tol=...)")
+    p.add_argument("--py-max-iter", type=int, default=100, help="PyHessian eigenvalues(maxIter=...)")
+    p.add_argument("--ref-steps", type=int, default=200, help="float64 reference Lanczos steps (0: none)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--hvp-repeats", type=int, default=10, help="timed calls per entry of the HVP-cost table")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """PyHessian draws its vectors with torch's default dtype."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...], int]:
+    params: dict = {}
+    if args.dataset == "gaussian_mixture":
+        params["n_train"] = max(args.samples, 2000)
+        if args.model != "mlp":
+            params["image_shape"] = [int(s) for s in args.image_shape.split(",")]
+    data = load_dataset(args.dataset, train_size=args.samples, seed=args.seed, **params)
+    return data.train.x, data.train.y, data.input_shape, data.num_classes
+
+
+def train(model: torch.nn.Module, loss, x, y, args, device) -> tuple[float, float]:
+    """Plain SGD on the same samples; returns the mean loss before and after."""
+    g = torch.Generator().manual_seed(args.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
+
+    def full_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(loss(model(x), y).mean())
+
+    before = full_loss()
+    model.train()
+    for _ in range(args.train_steps):
+        idx = torch.randint(0, len(x), (min(args.train_batch, len(x)),), generator=g).to(device)
+        opt.zero_grad(set_to_none=True)
+        loss(model(x[idx]), y[idx]).mean().backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    after = full_loss()
+    return before, after
+
+
+def main() -> None:
+    args = parse_args()
+    device = resolve_device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        from pyhessian import hessian as PyHessian
+    except ImportError as exc:
+        raise SystemExit("needs PyHessian: pip install pyhessian --no-deps (or the 'pyhessian' extra)") from exc
+    ph_module = importlib.import_module("pyhessian.hessian")
+    warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+    dtype = DTYPES[args.dtype]
+    torch.manual_seed(args.seed)
+
+    x, y, shape, num_classes = load_data(args)
+    x, y = x.to(device, dtype), y.to(device)
+    model = build_model(args.model, input_shape=shape, num_classes=num_classes).to(device, dtype)
+    per_sample = build_loss("ce").per_sample
+    loss_before, loss_after = train(model, per_sample, x, y, args, device) if args.train_steps else (None, None)
+    model.eval()
+    k = args.top_k
+
+    def criterion(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return per_sample(out, target).mean()
+
+    # ---- (a) ours ------------------------------------------------------------------------------
+    def ours():
+        op = HessianOperator(model, per_sample, x, y, batch_size=args.batch_size or None,
+                             dtype=dtype, device=device)
+        res = lanczos(op.matvec, op.size, max_steps=args.max_steps, top_k=k, seed=args.seed,
+                      dtype=dtype, device=device)
+        return res.eigenvalues.numpy()[::-1][:k].copy(), op.num_matvecs, res.converged
+
+    # ---- (b) PyHessian -------------------------------------------------------------------------
+    count = {"hvps": 0}
+    inner_hvp = ph_module.hessian_vector_product
+
+    def counted_hvp(*a, **kw):
+        count["hvps"] += 1
+        return inner_hvp(*a, **kw)
+
+    def pyhessian():
+        count["hvps"] = 0
+        torch.manual_seed(args.seed)
+        ph_module.hessian_vector_product = counted_hvp
+        try:
+            with default_dtype(dtype):
+                hc = PyHessian(model, criterion, data=(x, y), cuda=device.type == "cuda")
+                top, _ = hc.eigenvalues(maxIter=args.py_max_iter, tol=args.py_tol, top_n=k)
+        finally:
+            ph_module.hessian_vector_product = inner_hvp
+            model.zero_grad(set_to_none=True)  # PyHessian leaves the create_graph gradients there
+        return np.array(sorted(top, reverse=True)), count["hvps"], None
+
+    runs = {"ours": ours, "pyhessian": pyhessian}
+    for _ in range(args.warmup):
+        for fn in runs.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    results: dict[str, tuple] = {}
+    for r in range(args.repeats):
+        for name in list(runs)[r % 2 :] + list(runs)[: r % 2]:  # alternate which one goes first
+            t, results[name] = timed(runs[name], device)
+            times[name].append(t)
+    median = {n: statistics.median(ts) for n, ts in times.items()}
+
+    # ---- (c) the cost of one HVP in gradient evaluations ---------------------------------------
+    def median_time(fn: Callable[[], object]) -> float:
+        fn()
+        return statistics.median(timed(fn, device)[0] for _ in range(args.hvp_repeats))
+
+    op_fr = HessianOperator(model, per_sample, x, y, dtype=dtype, device=device)
+    op_db = HessianOperator(model, per_sample, x, y, dtype=dtype, device=device, method="double_backward")
+    v = torch.randn(op_fr.size, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
+    costs = {"gradient": median_time(op_fr.loss_and_gradient)}
+    costs["forward-over-reverse (ours)"] = median_time(lambda: op_fr.matvec(v))
+    if op_fr.method != "forward_over_reverse":
+        costs["forward-over-reverse (ours)"] = float("nan")  # it fell back: no forward-mode rule
+    costs["double backward (ours, fallback)"] = median_time(lambda: op_db.matvec(v))
+    with default_dtype(dtype):
+        hc = PyHessian(model, criterion, data=(x, y), cuda=device.type == "cuda")
+        vs = [t.view_as(p) for t, p in zip(op_fr.layout.unflatten(v).values(), hc.params, strict=True)]
+        costs["retained graph (PyHessian)"] = median_time(lambda: inner_hvp(hc.gradsH, hc.params, vs))
+    del hc
+    model.zero_grad(set_to_none=True)
+
+    # ---- reference -----------------------------------------------------------------------------
+    ref, lam_min, ref_steps = None, None, 0
+    if args.ref_steps:
+        op64 = HessianOperator(model, per_sample, x, y, batch_size=args.batch_size or None,
+                               dtype=torch.float64, device=device)
+        res = lanczos(op64.matvec, op64.size, max_steps=args.ref_steps, top_k=k, bottom_k=1, tol=1e-10,
+                      seed=args.seed + 1, dtype=torch.float64, device=device)
+        ref, lam_min, ref_steps = res.eigenvalues.numpy()[::-1][:k].copy(), float(res.eigenvalues[0]), res.steps
+        if not res.converged:
+            print(f"warning: the reference did not converge in {res.steps} steps (raise --ref-steps)")
+
+    # ---- report --------------------------------------------------------------------------------
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    trained = (f"SGD {args.train_steps} steps lr={args.lr} batch={args.train_batch}: "
+               f"loss {loss_before:.4f} → {loss_after:.4f}") if args.train_steps else "untrained"
+    print(f"model={args.model} params={count_parameters(model):,} dataset={args.dataset} samples={len(x)} "
+          f"dtype={args.dtype} device={dev} torch={torch.__version__}")
+    print(f"{trained}; top-k={k}; repeats={args.repeats} warmup={args.warmup}")
+    fmt = lambda a: "[" + ", ".join(f"{e:.6g}" for e in a) + "]"  # noqa: E731
+    if ref is not None:
+        print(f"reference (float64 Lanczos, tol 1e-10, {ref_steps} steps): top-{k} {fmt(ref)}, λmin {lam_min:.4g}")
+        if abs(lam_min) > ref[-1]:
+            print(f"note: |λmin| > λ{k}: PyHessian (largest magnitude) finds a negative eigenvalue among its {k}")
+    compare = ref if ref is not None else results["ours"][0]
+    print(f"{'method':<34}{'s (median)':>11}{'q25':>9}{'q75':>9}{'HVPs':>7}{'ms/HVP':>9}{'max rel err':>13}")
+    labels = {"ours": f"ours: Lanczos (tol {'1e-4' if dtype == torch.float32 else '1e-9'})",
+              "pyhessian": f"PyHessian: power (tol {args.py_tol:g}, ≤{args.py_max_iter})"}
+    for name, ts in times.items():
+        evals, hvps, _ = results[name]
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [median[name]] * 3
+        err = np.max(np.abs(evals - compare) / np.abs(compare))
+        print(f"{labels[name]:<34}{median[name]:>11.3f}{q[0]:>9.3f}{q[2]:>9.3f}{hvps:>7}"
+              f"{1e3 * median[name] / hvps:>9.2f}{err:>13.2e}")
+    for name in runs:
+        print(f"  {name} eigenvalues: {fmt(results[name][0])}")
+    if not results["ours"][2]:
+        print(f"  warning: our Lanczos hit --max-steps {args.max_steps} before converging")
+    diff = np.max(np.abs(results["pyhessian"][0] - results["ours"][0]) / np.abs(results["ours"][0]))
+    print(f"PyHessian / ours: time ×{median['pyhessian'] / median['ours']:.2f}, "
+          f"HVPs ×{results['pyhessian'][1] / results['ours'][1]:.2f}; "
+          f"max |λ_py − λ_ours| / |λ_ours| = {diff:.2e}")
+    g = costs["gradient"]
+    print(f"one HVP in gradient evaluations (gradient = {1e3 * g:.2f} ms, median of {args.hvp_repeats}):")
+    for name, c in costs.items():
+        if name != "gradient":
+            print(f"  {name:<34}{1e3 * c:>9.2f} ms {c / g:>7.2f}×")
+
+
+if __name__ == "__main__":
+    main()
