@@ -18,9 +18,10 @@ initialization), and measures on that model and the same ``--samples`` training 
     for ``data=``. Its time includes the constructor (one forward and a backward with
     ``create_graph=True``), as ours includes building the operator.
 (c) the cost of one HVP as a multiple of one gradient evaluation (forward + backward of the mean
-    loss): forward-over-reverse (``torch.func.jvp(grad)``, ours by default), double backward
-    (ours, fallback) and PyHessian's HVP (one backward through the retained gradient graph, no
-    forward pass: cheaper per product, but the graph stays in memory).
+    loss), all samples in one batch, for each of our ``HessianOperator`` methods
+    (``landscape.linalg.HVP_METHODS``: forward-over-reverse ``jvp(grad)``, double backward with
+    the graph rebuilt per vector, and with it cached) and for PyHessian's HVP (one backward
+    through the retained gradient graph, no forward pass; the graph stays in memory).
 
 Both eigenvalue sets are compared with a reference: our Lanczos in float64 with tol 1e-10
 (untimed; ``--ref-steps 0`` skips it and compares with ours). Timings are medians over
@@ -32,16 +33,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import importlib
 import statistics
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
 
+from landscape import linalg
 from landscape.datasets import load_dataset
 from landscape.linalg import HessianOperator, lanczos
 from landscape.models import build_model, count_parameters
@@ -49,6 +51,11 @@ from landscape.train.losses import build_loss
 from landscape.utils import resolve_device
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+HVP_LABELS = {
+    "forward_over_reverse": "jvp(grad) (forward-over-reverse)",
+    "double_backward": "double backward (graph per v)",
+    "cached_graph": "double backward (cached graph)",
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,6 +65,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=512, help="training points the Hessian is taken over")
     p.add_argument("--image-shape", default="3,32,32",
                    help="gaussian_mixture inputs for cnn/resnet20 (the mlp gets 32 features)")
+    p.add_argument("--batchnorm", action="store_true",
+                   help="mlp/cnn with BatchNorm (used in eval mode; resnet20 always has it)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
@@ -66,6 +75,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--train-batch", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=0, help="our HVP batch (0: all samples at once)")
+    p.add_argument("--hvp-method", default=None, choices=list(linalg.HVP_METHODS),
+                   help="our HVP (default: HessianOperator's default)")
     p.add_argument("--max-steps", type=int, default=100, help="our Lanczos step limit")
     p.add_argument("--py-tol", type=float, default=1e-3, help="PyHessian eigenvalues(tol=...)")
     p.add_argument("--py-max-iter", type=int, default=100, help="PyHessian eigenvalues(maxIter=...)")
@@ -133,6 +144,32 @@ def train(model: torch.nn.Module, loss, x, y, args, device) -> tuple[float, floa
     return before, after
 
 
+def hvp_costs(model, per_sample, criterion, x, y, dtype, device, repeats: int, make_pyhessian,
+              pyhessian_hvp) -> dict[str, float]:
+    """Median seconds of one gradient and of one HVP by each method, all samples in one batch."""
+
+    def median_time(fn: Callable[[], object]) -> float:
+        fn()  # warm up (and build a cached graph)
+        return statistics.median(timed(fn, device)[0] for _ in range(repeats))
+
+    costs: dict[str, float] = {}
+    probe = HessianOperator(model, per_sample, x, y, dtype=dtype, device=device)
+    v = torch.randn(probe.size, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
+    costs["gradient"] = median_time(probe.loss_and_gradient)
+    for name in [m for m in linalg.HVP_METHODS if m in HVP_LABELS]:
+        op = HessianOperator(model, per_sample, x, y, dtype=dtype, device=device, method=name)
+        label = f"ours: {HVP_LABELS[name]}"
+        costs[label] = median_time(partial(op.matvec, v))
+        if op.method != name:  # forward-over-reverse fell back: a layer without a forward-mode rule
+            costs[label] = float("nan")
+    with default_dtype(dtype):
+        hc = make_pyhessian()
+        vs = list(probe.layout.unflatten(v).values())
+        costs["PyHessian: retained graph"] = median_time(partial(pyhessian_hvp, hc.gradsH, hc.params, vs))
+    model.zero_grad(set_to_none=True)  # PyHessian leaves the create_graph gradients there
+    return costs
+
+
 def main() -> None:
     args = parse_args()
     device = resolve_device(args.device)
@@ -149,7 +186,8 @@ def main() -> None:
 
     x, y, shape, num_classes = load_data(args)
     x, y = x.to(device, dtype), y.to(device)
-    model = build_model(args.model, input_shape=shape, num_classes=num_classes).to(device, dtype)
+    norm = {"mlp": {"norm": "batchnorm"}, "cnn": {"batchnorm": True}}.get(args.model, {}) if args.batchnorm else {}
+    model = build_model(args.model, input_shape=shape, num_classes=num_classes, **norm).to(device, dtype)
     per_sample = build_loss("ce").per_sample
     loss_before, loss_after = train(model, per_sample, x, y, args, device) if args.train_steps else (None, None)
     model.eval()
@@ -159,11 +197,15 @@ def main() -> None:
         return per_sample(out, target).mean()
 
     # ---- (a) ours ------------------------------------------------------------------------------
+    method = {"method": args.hvp_method} if args.hvp_method else {}
+    used = {}
+
     def ours():
         op = HessianOperator(model, per_sample, x, y, batch_size=args.batch_size or None,
-                             dtype=dtype, device=device)
+                             dtype=dtype, device=device, **method)
         res = lanczos(op.matvec, op.size, max_steps=args.max_steps, top_k=k, seed=args.seed,
                       dtype=dtype, device=device)
+        used["method"] = op.method
         return res.eigenvalues.numpy()[::-1][:k].copy(), op.num_matvecs, res.converged
 
     # ---- (b) PyHessian -------------------------------------------------------------------------
@@ -200,24 +242,9 @@ def main() -> None:
     median = {n: statistics.median(ts) for n, ts in times.items()}
 
     # ---- (c) the cost of one HVP in gradient evaluations ---------------------------------------
-    def median_time(fn: Callable[[], object]) -> float:
-        fn()
-        return statistics.median(timed(fn, device)[0] for _ in range(args.hvp_repeats))
-
-    op_fr = HessianOperator(model, per_sample, x, y, dtype=dtype, device=device)
-    op_db = HessianOperator(model, per_sample, x, y, dtype=dtype, device=device, method="double_backward")
-    v = torch.randn(op_fr.size, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
-    costs = {"gradient": median_time(op_fr.loss_and_gradient)}
-    costs["forward-over-reverse (ours)"] = median_time(lambda: op_fr.matvec(v))
-    if op_fr.method != "forward_over_reverse":
-        costs["forward-over-reverse (ours)"] = float("nan")  # it fell back: no forward-mode rule
-    costs["double backward (ours, fallback)"] = median_time(lambda: op_db.matvec(v))
-    with default_dtype(dtype):
-        hc = PyHessian(model, criterion, data=(x, y), cuda=device.type == "cuda")
-        vs = [t.view_as(p) for t, p in zip(op_fr.layout.unflatten(v).values(), hc.params, strict=True)]
-        costs["retained graph (PyHessian)"] = median_time(lambda: inner_hvp(hc.gradsH, hc.params, vs))
-    del hc
-    model.zero_grad(set_to_none=True)
+    costs = hvp_costs(model, per_sample, criterion, x, y, dtype, device, args.hvp_repeats,
+                      lambda: PyHessian(model, criterion, data=(x, y), cuda=device.type == "cuda"),
+                      inner_hvp)
 
     # ---- reference -----------------------------------------------------------------------------
     ref, lam_min, ref_steps = None, None, 0
@@ -243,17 +270,18 @@ def main() -> None:
         if abs(lam_min) > ref[-1]:
             print(f"note: |λmin| > λ{k}: PyHessian (largest magnitude) finds a negative eigenvalue among its {k}")
     compare = ref if ref is not None else results["ours"][0]
-    print(f"{'method':<34}{'s (median)':>11}{'q25':>9}{'q75':>9}{'HVPs':>7}{'ms/HVP':>9}{'max rel err':>13}")
+    print(f"{'method':<40}{'s (median)':>11}{'q25':>9}{'q75':>9}{'HVPs':>7}{'ms/HVP':>9}{'max rel err':>13}")
     labels = {"ours": f"ours: Lanczos (tol {'1e-4' if dtype == torch.float32 else '1e-9'})",
               "pyhessian": f"PyHessian: power (tol {args.py_tol:g}, ≤{args.py_max_iter})"}
     for name, ts in times.items():
         evals, hvps, _ = results[name]
         q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [median[name]] * 3
         err = np.max(np.abs(evals - compare) / np.abs(compare))
-        print(f"{labels[name]:<34}{median[name]:>11.3f}{q[0]:>9.3f}{q[2]:>9.3f}{hvps:>7}"
+        print(f"{labels[name]:<40}{median[name]:>11.3f}{q[0]:>9.3f}{q[2]:>9.3f}{hvps:>7}"
               f"{1e3 * median[name] / hvps:>9.2f}{err:>13.2e}")
     for name in runs:
         print(f"  {name} eigenvalues: {fmt(results[name][0])}")
+    print(f"  our HVP method: {used['method']}; PyHessian: double backward on its retained graph")
     if not results["ours"][2]:
         print(f"  warning: our Lanczos hit --max-steps {args.max_steps} before converging")
     diff = np.max(np.abs(results["pyhessian"][0] - results["ours"][0]) / np.abs(results["ours"][0]))
@@ -261,10 +289,11 @@ def main() -> None:
           f"HVPs ×{results['pyhessian'][1] / results['ours'][1]:.2f}; "
           f"max |λ_py − λ_ours| / |λ_ours| = {diff:.2e}")
     g = costs["gradient"]
-    print(f"one HVP in gradient evaluations (gradient = {1e3 * g:.2f} ms, median of {args.hvp_repeats}):")
+    print(f"one HVP in gradient evaluations (all samples in one batch; gradient = {1e3 * g:.2f} ms, "
+          f"median of {args.hvp_repeats}):")
     for name, c in costs.items():
         if name != "gradient":
-            print(f"  {name:<34}{1e3 * c:>9.2f} ms {c / g:>7.2f}×")
+            print(f"  {name:<40}{1e3 * c:>9.2f} ms {c / g:>7.2f}×")
 
 
 if __name__ == "__main__":

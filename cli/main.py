@@ -142,30 +142,28 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory to write (replaced if it holds a run)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     epochs: int = typer.Option(30, help="Training epochs."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Train an MLP with SAM on sklearn's digits (CPU, well under a minute) and print the run directory."""
+    """Train an MLP with SAM on sklearn's digits, then measure its Hessian spectrum and neural collapse."""
     from landscape.checkpoints import RunDir
-    from landscape.train.config import TrainConfig
-    from landscape.train.trainer import train as run_training
+    from landscape.demo import run_demo
 
-    cfg = TrainConfig(
-        model="mlp", dataset="digits", optimizer="sam", optimizer_params={"rho": 0.05, "momentum": 0.9},
-        lr=0.05, epochs=epochs, batch_size=64, checkpoints="every:5",
-    )  # fmt: skip
-    overwrite = (out / "config.json").is_file()
-    result = run_training(cfg, out, overwrite=overwrite, device=device)
-    rows = RunDir(result.run_dir).metrics()
-    table = Table(title=f"demo run: {result.run_dir}")
+    result = run_demo(out, device=device, epochs=epochs, progress=progress)
+    run_dir = result.training.run_dir
+    table = Table(title=f"training: {run_dir}")
     for col in ("epoch", "train loss", "train acc", "test loss", "test acc"):
         table.add_column(col, justify="right")
-    for r in rows:
+    for r in RunDir(run_dir).metrics():
         if "train_loss" in r and float(r["epoch"]).is_integer() and int(r["epoch"]) % 5 == 0:
             table.add_row(
                 f"{r['epoch']:.0f}", f"{r['train_loss']:.4f}", f"{r['train_acc']:.4f}",
                 f"{r['test_loss']:.4f}", f"{r['test_acc']:.4f}",
             )  # fmt: skip
     console.print(table)
-    console.print(f"run directory: [bold]{result.run_dir}[/] ({len(RunDir(result.run_dir).checkpoints())} checkpoints)")
+    _print_summary("hessian", result.hessian)
+    _print_summary("collapse", result.collapse)
+    console.print(f"run directory: [bold]{run_dir}[/]  results: {run_dir / 'analysis.h5'}  "
+                  f"figures: {run_dir / 'plots'} ({len(result.figures)} files)")
 
 
 # ---- probes ------------------------------------------------------------------------------------
@@ -257,33 +255,29 @@ def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | 
 
 
 def _print_summary(probe: str, records) -> None:
+    """One row per (checkpoint, split) with the probe's summary values."""
     import numpy as np
 
     from landscape.probes import PROBES
 
     keys = PROBES[probe].summary
-    table = Table(title=f"{probe}")
-    table.add_column("checkpoint", style="bold")
-    rows = []
+    table = Table(title=probe)
+    table.add_column("checkpoint", style="bold", no_wrap=True)
+    has_splits = any(isinstance(r.result.get("train"), dict) or isinstance(r.result.get("test"), dict) for r in records)
+    if has_splits:
+        table.add_column("split")
+    for k in keys:
+        table.add_column(k, justify="right")
     for r in records:
-        result = r.result
-        parts = {k: v for k, v in result.items() if not isinstance(v, dict)}
-        splits = {k: v for k, v in result.items() if isinstance(v, dict) and k in ("train", "test")}
-        groups = splits or {"": parts}
-        for split, values in groups.items():
+        splits = {k: v for k, v in r.result.items() if k in ("train", "test") and isinstance(v, dict)}
+        for split, values in (splits or {"": r.result}).items():
             cells = []
             for k in keys:
                 v = values.get(k)
-                if v is None:
-                    cells.append("–")
-                    continue
-                arr = np.atleast_1d(np.asarray(v, dtype=float))
-                cells.append(", ".join(f"{a:.4g}" for a in arr[:5]))
-            rows.append((f"{r.target.name}" + (f" ({split})" if split else "") + (" (stored)" if r.skipped else ""), cells))
-    for k in keys:
-        table.add_column(k, justify="right")
-    for name, cells in rows:
-        table.add_row(name, *cells)
+                arr = None if v is None else np.atleast_1d(np.asarray(v, dtype=float))
+                cells.append("–" if arr is None else ", ".join(f"{a:.4g}" for a in arr[:5]))
+            name = r.target.name + (" (stored)" if r.skipped else "")
+            table.add_row(name, *([split] if has_splits else []), *cells)
     console.print(table)
 
 
@@ -304,7 +298,7 @@ def hessian(
     tol: Optional[float] = typer.Option(None, help="Ritz residual tolerance (default by dtype)."),
     subset: Optional[int] = typer.Option(None, "--subset", help="A fixed subset of N samples (default: the whole split)."),
     split: str = typer.Option("train", help="train or test."),
-    batch_size: int = typer.Option(512, "--batch-size", help="Samples per HVP batch."),
+    batch_size: int = typer.Option(2048, "--batch-size", help="Samples per HVP batch (one batch: the gradient graph is built once and reused)."),
     bn_mode: str = typer.Option("eval", help="BatchNorm in eval (running stats) or train (batch stats) mode."),
     engine: str = typer.Option("lanczos", help="lanczos (ours) or pyhessian."),
     dtype: str = typer.Option("float32", help="float32 or float64."),

@@ -171,7 +171,7 @@ class FeatureSettings:
     def __post_init__(self) -> None:
         from landscape.probes.base import parse_splits
 
-        parse_splits(self.splits)
+        object.__setattr__(self, "splits", ",".join(parse_splits(self.splits)))  # "both" → "train,test"
         if self.samples is not None and self.samples < 2:
             raise ConfigError(f"samples must be ≥ 2, got {self.samples}")
         if self.batch_size < 1:

@@ -189,13 +189,22 @@ def _fill(g: h5py.Group, arrays: Mapping[str, Any]) -> None:
         if isinstance(value, Mapping):
             _fill(g.create_group(key), value)
         else:
-            g.create_dataset(key, data=np.asarray(value))
+            arr = np.asarray(value)
+            if arr.dtype.kind == "U":  # text: stored as UTF-8 strings, read back as str
+                g.create_dataset(key, data=arr.astype(object), dtype=h5py.string_dtype())
+            else:
+                g.create_dataset(key, data=arr)
 
 
 def _read(g: h5py.Group) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, item in g.items():
-        out[key] = _read(item) if isinstance(item, h5py.Group) else item[()]
+        if isinstance(item, h5py.Group):
+            out[key] = _read(item)
+        elif h5py.check_string_dtype(item.dtype) is not None:
+            out[key] = item.asstr()[()]
+        else:
+            out[key] = item[()]
     return out
 
 

@@ -11,14 +11,15 @@ def test_write_read_round_trip_with_nested_groups_and_attrs(tmp_path):
     store = Store(tmp_path / "a.h5")
     settings = {"top_k": 5, "splits": "train,test", "tol": None}
     store.write("step_000010/hessian",
-                {"eigenvalues": np.arange(5.0), "layers": {"names": np.array([b"fc1", b"fc2"]), "top": [1.0, 2.0]}},
+                {"eigenvalues": np.arange(5.0), "method": "cached_graph", "tags": ["λ", "b"], "layers": {"names": np.array([b"fc1", b"fc2"]), "top": [1.0, 2.0]}},
                 {"settings": settings, "settings_hash": settings_hash(settings), "seed": 3, "note": None,
                  "flag": True, "shape": [3, 32, 32]},
                 {"step": 10, "test_acc": 0.9})
     arrays, attrs = store.read("step_000010/hessian")
     np.testing.assert_array_equal(arrays["eigenvalues"], np.arange(5.0))
+    assert arrays["method"] == "cached_graph" and list(arrays["tags"]) == ["λ", "b"]
     np.testing.assert_array_equal(arrays["layers"]["top"], [1.0, 2.0])
-    assert list(arrays["layers"]["names"]) == [b"fc1", b"fc2"]
+    assert list(arrays["layers"]["names"]) == ["fc1", "fc2"]  # text comes back as str
     assert attrs["settings"] == settings and attrs["seed"] == 3 and attrs["note"] is None and attrs["flag"]
     assert list(attrs["shape"]) == [3, 32, 32]
     assert store.attrs("step_000010") == {"step": 10, "test_acc": 0.9}

@@ -52,7 +52,7 @@ class HessianConfig:
     sigma_squared: float = 1e-5
     per_layer: bool = False
     subset: int | None = None
-    batch_size: int = 512
+    batch_size: int = 2048
     bn_mode: str = "eval"
     dtype: str = "float32"
     engine: str = "lanczos"
