@@ -176,6 +176,10 @@ class FeatureSettings:
             raise ConfigError(f"samples must be ≥ 2, got {self.samples}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        # a probe config mixes FeatureSettings with the probe's own config: validate that too
+        after = super()
+        if hasattr(after, "__post_init__"):
+            after.__post_init__()
 
 
 def split_features(ctx, settings: FeatureSettings) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:

@@ -323,11 +323,6 @@ def neural_collapse(
 class CollapseProbeConfig(FeatureSettings, CollapseConfig):
     """The neural-collapse probe: :class:`CollapseConfig` on the features of :class:`FeatureSettings`."""
 
-    def __post_init__(self) -> None:
-        FeatureSettings.__post_init__(self)
-        if hasattr(CollapseConfig, "__post_init__"):
-            CollapseConfig.__post_init__(self)
-
 
 @register_probe("collapse", CollapseProbeConfig, summary=("nc1", "equiangular_means", "self_duality", "ncc_mismatch"))
 def run_collapse(ctx: ProbeContext, cfg: CollapseProbeConfig) -> dict[str, Any]:

@@ -288,11 +288,6 @@ class DSEProbeConfig(FeatureSettings, DSEConfig):
 
     dsmi_inputs: bool = True
 
-    def __post_init__(self) -> None:
-        FeatureSettings.__post_init__(self)
-        if hasattr(DSEConfig, "__post_init__"):
-            DSEConfig.__post_init__(self)
-
 
 @register_probe("dse", DSEProbeConfig, summary=("dse", "dsmi_y", "dsmi_x"))
 def run_dse(ctx: ProbeContext, cfg: DSEProbeConfig) -> dict[str, Any]:

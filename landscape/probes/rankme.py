@@ -165,11 +165,6 @@ def rankme(Z: Tensor, cfg: RankMeConfig = RankMeConfig()) -> dict[str, Any]:
 class RankMeProbeConfig(FeatureSettings, RankMeConfig):
     """The RankMe probe: :class:`RankMeConfig` on the features of :class:`FeatureSettings`."""
 
-    def __post_init__(self) -> None:
-        FeatureSettings.__post_init__(self)
-        if hasattr(RankMeConfig, "__post_init__"):
-            RankMeConfig.__post_init__(self)
-
 
 @register_probe("rankme", RankMeProbeConfig, summary=("rankme", "effective_rank", "alpha_req"))
 def run_rankme(ctx: ProbeContext, cfg: RankMeProbeConfig) -> dict[str, Any]:
