@@ -74,12 +74,14 @@ def run_probe(
     store = Store(out if out is not None else default_output(path))
     store.check_writable()
     settings = dataclasses.asdict(cfg)
+    stored = _check_stored(store, targets, spec.name, settings, force)
     records: list[ProbeRecord] = []
     data_cache: dict[Any, Any] = {}
     run_cache: dict[str, Any] = {}
     for target in targets:
         group = f"{target.name}/{spec.name}"
-        if not force and store.has(group, settings):
+        state = stored.get(group)
+        if state == "complete":
             if on_target:
                 on_target(target, "stored")
             arrays, _ = store.read(group)
@@ -92,20 +94,12 @@ def run_probe(
             data_cache[key] = load_data_and_loss(target, data_spec)
         data, loss = data_cache[key]
         model = load_model(target, model_spec, dev)
-        ctx = ProbeContext(model=model, loss=loss.per_sample, data=data, device=dev, run_cache=run_cache,
-                           advance=(lambda n, t=target: on_progress(t, n)) if on_progress else (lambda n: None))
-        torch.manual_seed(getattr(cfg, "seed", 0))
-        start = time.perf_counter()
-        result = spec.run(ctx, cfg)
-        seconds = time.perf_counter() - start
         attrs = {
             "probe": spec.name,
             "settings": settings,
             "settings_hash": settings_hash(settings),
             "versions": versions(),
             "device": str(dev),
-            "seconds": seconds,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "data": {"dataset": data.name, "n_train": len(data.train), "n_test": len(data.test)},
             "loss": getattr(loss, "spec", lambda: {})(),
         }
@@ -115,11 +109,60 @@ def run_probe(
             **({"step": target.step} if target.step is not None else {}),
             **{k: v for k, v in target.metrics().items() if isinstance(v, int | float)},
         }
+
+        def save_partial(arrays: dict[str, Any], group=group, attrs=attrs, parent=parent) -> None:
+            store.write(group, _storable(arrays), {**attrs, "complete": False}, parent)
+
+        ctx = ProbeContext(model=model, loss=loss.per_sample, data=data, device=dev, run_cache=run_cache,
+                           advance=(lambda n, t=target: on_progress(t, n)) if on_progress else (lambda n: None),
+                           run_dir=target.run_dir, save_partial=save_partial,
+                           partial=store.read(group)[0] if state == "partial" else None,
+                           resolve_checkpoint=lambda which, t=target: _checkpoint_tensors(t, which))
+        torch.manual_seed(getattr(cfg, "seed", 0))
+        start = time.perf_counter()
+        result = spec.run(ctx, cfg)
+        seconds = time.perf_counter() - start
+        attrs.update(seconds=seconds, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), complete=True)
         store.write(group, _storable(result), attrs, parent)
         records.append(ProbeRecord(target, group, result, False, seconds))
         if on_target:
             on_target(target, "done")
     return records
+
+
+def _check_stored(store: Store, targets: list[Target], probe: str, settings: dict[str, Any],
+                  force: bool) -> dict[str, str]:
+    """``{group: "complete"|"partial"}`` for stored groups with these settings; results stored with
+    other settings are never replaced silently: that is an error unless ``force``."""
+    if force:
+        return {}
+    wanted = settings_hash(settings)
+    found: dict[str, str] = {}
+    for target in targets:
+        group = f"{target.name}/{probe}"
+        attrs = store.attrs(group) if store.exists() else {}
+        if not attrs:
+            continue
+        if attrs.get("settings_hash") != wanted:
+            old = attrs.get("settings") or {}
+            diff = ", ".join(f"{k} {old.get(k)!r} → {v!r}" for k, v in settings.items() if old.get(k) != v)
+            raise ConfigError(
+                f"{store.path} already holds {probe} results for {target.name} with other settings ({diff}); "
+                "pass --force to replace them, or write to another --out"
+            )
+        found[group] = "partial" if attrs.get("complete", True) is False else "complete"
+    return found
+
+
+def _checkpoint_tensors(target: Target, which: str) -> dict[str, torch.Tensor]:
+    """Tensors of another checkpoint: a file path, or a step/name of the target's run."""
+    from landscape.checkpoints import RunDir, load_state_dict
+
+    if Path(which).is_file():
+        return load_state_dict(which)
+    if target.run_dir is None:
+        raise ConfigError(f"checkpoint {which!r} not found; give a path to a checkpoint file")
+    return load_state_dict(RunDir(target.run_dir).checkpoint(which).path)
 
 
 def _storable(result: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,11 @@ no finite neighbour gets a marker so that it is not invisible.
 * :func:`plot_curves` — small multiples of measures over training (neural collapse NC1–NC4,
   RankMe, DSE / DSMI, sharpness, …).
 * :func:`plot_training_curves` — loss, accuracy and learning rate from ``metrics.jsonl``.
+* :func:`plot_surface_1d`, :func:`plot_surface_2d`, :func:`plot_surface_panels` — loss slices
+  along random / filter-normalized / PCA directions (Li, Xu, Taylor, Studer & Goldstein 2018):
+  loss and accuracy against a step, contour lines, filled contours, heat maps and 3D surfaces,
+  with an optional optimization trajectory. Values are indexed ``[ix, iy]`` for any grid
+  shape; non-finite values are masked (grey cells), never drawn as numbers.
 """
 
 from __future__ import annotations
@@ -34,18 +39,26 @@ from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFormatter
+from matplotlib.patches import Patch
+from matplotlib.patheffects import withStroke
+from matplotlib.ticker import FixedLocator, LogLocator, MaxNLocator, NullLocator, PercentFormatter
 from matplotlib.transforms import blended_transform_factory
+from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
 from landscape.errors import LandscapeError
 from landscape.utils import atomic_write
 
 __all__ = [
     "FORMATS",
+    "SURFACE_KINDS",
     "plot_curves",
     "plot_esd",
     "plot_layer_spectrum",
+    "plot_surface_1d",
+    "plot_surface_2d",
+    "plot_surface_panels",
     "plot_top_eigenvalues",
     "plot_training_curves",
     "save_figure",
@@ -569,6 +582,443 @@ def plot_training_curves(records: Iterable[Mapping[str, Any]], *, title: str | N
         if not log:
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
         _labels(ax, xlabel, "learning rate", "learning rate")
+    _suptitle(fig, title)
+    return fig
+
+
+# ---- loss surfaces (Li et al. 2018) --------------------------------------------------------------
+
+SURFACE_KINDS = ("contour", "filled", "heatmap", "surface3d")
+REFERENCE_LEVELS = np.arange(0.1, 10, 0.5)  # the reference's vmin=0.1, vmax=10, vlevel=0.5
+LOSS_COLOR, ACC_COLOR, TRAJECTORY_COLOR = "C0", "C3", "C3"
+SURFACE_CMAP, SURFACE3D_CMAP = "viridis", "coolwarm"
+MASK_COLOR = "0.82"  # masked (NaN / inf / non-positive on a log scale) grid cells
+
+
+def _finite_or_nan(y: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(y), y, np.nan)
+
+
+def plot_surface_1d(alphas: Any, train_loss: Any, *, train_acc: Any = None, test_loss: Any = None,
+                    test_acc: Any = None, log: bool = False, title: str | None = None,
+                    xlabel: str = "α") -> Figure:
+    r"""A 1D loss slice :math:`L(\theta + \alpha d)`: loss and accuracy against the step :math:`\alpha`.
+
+    The figure of the reference's ``plot_1d_loss_err`` (Li et al. 2018; also Goodfellow et al.'s
+    linear interpolation between two models): loss on the left axis, accuracy in percent on a
+    twin right axis; train solid, test dashed; loss lines blue, accuracy lines red, each axis
+    ticked in its lines' colour.
+
+    Args:
+        alphas: the steps :math:`\alpha` (``surface_1d/alphas``); drawn sorted.
+        train_loss: loss at each step (same length). NaN / inf (a divergent or not yet
+            computed point) are gaps.
+        train_acc, test_loss, test_acc: optional curves of the same length; an accuracy curve
+            adds the right axis. Accuracies in :math:`[0, 1]` are fractions and are drawn ×100;
+            larger ones are taken as percent already.
+        log: log loss axis; non-positive losses are masked (gaps).
+        title: axes title (none by default).
+        xlabel: x label.
+
+    Returns:
+        A figure whose first axes holds the loss lines (``"train loss"``, ``"test loss"`` when
+        given) and, when an accuracy is given, a second (twin) axes with ``"train accuracy"`` /
+        ``"test accuracy"``, y in percent. Line data are the inputs sorted by α, NaN where masked.
+    """
+    x = _vector("alphas", alphas)
+    if x.size == 0:
+        raise LandscapeError("alphas is empty: nothing to plot")
+    if not np.isfinite(x).all():
+        raise LandscapeError("alphas must be finite")
+    order = np.argsort(x, kind="stable")
+    x = x[order]
+
+    def curve(name: str, values: Any) -> np.ndarray | None:
+        if values is None:
+            return None
+        y = _vector(name, values)
+        _same_length("alphas", x, name, y)
+        return _finite_or_nan(y[order])
+
+    losses = {"train": curve("train_loss", train_loss), "test": curve("test_loss", test_loss)}
+    accs = {"train": curve("train_acc", train_acc), "test": curve("test_acc", test_acc)}
+    accs = {k: v for k, v in accs.items() if v is not None}
+    finite_acc = np.concatenate([v[np.isfinite(v)] for v in accs.values()]) if accs else np.empty(0)
+    acc_scale = 100.0 if finite_acc.size == 0 or finite_acc.max() <= 1.0 else 1.0
+
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    _style(ax)
+    if log:
+        ax.set_yscale("log")
+    styles = {"train": "-", "test": "--"}
+    for split, y in losses.items():
+        if y is not None:
+            _plot_series(ax, x, _positive(y) if log else y, color=LOSS_COLOR,
+                         linestyle=styles[split], linewidth=1.5, label=f"{split} loss")
+    ax.set_xlim(x[0], x[-1]) if x[0] < x[-1] else ax.set_xlim(x[0] - 0.5, x[0] + 0.5)
+    loss_values = np.concatenate([y[np.isfinite(y)] for y in losses.values() if y is not None])
+    if not log and loss_values.size and loss_values.min() >= 0:
+        ax.set_ylim(bottom=0.0)
+    ax.set_ylabel("loss", fontsize=LABEL_SIZE, color=LOSS_COLOR)
+    ax.tick_params(axis="y", colors=LOSS_COLOR)
+    handles, labels = ax.get_legend_handles_labels()
+    if accs:
+        ax2 = ax.twinx()
+        ax2.tick_params(labelsize=TICK_SIZE)
+        ax2.spines["top"].set_visible(False)
+        for split, y in accs.items():
+            _plot_series(ax2, x, y * acc_scale, color=ACC_COLOR, linestyle=styles[split],
+                         linewidth=1.5, label=f"{split} accuracy")
+        ax2.set_ylim(-2.0, 102.0)
+        ax2.yaxis.set_major_locator(FixedLocator([0, 20, 40, 60, 80, 100]))
+        ax2.yaxis.set_major_formatter(PercentFormatter(xmax=100.0, decimals=0))
+        ax2.set_ylabel("accuracy", fontsize=LABEL_SIZE, color=ACC_COLOR)
+        ax2.tick_params(axis="y", colors=ACC_COLOR)
+        ax.spines["right"].set_visible(True)
+        more_handles, more_labels = ax2.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    _labels(ax, xlabel, None, title)
+    if len(handles) > 1:
+        ax.legend(handles, labels, fontsize=LEGEND_SIZE, frameon=False)
+    return fig
+
+
+def _surface_grid(xcoords: Any, ycoords: Any, values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coordinates sorted ascending and ``values[ix, iy]`` reordered with them, non-finite → NaN."""
+    x = _vector("xcoords", xcoords)
+    y = _vector("ycoords", ycoords)
+    try:
+        z = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise LandscapeError(f"values must be numeric, got {type(values).__name__}") from exc
+    if z.shape != (x.size, y.size):
+        raise LandscapeError(f"values must have shape (len(xcoords), len(ycoords)) = ({x.size}, {y.size}), "
+                             f"indexed [ix, iy]; got {z.shape}")
+    for name, c in (("xcoords", x), ("ycoords", y)):
+        if c.size < 2:
+            raise LandscapeError(f"{name} has {c.size} value(s): a 2D surface needs at least 2 along "
+                                 "each axis (use plot_surface_1d for a line)")
+        if not np.isfinite(c).all():
+            raise LandscapeError(f"{name} must be finite")
+    ox, oy = np.argsort(x, kind="stable"), np.argsort(y, kind="stable")
+    x, y, z = x[ox], y[oy], z[np.ix_(ox, oy)]
+    for name, c in (("xcoords", x), ("ycoords", y)):
+        if np.any(np.diff(c) == 0):
+            raise LandscapeError(f"{name} has repeated values")
+    return x, y, _finite_or_nan(z)
+
+
+def _masked_values(z: np.ndarray, log: bool, vmax: float | None) -> tuple[np.ma.MaskedArray, bool]:
+    """``z`` masked where NaN (and ≤ 0 when ``log``), clipped at ``vmax``; and whether it clipped."""
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(z) | ((z <= 0) if log else False)
+    zm = np.ma.masked_array(np.where(bad, np.nan, z), mask=bad)
+    clipped = False
+    if vmax is not None:
+        if log and vmax <= 0:
+            raise LandscapeError(f"vmax must be positive on a log scale, got {vmax}")
+        clipped = bool(np.ma.any(zm > vmax))
+        zm = np.ma.minimum(zm, vmax)
+    return zm, clipped
+
+
+def _contour_levels(lo: float, hi: float, levels: Any, log: bool) -> np.ndarray:
+    """Contour levels: the given ones, else the reference's or ones that fit the data range."""
+    if levels is not None and not isinstance(levels, int | np.integer):
+        lv = np.unique(_vector("levels", levels))
+        lv = lv[np.isfinite(lv) & ((lv > 0) if log else True)]
+        if lv.size == 0:
+            raise LandscapeError("levels has no usable value" + (" (all ≤ 0 on a log scale)" if log else ""))
+        return lv
+    if levels is not None:  # a number of levels
+        n = int(levels)
+        if n < 1:
+            raise LandscapeError(f"levels must be ≥ 1 when a count, got {n}")
+        if log:
+            return np.geomspace(lo, hi, n) if hi > lo else np.array([lo])
+        return MaxNLocator(nbins=n).tick_values(lo, hi)
+
+    def around(candidates: np.ndarray) -> np.ndarray:
+        """The candidates inside (lo, hi) plus one on each side where there is one."""
+        first = max(int(np.searchsorted(candidates, lo, side="right")) - 1, 0)
+        last = min(int(np.searchsorted(candidates, hi, side="left")), candidates.size - 1)
+        return candidates[first:last + 1]
+
+    def inside(candidates: np.ndarray) -> int:
+        return int(np.count_nonzero((candidates > lo) & (candidates < hi)))
+
+    if not log:
+        if inside(REFERENCE_LEVELS) >= 4:
+            return around(REFERENCE_LEVELS)
+        return MaxNLocator(nbins=12).tick_values(lo, hi)
+    for subs in ((1.0, 2.0, 5.0), np.arange(1.0, 10.0)):
+        candidates = LogLocator(base=10.0, subs=subs, numticks=1000).tick_values(lo, hi)
+        candidates = np.unique(candidates[candidates > 0])
+        if inside(candidates) >= 5:
+            return around(candidates)
+    if hi > lo:
+        return np.unique(np.array([float(f"{v:.2g}") for v in np.geomspace(lo, hi, 10)]))
+    return np.array([lo])
+
+
+def _extend(lo: float, hi: float, levels: np.ndarray) -> str:
+    below, above = lo < levels[0], hi > levels[-1]
+    return "both" if below and above else "min" if below else "max" if above else "neither"
+
+
+def _trajectory(trajectory: Any, labels: Any) -> tuple[np.ndarray, list[str] | None]:
+    try:
+        t = np.asarray(trajectory, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise LandscapeError(f"trajectory must be numeric, got {type(trajectory).__name__}") from exc
+    if t.ndim != 2 or t.shape[1] != 2:
+        raise LandscapeError(f"trajectory must have shape (T, 2) (x, y of each checkpoint), got {t.shape}")
+    t = _finite_or_nan(t)
+    texts = None
+    if labels is not None:
+        texts = ["" if lab is None else _decode(lab) for lab in labels]
+        if len(texts) != len(t):
+            raise LandscapeError(f"trajectory_labels has {len(texts)} labels but trajectory has {len(t)} points")
+    return t, texts
+
+
+def _draw_trajectory(ax: Any, t: np.ndarray, texts: list[str] | None, zs: float | None = None) -> None:
+    """The projected checkpoints as a line with markers; the last one a star, labels beside."""
+    extra = {} if zs is None else {"zs": zs, "zdir": "z"}
+    ax.plot(t[:, 0], t[:, 1], color=TRAJECTORY_COLOR, linewidth=1.3, marker="o", markersize=3,
+            markeredgecolor="white", markeredgewidth=0.4, label="trajectory", zorder=5, **extra)
+    ok = np.flatnonzero(np.isfinite(t).all(axis=1))
+    if ok.size:
+        end = t[ok[-1]]
+        ax.plot([end[0]], [end[1]], color=TRAJECTORY_COLOR, marker="*", markersize=10,
+                markeredgecolor="black", markeredgewidth=0.5, linestyle="none",
+                label="_nolegend_", zorder=6, **extra)
+    if texts is None or zs is not None:
+        return
+    for (px, py), text in zip(t, texts, strict=True):
+        if text and np.isfinite(px) and np.isfinite(py):
+            ax.annotate(text, (px, py), xytext=(4, 4), textcoords="offset points",
+                        fontsize=TICK_SIZE - 2, color="black", zorder=7,
+                        path_effects=[withStroke(linewidth=2, foreground="white")])
+
+
+def _draw_surface(fig: Figure, ax: Any, kind: str, x: np.ndarray, y: np.ndarray, z: np.ndarray, *,
+                  levels: Any, log: bool, vmax: float | None, trajectory: tuple | None,
+                  axis_labels: Sequence[str], value_label: str, title: str | None) -> None:
+    zm, clipped = _masked_values(z, log, vmax)
+    finite = zm.compressed()
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (np.nan, np.nan)
+    has_data = finite.size > 0
+    xlabel, ylabel = axis_labels
+    if kind == "surface3d":
+        _draw_surface3d(fig, ax, x, y, zm, log=log, clipped=clipped, value_label=value_label)
+        if trajectory is not None and has_data:
+            bottom = float(np.log10(lo) if log else lo)
+            _draw_trajectory(ax, *trajectory, zs=bottom)
+        ax.set_xlabel(xlabel, fontsize=LABEL_SIZE)
+        ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
+        ax.tick_params(labelsize=TICK_SIZE - 1)
+        if title is not None:
+            ax.set_title(title, fontsize=TITLE_SIZE)
+        return
+
+    ax.tick_params(labelsize=TICK_SIZE)
+    handles: list[Any] = []
+    n_masked = int(np.count_nonzero(np.ma.getmaskarray(zm)))
+    if n_masked:  # masked cells in grey, under everything: a hole is not a low value
+        hole = np.ma.masked_array(np.ones(zm.shape), mask=~np.ma.getmaskarray(zm))
+        ax.pcolormesh(x, y, hole.T, shading="nearest", cmap=ListedColormap([MASK_COLOR]),
+                      vmin=0, vmax=2, zorder=0.5, rasterized=True)
+        what = "non-finite or ≤ 0" if log else "NaN / inf"
+        handles.append(Patch(facecolor=MASK_COLOR, label=f"masked ({what})"))
+    if has_data:
+        if kind == "heatmap":
+            norm = LogNorm(lo, hi) if log else Normalize(lo, hi)
+            mesh = ax.pcolormesh(x, y, zm.T, shading="nearest", cmap=SURFACE_CMAP, norm=norm,
+                                 zorder=1, rasterized=True)
+            fig.colorbar(mesh, ax=ax, label=value_label, extend="max" if clipped else "neither")
+        else:
+            lv = _contour_levels(lo, hi, levels, log)
+            norm = LogNorm(lv[0], lv[-1]) if log and lv[-1] > lv[0] else None
+            if kind == "filled":
+                if lv.size < 2:
+                    lv = np.array([lo, hi]) if hi > lo else np.array([lo, lo * 1.5 if log else lo + 1.0])
+                    norm = None
+                cs = ax.contourf(x, y, zm.T, levels=lv, cmap=SURFACE_CMAP, norm=norm,
+                                 extend=_extend(lo, hi, lv), zorder=1)
+                fig.colorbar(cs, ax=ax, label=value_label)
+            else:
+                drawn = lv[(lv > lo) & (lv < hi)]
+                if drawn.size:
+                    norm = LogNorm(drawn[0], drawn[-1]) if log and drawn[-1] > drawn[0] else None
+                    cs = ax.contour(x, y, zm.T, levels=drawn, cmap=SURFACE_CMAP, norm=norm,
+                                    linewidths=1.0, zorder=1)
+                    ax.clabel(cs, inline=True, fontsize=TICK_SIZE - 2, fmt="%g")
+    else:
+        ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center", va="center",
+                fontsize=LABEL_SIZE, color="0.3")
+
+    xlo, xhi, ylo, yhi = x[0], x[-1], y[0], y[-1]
+    if trajectory is not None:
+        _draw_trajectory(ax, *trajectory)
+        t = trajectory[0]
+        tx, ty = t[np.isfinite(t[:, 0]), 0], t[np.isfinite(t[:, 1]), 1]
+        pad_x, pad_y = 0.03 * (xhi - xlo), 0.03 * (yhi - ylo)
+        if tx.size and (tx.min() < xlo or tx.max() > xhi):  # show all of the trajectory
+            xlo, xhi = min(xlo, tx.min() - pad_x), max(xhi, tx.max() + pad_x)
+        if ty.size and (ty.min() < ylo or ty.max() > yhi):
+            ylo, yhi = min(ylo, ty.min() - pad_y), max(yhi, ty.max() + pad_y)
+        handles.insert(0, ax.lines[0])
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(ylo, yhi)
+    _labels(ax, xlabel, ylabel, title)
+    if handles:
+        ax.legend(handles=handles, fontsize=LEGEND_SIZE - 1, loc="upper right", framealpha=0.85)
+
+
+def _draw_surface3d(fig: Figure, ax: Any, x: np.ndarray, y: np.ndarray, zm: np.ma.MaskedArray, *,
+                    log: bool, clipped: bool, value_label: str) -> None:
+    """One quad per grid cell whose four corners are all valid (never a stretched hole)."""
+    z = np.ma.filled(zm.astype(np.float64), np.nan)
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.log10(z)
+        value_label = f"log$_{{10}}$ {value_label}"
+    gx, gy = np.meshgrid(x, y, indexing="ij")  # [ix, iy], like the values
+    corners = np.stack([
+        np.stack([gx[:-1, :-1], gy[:-1, :-1], z[:-1, :-1]], axis=-1),
+        np.stack([gx[1:, :-1], gy[1:, :-1], z[1:, :-1]], axis=-1),
+        np.stack([gx[1:, 1:], gy[1:, 1:], z[1:, 1:]], axis=-1),
+        np.stack([gx[:-1, 1:], gy[:-1, 1:], z[:-1, 1:]], axis=-1),
+    ], axis=2).reshape(-1, 4, 3)  # quads in [ix, iy] order, corners counter-clockwise
+    keep = np.isfinite(corners[:, :, 2]).all(axis=1)
+    quads = corners[keep]
+    if quads.size == 0:
+        ax.text2D(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center", va="center",
+                  fontsize=LABEL_SIZE, color="0.3")
+        ax.set_xlim(x[0], x[-1])
+        ax.set_ylim(y[0], y[-1])
+        return
+    face = quads[:, :, 2].mean(axis=1)
+    poly = Poly3DCollection(quads, cmap=SURFACE3D_CMAP, linewidths=0.2)
+    poly.set_array(face)
+    poly.set_clim(float(face.min()), float(face.max()))
+    ax.add_collection3d(poly)
+    poly.set_edgecolor("face")  # hairline edges in the face colour: no seams between quads
+    finite = z[np.isfinite(z)]
+    ax.set_xlim(x[0], x[-1])
+    ax.set_ylim(y[0], y[-1])
+    zlo, zhi = float(finite.min()), float(finite.max())
+    ax.set_zlim(zlo, zhi if zhi > zlo else zlo + 1.0)
+    ax.set_zlabel(value_label, fontsize=LABEL_SIZE)
+    fig.colorbar(poly, ax=ax, shrink=0.6, pad=0.12, label=value_label,
+                 extend="max" if clipped else "neither")
+
+
+def plot_surface_2d(xcoords: Any, ycoords: Any, values: Any, *, kind: str = "contour",
+                    levels: Any = None, log: bool = False, title: str | None = None,
+                    trajectory: Any = None, trajectory_labels: Sequence[Any] | None = None,
+                    axis_labels: Sequence[str] | None = None, vmax: float | None = None,
+                    value_label: str = "loss") -> Figure:
+    r"""A 2D loss slice :math:`L(\theta + \alpha d_0 + \beta d_1)` as in Li et al. 2018.
+
+    The data convention is that of the surface probe (``surface_2d/``): ``values[ix, iy]`` is the
+    value at ``x = xcoords[ix]``, ``y = ycoords[iy]``, for any grid shape (the reference
+    transposes non-square grids; this does not). Non-finite values — divergent or not yet
+    computed points — are masked: never drawn as a number, shown as grey cells under the plot.
+
+    Args:
+        xcoords, ycoords: grid coordinates (each ≥ 2 distinct finite values; drawn ascending).
+        values: the ``(len(xcoords), len(ycoords))`` array (``train_loss``, ``test_acc``, …).
+        kind: ``"contour"`` — contour lines with inline labels (the reference's
+            ``_2dcontour``); ``"filled"`` — filled contours with a colour bar (``_2dcontourf``);
+            ``"heatmap"`` — one cell per grid point (``pcolormesh``, x horizontal, y vertical,
+            cells centred on the coordinates, non-uniform spacing allowed) with a colour bar
+            (``_2dheat``); ``"surface3d"`` — a 3D surface, one quad per grid cell whose four
+            corners are valid (``_3dsurface``).
+        levels: contour levels (a sequence, or a count). Default: the reference's
+            ``arange(0.1, 10, 0.5)`` when at least 4 of them fall inside the data range (only
+            those that cover the data are kept), else about 12 round levels across it; with
+            ``log``, log-spaced 1-2-5 (else 1…9) levels per decade.
+        log: log colour scale (``LogNorm``) and log-spaced levels; on ``surface3d`` the height
+            is :math:`\log_{10}` of the value. Values ≤ 0 are masked.
+        title: axes title (none by default).
+        trajectory: optional ``(T, 2)`` projected checkpoint coordinates (e.g. the PCA
+            projection of the training trajectory), drawn as a line with markers, the last point
+            a star; on ``surface3d`` on the floor of the box. The axes grow to show all of it.
+        trajectory_labels: optional text for each trajectory point (e.g. epochs); ``None`` or
+            ``""`` skips a point. Not drawn on ``surface3d``.
+        axis_labels: ``(xlabel, ylabel)``, e.g. ``("PC1 (62.3%)", "PC2 (21.0%)")``; default
+            ``("α", "β")``.
+        vmax: clip the values at ``vmax`` before plotting (the reference's contours stop at
+            10; ``h52vtp``'s ``zmax``); colour bars then extend upwards.
+        value_label: what the values are (colour bar and z label), default ``"loss"``.
+
+    Returns:
+        A figure whose first axes holds the plot (a 3D axes for ``surface3d``); colour bars are
+        further axes. Contours and meshes are drawn from ``values.T`` (rows = y), masked.
+    """
+    if kind not in SURFACE_KINDS:
+        raise LandscapeError(f"unknown surface kind {kind!r}; use {', '.join(SURFACE_KINDS)}")
+    x, y, z = _surface_grid(xcoords, ycoords, values)
+    traj = None if trajectory is None else _trajectory(trajectory, trajectory_labels)
+    labels = _axis_labels(axis_labels)
+    fig = _figure(5.6 if kind == "surface3d" else 5.4, 4.4)
+    ax = fig.add_subplot(projection="3d") if kind == "surface3d" else fig.add_subplot()
+    _draw_surface(fig, ax, kind, x, y, z, levels=levels, log=log, vmax=vmax, trajectory=traj,
+                  axis_labels=labels, value_label=value_label, title=title)
+    return fig
+
+
+def _axis_labels(axis_labels: Sequence[str] | None) -> tuple[str, str]:
+    if axis_labels is None:
+        return "α", "β"
+    labels = [str(s) for s in axis_labels] if not isinstance(axis_labels, str) else []
+    if len(labels) != 2:
+        raise LandscapeError(f"axis_labels must be (xlabel, ylabel), got {axis_labels!r}")
+    return labels[0], labels[1]
+
+
+def plot_surface_panels(xcoords: Any, ycoords: Any, values: Any, *,
+                        kinds: Sequence[str] = SURFACE_KINDS, title: str | None = None,
+                        **kwargs: Any) -> Figure:
+    """The same surface as several :func:`plot_surface_2d` kinds side by side, for a quick look.
+
+    Args:
+        xcoords, ycoords, values: as for :func:`plot_surface_2d`.
+        kinds: the panels, in order (default contour, filled, heat map, 3D surface).
+        title: figure title; each panel is titled by its kind.
+        **kwargs: ``levels``, ``log``, ``trajectory``, ``trajectory_labels``, ``axis_labels``,
+            ``vmax``, ``value_label`` — passed to every panel.
+
+    Returns:
+        A figure with one axes per panel (plus colour bars); ``fig.axes`` starts with the panels'
+        axes in the order of ``kinds`` only where no colour bar comes between them, so find a
+        panel by its title.
+    """
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    if not kinds:
+        raise LandscapeError("no panels: kinds is empty")
+    unknown = [k for k in kinds if k not in SURFACE_KINDS]
+    if unknown:
+        raise LandscapeError(f"unknown surface kind {unknown[0]!r}; use {', '.join(SURFACE_KINDS)}")
+    allowed = {"levels", "log", "trajectory", "trajectory_labels", "axis_labels", "vmax", "value_label"}
+    extra = sorted(set(kwargs) - allowed)
+    if extra:
+        raise LandscapeError(f"unknown option {extra[0]!r} for plot_surface_panels; use {', '.join(sorted(allowed))}")
+    x, y, z = _surface_grid(xcoords, ycoords, values)
+    traj = kwargs.get("trajectory")
+    traj = None if traj is None else _trajectory(traj, kwargs.get("trajectory_labels"))
+    labels = _axis_labels(kwargs.get("axis_labels"))
+    names = {"contour": "contour", "filled": "filled contour", "heatmap": "heat map",
+             "surface3d": "3D surface"}
+    fig = _figure(4.6 * len(kinds), 4.2 + (0.3 if title else 0.0))
+    for i, kind in enumerate(kinds):
+        ax = fig.add_subplot(1, len(kinds), i + 1, projection="3d" if kind == "surface3d" else None)
+        _draw_surface(fig, ax, kind, x, y, z, levels=kwargs.get("levels"), log=bool(kwargs.get("log", False)),
+                      vmax=kwargs.get("vmax"), trajectory=traj, axis_labels=labels,
+                      value_label=kwargs.get("value_label", "loss"), title=names[kind])
     _suptitle(fig, title)
     return fig
 

@@ -159,6 +159,8 @@ class Store:
             g = f.get(group.strip("/"))
             if g is None:
                 return False
+            if _decode_attr(g.attrs.get("complete", True)) is False:
+                return False  # partial work of an interrupted run: to be resumed, not reused
             return settings is None or _decode_attr(g.attrs.get("settings_hash")) == settings_hash(settings)
 
     def read(self, group: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -47,10 +47,14 @@ def test_run_probe_stores_results_with_provenance_and_skips_stored_work(run_copy
     again = run_probe(run_copy, "hessian", cfg, checkpoints="all", device="cpu")
     assert all(r.skipped for r in again)
     np.testing.assert_array_equal(again[-1].result["eigenvalues"], arrays["eigenvalues"])
-    other = run_probe(run_copy, "hessian", make_config("hessian", **{**FAST_HESSIAN, "top_k": 3}), device="cpu")
-    assert not other[0].skipped and len(other[0].result["eigenvalues"]) == 3
-    forced = run_probe(run_copy, "hessian", make_config("hessian", **{**FAST_HESSIAN, "top_k": 3}), device="cpu", force=True)
-    assert not forced[0].skipped
+    # results stored with other settings are never replaced silently
+    other = make_config("hessian", **{**FAST_HESSIAN, "top_k": 3})
+    with pytest.raises(ConfigError, match="already holds hessian results for step_000000 with other settings "
+                                          "\\(top_k 2 → 3\\); pass --force"):
+        run_probe(run_copy, "hessian", other, checkpoints="all", device="cpu")
+    np.testing.assert_array_equal(store.read(first[-1].group)[0]["eigenvalues"], arrays["eigenvalues"])
+    forced = run_probe(run_copy, "hessian", other, device="cpu", force=True)
+    assert not forced[0].skipped and len(forced[0].result["eigenvalues"]) == 3
     series = collect_series(store.path, "hessian", ["eigenvalues", "trace"])
     assert list(series["step"]) == [c.step for c in run.checkpoints()]
     assert list(series["epoch"]) == [0.0, 1.0, 2.0, 3.0]

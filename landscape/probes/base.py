@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +32,10 @@ class ProbeContext:
     advance: Callable[[int], None] = lambda n: None  # progress: n units of work done so far
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the probes of one checkpoint
     run_cache: dict[str, Any] = field(default_factory=dict)  # shared across checkpoints of one run
+    run_dir: Path | None = None  # the RUN_DIR the checkpoint belongs to, if any
+    partial: dict[str, Any] | None = None  # results of an interrupted run with the same settings
+    save_partial: Callable[[dict[str, Any]], None] = lambda arrays: None  # record work done so far
+    resolve_checkpoint: Callable[[str], dict[str, torch.Tensor]] | None = None  # another checkpoint's tensors
 
     def split(self, name: str) -> Split:
         table = {"train": self.data.train, "test": self.data.test}

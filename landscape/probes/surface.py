@@ -1,0 +1,279 @@
+"""Loss-surface probe: loss and accuracy along a 1D line or over a 2D plane through the weights
+(Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets"; tomgoldstein/loss-landscape).
+
+For directions ``d₀`` (and ``d₁``) the probe evaluates
+
+.. math::  L(θ + α d₀ + β d₁) = \\frac{1}{N}\\sum_n ℓ(f_{θ+αd₀+βd₁}(x_n), y_n)
+
+and the accuracy, on each chosen split, at every grid point, without touching the model
+(``functional_call`` with the perturbed tensors). Values are indexed ``[ix, iy]`` with
+``α = xcoords[ix]``, ``β = ycoords[iy]`` for any grid shape; a ``done`` mask marks the points
+computed so far (NaN/inf losses of divergent regions are stored as they are), so an interrupted
+run resumes with exactly the values of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape.errors import ConfigError
+from landscape.params import call
+from landscape.probes.base import ProbeContext, fixed_subset, parse_splits, register_probe
+
+DIRECTIONS = ("random", "pca", "interpolate:<checkpoint>")
+
+
+def parse_grid(spec: str) -> np.ndarray:
+    """``"min:max:num"`` (the reference's syntax) → ``np.linspace(min, max, num)``."""
+    parts = str(spec).split(":")
+    try:
+        lo, hi, num = float(parts[0]), float(parts[1]), int(parts[2])
+        if len(parts) != 3 or num < 1 or not (math.isfinite(lo) and math.isfinite(hi)) or (num > 1 and hi <= lo):
+            raise ValueError
+    except (ValueError, IndexError):
+        raise ConfigError(f"bad grid {spec!r}; use MIN:MAX:NUM with MIN < MAX and NUM ≥ 1, e.g. -1:1:51") from None
+    return np.linspace(lo, hi, num)
+
+
+@dataclass(frozen=True)
+class SurfaceConfig:
+    """Settings of the loss-surface probe (all recorded beside its results).
+
+    ``dim`` 1 or 2; ``x``/``y`` grids as ``MIN:MAX:NUM``; ``direction`` ``random`` (Gaussian,
+    normalized by ``norm`` with ``ignore`` handling of bias/BN tensors, over ``kind`` = weights
+    or states), ``pca`` (top-2 PCA of the run's checkpoint trajectory) or
+    ``interpolate:<checkpoint>`` (``θ_other − θ``, not normalized); ``orthogonal`` makes the
+    second random direction orthogonal to the first.
+    """
+
+    dim: int = 2
+    x: str = "-1:1:51"
+    y: str = "-1:1:51"
+    direction: str = "random"
+    norm: str = "filter"
+    ignore: str = "biasbn"
+    kind: str = "weights"
+    orthogonal: bool = False
+    splits: str = "train"
+    subset: int | None = None
+    batch_size: int = 4096
+    bn_mode: str = "eval"
+    seed: int = 0
+    chunk: int = 32
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "splits", ",".join(parse_splits(self.splits)))
+        parse_grid(self.x)
+        if self.dim == 2:
+            parse_grid(self.y)
+        checks = [
+            (self.dim in (1, 2), f"dim must be 1 or 2, got {self.dim}"),
+            (self.direction in ("random", "pca") or self.direction.startswith("interpolate:"),
+             f"direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}"),
+            (self.bn_mode in ("eval", "train"), f"bn_mode must be eval or train, got {self.bn_mode!r}"),
+            (self.subset is None or self.subset >= 1, f"subset must be ≥ 1, got {self.subset}"),
+            (self.batch_size >= 1 and self.chunk >= 1 and self.workers >= 1, "batch_size, chunk and workers must be ≥ 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        nx = len(parse_grid(self.x))
+        return (nx,) if self.dim == 1 else (nx, len(parse_grid(self.y)))
+
+
+# ---- evaluation -------------------------------------------------------------------------------
+
+
+def evaluate_points(
+    model: nn.Module,
+    base: dict[str, torch.Tensor],
+    directions: list[dict[str, torch.Tensor]],
+    coefficients: np.ndarray,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int = 4096,
+    bn_mode: str = "eval",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean loss and accuracy over ``(x, y)`` at ``base + Σ_i c_i d_i`` for each row ``c`` of
+    ``coefficients`` (P × k); the model's own tensors are never modified."""
+    losses, accs = np.empty(len(coefficients)), np.empty(len(coefficients))
+    was_training = model.training
+    model.train(bn_mode == "train")
+    try:
+        with torch.no_grad():
+            for p, coeffs in enumerate(coefficients):
+                state = dict(base)
+                for name in directions[0]:
+                    value = base[name]
+                    if not value.is_floating_point():  # integer buffers (num_batches_tracked) stay as they are
+                        continue
+                    for c, d in zip(coeffs, directions, strict=True):
+                        value = value + float(c) * d[name]
+                    state[name] = value
+                if bn_mode == "train":  # batch statistics; running buffers must stay untouched
+                    state.update({k: v.clone() for k, v in base.items() if k not in directions[0]})
+                total, correct = 0.0, 0
+                for start in range(0, len(x), batch_size):
+                    xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+                    logits = call(model, state, xb)
+                    total += float(loss(logits, yb).double().sum())
+                    correct += int((logits.argmax(1) == yb).sum())
+                losses[p], accs[p] = total / len(x), correct / len(x)
+    finally:
+        model.train(was_training)
+    return losses, accs
+
+
+def _chunks(n: int, size: int) -> list[np.ndarray]:
+    return [np.arange(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(payload: dict[str, Any]) -> None:
+    torch.set_num_threads(1)
+    _WORKER.update(payload)
+
+
+def _worker_chunk(points: np.ndarray, coefficients: np.ndarray) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    w = _WORKER
+    out = {}
+    for split, (x, y) in w["data"].items():
+        out[split] = evaluate_points(w["model"], w["base"], w["directions"], coefficients, x, y, w["loss"],
+                                     batch_size=w["batch_size"], bn_mode=w["bn_mode"])
+    return points, out
+
+
+# ---- the probe ---------------------------------------------------------------------------------
+
+
+def _directions(ctx: ProbeContext, cfg: SurfaceConfig) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
+    from landscape import directions as D
+
+    extra: dict[str, Any] = {}
+    model = ctx.model
+    if cfg.direction == "random":
+        dirs = [D.filter_normalized_direction(model, kind=cfg.kind, norm=cfg.norm, ignore=cfg.ignore, seed=cfg.seed + i)
+                for i in range(cfg.dim)]
+        if cfg.dim == 2 and cfg.orthogonal:
+            dirs[1] = D.orthogonalize(dirs[1], dirs[0])
+    elif cfg.direction.startswith("interpolate:"):
+        other = ctx.resolve_checkpoint(cfg.direction.split(":", 1)[1])
+        theta = D.target_tensors(model, cfg.kind)
+        other_state = {k: v.to(ctx.device) for k, v in other.items() if k in theta}
+        dirs = [D.interpolation_direction(theta, other_state)]
+        if cfg.dim == 2:
+            dirs.append(D.filter_normalized_direction(model, kind=cfg.kind, norm=cfg.norm, ignore=cfg.ignore, seed=cfg.seed))
+    else:  # pca
+        if ctx.run_dir is None:
+            raise ConfigError("direction 'pca' needs a RUN_DIR (it uses the run's checkpoint trajectory)")
+        trajectory, steps = D.run_trajectory(ctx.run_dir, kind=cfg.kind)
+        final = D.target_tensors(model, cfg.kind)
+        pca = D.pca_directions([{k: v.to(ctx.device) for k, v in t.items()} for t in trajectory], final,
+                               ignore=cfg.ignore)
+        dirs = [pca.d0, pca.d1][: cfg.dim]
+        extra = {"trajectory": np.asarray(pca.coords), "explained_variance_ratio": np.asarray(pca.explained_variance_ratio),
+                 "trajectory_steps": np.asarray(steps)}
+    return dirs, extra
+
+
+@register_probe("surface", SurfaceConfig, summary=("origin_loss",))
+def run_surface(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, Any]:
+    """Loss/accuracy over the grid; resumes from ``ctx.partial`` and reports chunks through ``ctx.save_partial``."""
+    from landscape.directions import target_tensors
+
+    xs = parse_grid(cfg.x)
+    ys = parse_grid(cfg.y) if cfg.dim == 2 else None
+    shape = cfg.shape
+    grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2) if ys is not None else xs[:, None]
+    splits = parse_splits(cfg.splits)
+    data = {}
+    for split in splits:
+        s = ctx.split(split)
+        if cfg.subset is not None and cfg.subset > len(s):
+            raise ConfigError(f"subset of {cfg.subset} samples asked for, but the {split} split has {len(s)}")
+        idx = fixed_subset(len(s), cfg.subset, cfg.seed)
+        data[split] = (s.x[idx].to(ctx.device), s.y[idx].to(ctx.device))
+
+    partial = ctx.partial or {}
+    if "directions" in partial:  # resume with exactly the stored directions
+        like = target_tensors(ctx.model, cfg.kind)
+        dirs = [_unflatten(torch.as_tensor(partial["directions"][f"d{i}"]).to(ctx.device), like) for i in range(cfg.dim)]
+        extra = {k: partial[k] for k in ("trajectory", "explained_variance_ratio", "trajectory_steps") if k in partial}
+    else:
+        dirs, extra = _directions(ctx, cfg)
+    base = {k: v.detach() for k, v in [*ctx.model.named_parameters(), *ctx.model.named_buffers()]}
+    base = {k: v.to(ctx.device) for k, v in base.items()}
+
+    n = len(grid)
+    done = np.asarray(partial.get("done", np.zeros(shape, dtype=np.uint8))).reshape(-1).astype(bool)
+    values = {f"{s}_{m}": np.asarray(partial.get(f"{s}_{m}", np.full(shape, np.nan))).reshape(-1).copy()
+              for s in splits for m in ("loss", "acc")}
+    result_dirs = {f"d{i}": _flatten(d).float().cpu().numpy() for i, d in enumerate(dirs)}
+
+    def snapshot() -> dict[str, Any]:
+        out: dict[str, Any] = {"xcoords": xs, **({"ycoords": ys} if ys is not None else {})}
+        out.update({k: v.reshape(shape) for k, v in values.items()})
+        out["done"] = done.reshape(shape).astype(np.uint8)
+        out["directions"] = result_dirs
+        out.update(extra)
+        return out
+
+    todo = [c for c in _chunks(n, cfg.chunk) if not done[c].all()]
+    ctx.advance(int(done.sum()))
+
+    def record(points: np.ndarray, by_split: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        for split, (loss_v, acc_v) in by_split.items():
+            values[f"{split}_loss"][points] = loss_v
+            values[f"{split}_acc"][points] = acc_v
+        done[points] = True
+        ctx.advance(int(done.sum()))
+        ctx.save_partial(snapshot())
+
+    if cfg.workers > 1 and len(todo) > 1:
+        payload = {"model": ctx.model, "base": base,
+                   "directions": dirs, "data": data, "loss": ctx.loss, "batch_size": cfg.batch_size,
+                   "bn_mode": cfg.bn_mode}
+        mp = torch.multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(cfg.workers, mp_context=mp, initializer=_init_worker, initargs=(payload,)) as pool:
+            futures = [pool.submit(_worker_chunk, c, grid[c]) for c in todo]
+            for fut in futures:  # in order: the same sequence of partial saves as a serial run
+                record(*fut.result())
+    else:
+        for c in todo:
+            by_split = {split: evaluate_points(ctx.model, base, dirs, grid[c], x, y, ctx.loss,
+                                               batch_size=cfg.batch_size, bn_mode=cfg.bn_mode)
+                        for split, (x, y) in data.items()}
+            record(c, by_split)
+
+    out = snapshot()
+    origin = np.argmin(np.abs(grid).sum(1))
+    out["origin_loss"] = float(values[f"{splits[0]}_loss"][origin])
+    return out
+
+
+def _flatten(d: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in d.values()])
+
+
+def _unflatten(vector: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out, start = {}, 0
+    for k, t in like.items():
+        out[k] = vector[start : start + t.numel()].view_as(t).to(t.dtype)
+        start += t.numel()
+    return out
