@@ -324,6 +324,63 @@ def hessian(
     _run_probe_cli("hessian", cfg, target, checkpoints, out, device, foreign, force, plots, progress, unit="HVPs")
 
 
+@app.command()
+def surface(
+    target: Path = TARGET,
+    dim: int = typer.Option(2, "--dim", help="1 (a line) or 2 (a plane)."),
+    x: str = typer.Option("-1:1:51", "--x", help="Grid along the first direction, MIN:MAX:NUM."),
+    y: str = typer.Option("-1:1:51", "--y", help="Grid along the second direction, MIN:MAX:NUM."),
+    direction: str = typer.Option("random", help="random, pca (the run's trajectory), or interpolate:CHECKPOINT."),
+    norm: str = typer.Option("filter", help="Direction normalization: filter, layer, weight, none."),
+    ignore: str = typer.Option("biasbn", help="biasbn (zero bias/BN directions) or none."),
+    kind: str = typer.Option("weights", help="weights, or states (BatchNorm running statistics too)."),
+    orthogonal: bool = typer.Option(False, "--orthogonal", help="Make the second direction orthogonal to the first."),
+    split: str = typer.Option("train", "--split", help="train, test or both."),
+    subset: Optional[int] = typer.Option(None, "--subset", help="A fixed subset of N samples."),
+    batch_size: int = typer.Option(4096, "--batch-size", help="Samples per forward pass."),
+    bn_mode: str = typer.Option("eval", help="BatchNorm in eval or train mode."),
+    seed: int = typer.Option(0, help="Seed of the random directions and the subset."),
+    chunk: int = typer.Option(32, help="Grid points per saved chunk (the unit of resume)."),
+    workers: int = typer.Option(1, "--workers", help="Processes evaluating grid chunks."),
+    checkpoints: str = CHECKPOINTS, out: Optional[Path] = OUT, device: str = DEVICE,
+    model: Optional[str] = MODEL, model_param: Optional[list[str]] = MODEL_PARAM, num_classes: Optional[int] = NUM_CLASSES,
+    input_shape: Optional[str] = INPUT_SHAPE, model_factory: Optional[str] = FACTORY, dataset: Optional[str] = DATASET,
+    dataset_param: Optional[list[str]] = DATASET_PARAM, loss: Optional[str] = LOSS,
+    force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
+) -> None:
+    """Loss and accuracy on a 1D line or 2D plane through the weights (Li et al. 2018); resumes by itself."""
+    from landscape.probes.surface import SurfaceConfig
+
+    cfg = SurfaceConfig(
+        dim=dim, x=x, y=y, direction=direction, norm=norm, ignore=ignore, kind=kind, orthogonal=orthogonal,
+        splits=split, subset=subset, batch_size=batch_size, bn_mode=bn_mode, seed=seed, chunk=chunk, workers=workers,
+    )  # fmt: skip
+    foreign = _foreign_specs(model, model_param, num_classes, input_shape, model_factory, dataset, dataset_param, loss)
+    total = 1
+    for n in cfg.shape:
+        total *= n
+    _run_probe_cli("surface", cfg, target, checkpoints, out, device, foreign, force, plots, progress,
+                   unit=f"/ {total} points")
+
+
+@app.command()
+def plot(
+    results: Path = typer.Argument(..., help="A results file (analysis.h5)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the figures (default: plots/ beside the file)."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write PDF."),
+) -> None:
+    """Draw every figure a results file supports, from the file alone."""
+    from landscape.figures import all_figures
+    from landscape.store import Store
+
+    if not results.is_file():
+        raise ConfigError(f"results file {results} does not exist")
+    Store(results).groups()  # a clear error for a file that is not HDF5
+    folder = out if out is not None else results.parent / "plots"
+    written = all_figures(results, folder, ("png", "pdf") if pdf else ("png",))
+    console.print(f"figures: [bold]{folder}[/] ({len(written)} files)")
+
+
 def _representation_command(probe: str, config_name: str, doc: str):
     """A `landscape collapse|rankme|dse` command: the probe on the features of each checkpoint."""
 

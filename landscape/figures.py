@@ -37,6 +37,7 @@ def probe_figures(store_path: str | Path, probe: str, plots_dir: str | Path,
     """Draw ``probe``'s figures from ``store_path`` into ``plots_dir``."""
     drawers: dict[str, Callable[[Store, Path, tuple[str, ...]], list[Path]]] = {
         "hessian": _hessian_figures,
+        "surface": _surface_figures,
         **{name: (lambda s, d, f, name=name: _curve_figures(s, name, d, f)) for name in CURVES},
     }
     if probe not in drawers:
@@ -67,6 +68,49 @@ def _hessian_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) ->
                                       title=f"Per-layer Hessian — {ckpt}")
             written += save_figure(fig, f"{stem}_layers", formats)
     return written
+
+
+def _surface_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+    """1D: loss and accuracy on twin axes; 2D: contour, filled contour, heat map, 3D surface (with the
+    PCA trajectory and explained-variance axis labels when the directions are PCA)."""
+    from landscape.plots import plot_surface_1d, plot_surface_2d, save_figure
+
+    written: list[Path] = []
+    for group in store.groups():
+        ckpt, _, name = group.rpartition("/")
+        if name != "surface":
+            continue
+        r, attrs = store.read(group)
+        settings = attrs.get("settings", {})
+        splits = settings.get("splits", "train").split(",")
+        stem = plots_dir / "surface" / ckpt
+        if "ycoords" not in r:
+            kw = {f"{s}_{m}": r.get(f"{s}_{m}") for s in ("train", "test") for m in ("loss", "acc") if f"{s}_{m}" in r}
+            train_loss = kw.pop("train_loss", None)
+            if train_loss is None:  # only the test split was computed: draw it as the main curve
+                train_loss, kw["train_acc"] = kw.pop("test_loss"), kw.pop("test_acc", None)
+            fig = plot_surface_1d(r["xcoords"], train_loss, **kw, title=f"1D loss slice — {ckpt}")
+            written += save_figure(fig, f"{stem}_1d", formats)
+            continue
+        labels = None
+        if "explained_variance_ratio" in r:
+            ev = np.asarray(r["explained_variance_ratio"]) * 100
+            labels = (f"PC1 ({ev[0]:.1f}%)", f"PC2 ({ev[1]:.1f}%)")
+        for split in splits:
+            values = r[f"{split}_loss"]
+            for kind in ("contour", "filled", "heatmap", "surface3d"):
+                fig = plot_surface_2d(r["xcoords"], r["ycoords"], values, kind=kind,
+                                      trajectory=r.get("trajectory"), axis_labels=labels,
+                                      title=f"{split} loss — {ckpt}")
+                written += save_figure(fig, f"{stem}_{split}_{kind}", formats)
+    return written
+
+
+def all_figures(store_path: str | Path, plots_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Every figure the results file supports, drawn from the file alone."""
+    store = Store(store_path)
+    probes = sorted({g.rpartition("/")[2] for g in store.groups()})
+    return [p for probe in probes for p in probe_figures(store_path, probe, plots_dir, formats)]
 
 
 def _curve_figures(store: Store, probe: str, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:

@@ -195,7 +195,7 @@ def _directions(ctx: ProbeContext, cfg: SurfaceConfig) -> tuple[list[dict[str, t
 @register_probe("surface", SurfaceConfig, summary=("origin_loss",))
 def run_surface(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, Any]:
     """Loss/accuracy over the grid; resumes from ``ctx.partial`` and reports chunks through ``ctx.save_partial``."""
-    from landscape.directions import target_tensors
+    from landscape.directions import flatten, target_tensors, unflatten
 
     xs = parse_grid(cfg.x)
     ys = parse_grid(cfg.y) if cfg.dim == 2 else None
@@ -213,7 +213,7 @@ def run_surface(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, Any]:
     partial = ctx.partial or {}
     if "directions" in partial:  # resume with exactly the stored directions
         like = target_tensors(ctx.model, cfg.kind)
-        dirs = [_unflatten(torch.as_tensor(partial["directions"][f"d{i}"]).to(ctx.device), like) for i in range(cfg.dim)]
+        dirs = [unflatten(torch.as_tensor(partial["directions"][f"d{i}"]).to(ctx.device), like) for i in range(cfg.dim)]
         extra = {k: partial[k] for k in ("trajectory", "explained_variance_ratio", "trajectory_steps") if k in partial}
     else:
         dirs, extra = _directions(ctx, cfg)
@@ -224,7 +224,7 @@ def run_surface(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, Any]:
     done = np.asarray(partial.get("done", np.zeros(shape, dtype=np.uint8))).reshape(-1).astype(bool)
     values = {f"{s}_{m}": np.asarray(partial.get(f"{s}_{m}", np.full(shape, np.nan))).reshape(-1).copy()
               for s in splits for m in ("loss", "acc")}
-    result_dirs = {f"d{i}": _flatten(d).float().cpu().numpy() for i, d in enumerate(dirs)}
+    result_dirs = {f"d{i}": flatten(d).cpu().numpy() for i, d in enumerate(dirs)}
 
     def snapshot() -> dict[str, Any]:
         out: dict[str, Any] = {"xcoords": xs, **({"ycoords": ys} if ys is not None else {})}
@@ -264,16 +264,4 @@ def run_surface(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, Any]:
     out = snapshot()
     origin = np.argmin(np.abs(grid).sum(1))
     out["origin_loss"] = float(values[f"{splits[0]}_loss"][origin])
-    return out
-
-
-def _flatten(d: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in d.values()])
-
-
-def _unflatten(vector: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out, start = {}, 0
-    for k, t in like.items():
-        out[k] = vector[start : start + t.numel()].view_as(t).to(t.dtype)
-        start += t.numel()
     return out
