@@ -220,29 +220,39 @@ def orthogonalize(
     """
     _check_same_layout(d1, d0, "d1", "d0")
     support = [k for k, t in d1.items() if bool(torch.any(t != 0))]
+    in_support = set(support)
     denom = _dot(d0, d0, support)
     coef = _dot(d1, d0, support) / denom if denom > 0 else 0.0
     out = {}
     for k, t in d1.items():
-        out[k] = t - coef * d0[k].to(device=t.device, dtype=t.dtype) if k in support and coef != 0.0 else t.clone()
+        out[k] = t - coef * d0[k].to(device=t.device, dtype=t.dtype) if k in in_support and coef != 0.0 else t.clone()
     if weights is not None:
         out = normalize_direction(out, weights, norm=norm, ignore=ignore)
     return out
 
 
-def interpolation_direction(theta0: Mapping[str, Tensor], theta1: Mapping[str, Tensor]) -> Direction:
+def interpolation_direction(
+    theta0: Mapping[str, Tensor],
+    theta1: Mapping[str, Tensor],
+    *,
+    dtype: torch.dtype | None = None,
+) -> Direction:
     """``theta1 − theta0`` for every floating-point tensor (not normalized), on ``theta0``'s
-    devices and dtypes; integer entries (``num_batches_tracked``) are left out.
+    devices, in ``theta0``'s dtypes (or ``dtype``); integer entries (``num_batches_tracked``)
+    are left out. The reference's ``get_diff_weights/states``.
 
-    With :func:`perturbed`, ``theta0 + 1·(theta1 − theta0)`` reproduces ``theta1`` exactly
-    whenever ``theta1 − theta0`` is exact in floating point (always, unless ``|theta1|`` is many
-    orders of magnitude below ``|theta0|``); the reference's ``get_diff_weights/states``.
+    In the weights' dtype, ``theta0 + 1·(theta1 − theta0)`` can miss ``theta1`` by the rounding
+    error of the difference (up to ``eps·(|theta0| + |theta1|)``, e.g. where the sign changes). With
+    ``dtype=torch.float64`` the difference of two float32 tensors is exact (unless an entry
+    shrinks by more than a factor 2²⁹), and :func:`perturbed`, which adds in the promoted dtype
+    and rounds once to the weights' dtype, then reproduces ``theta1`` bit for bit.
     """
     _check_same_layout(theta0, theta1, "theta0", "theta1")
     out = {}
     for k, t0 in theta0.items():
         if t0.is_floating_point():
-            out[k] = theta1[k].to(device=t0.device, dtype=t0.dtype) - t0
+            target = dtype or t0.dtype
+            out[k] = theta1[k].to(device=t0.device, dtype=target) - t0.to(target)
     if not out:
         raise ConfigError("theta0 and theta1 hold no floating-point tensors to interpolate between")
     return out
@@ -257,8 +267,9 @@ def perturbed(
 
     Every key of every direction must be in ``weights`` with the same shape. Entries of
     ``weights`` that no direction touches, and integer entries, are passed through unchanged
-    (the same tensor objects); perturbed entries are new tensors in ``w``'s dtype and device,
-    accumulated in order as ``w + a_0 d_0 + a_1 d_1 + …``.
+    (the same tensor objects); perturbed entries are new tensors on ``w``'s device, computed in
+    order as ``w + a_0 d_0 + a_1 d_1 + …`` in the promoted dtype of ``w`` and the directions
+    (a float64 direction makes the sum float64) and rounded once to ``w``'s dtype.
     """
     if len(directions) != len(coefficients):
         raise ConfigError(f"{len(directions)} direction(s) but {len(coefficients)} coefficient(s); give one coefficient per direction")
@@ -268,11 +279,11 @@ def perturbed(
     for k, w in weights.items():
         if not w.is_floating_point() or not any(k in d for d in directions):
             continue
-        value = w.clone()
+        value = w
         for a, d in zip(coefficients, directions, strict=True):
             if k in d:
-                value.add_(d[k].to(device=w.device, dtype=w.dtype), alpha=float(a))
-        out[k] = value
+                value = value + float(a) * d[k].to(w.device)
+        out[k] = value.to(w.dtype)
     return out
 
 

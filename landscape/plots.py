@@ -679,8 +679,9 @@ def plot_surface_1d(alphas: Any, train_loss: Any, *, train_acc: Any = None, test
         more_handles, more_labels = ax2.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
     _labels(ax, xlabel, None, title)
-    if len(handles) > 1:
-        ax.legend(handles, labels, fontsize=LEGEND_SIZE, frameon=False)
+    if len(handles) > 1:  # under the axes: inside it would hide one of the two axes' curves
+        fig.legend(handles, labels, loc="outside lower center", ncols=2 if len(handles) == 4 else len(handles),
+                   fontsize=LEGEND_SIZE, frameon=False)
     return fig
 
 
@@ -805,23 +806,28 @@ def _draw_trajectory(ax: Any, t: np.ndarray, texts: list[str] | None, zs: float 
 
 def _draw_surface(fig: Figure, ax: Any, kind: str, x: np.ndarray, y: np.ndarray, z: np.ndarray, *,
                   levels: Any, log: bool, vmax: float | None, trajectory: tuple | None,
-                  axis_labels: Sequence[str], value_label: str, title: str | None) -> None:
+                  axis_labels: Sequence[str], value_label: str, title: str | None) -> list[Any]:
+    """Draw one kind into ``ax``; returns the legend handles (trajectory, masked cells)."""
     zm, clipped = _masked_values(z, log, vmax)
     finite = zm.compressed()
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (np.nan, np.nan)
     has_data = finite.size > 0
     xlabel, ylabel = axis_labels
     if kind == "surface3d":
-        _draw_surface3d(fig, ax, x, y, zm, log=log, clipped=clipped, value_label=value_label)
-        if trajectory is not None and has_data:
-            bottom = float(np.log10(lo) if log else lo)
-            _draw_trajectory(ax, *trajectory, zs=bottom)
+        floor = _draw_surface3d(fig, ax, x, y, zm, log=log, clipped=clipped,
+                                value_label=value_label, room_below=trajectory is not None)
+        handles3d: list[Any] = []
+        if trajectory is not None and floor is not None:
+            _draw_trajectory(ax, *trajectory, zs=floor)
+            handles3d.append(ax.lines[0])
         ax.set_xlabel(xlabel, fontsize=LABEL_SIZE)
         ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
+        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+            axis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]))
         ax.tick_params(labelsize=TICK_SIZE - 1)
         if title is not None:
             ax.set_title(title, fontsize=TITLE_SIZE)
-        return
+        return handles3d
 
     ax.tick_params(labelsize=TICK_SIZE)
     handles: list[Any] = []
@@ -873,13 +879,23 @@ def _draw_surface(fig: Figure, ax: Any, kind: str, x: np.ndarray, y: np.ndarray,
     ax.set_xlim(xlo, xhi)
     ax.set_ylim(ylo, yhi)
     _labels(ax, xlabel, ylabel, title)
-    if handles:
-        ax.legend(handles=handles, fontsize=LEGEND_SIZE - 1, loc="upper right", framealpha=0.85)
+    return handles
+
+
+def _surface_legend(fig: Figure, handles: list[Any]) -> None:
+    """One legend under the plots (it would hide part of the surface inside an axes)."""
+    unique = {h.get_label(): h for h in handles}
+    if unique:
+        fig.legend(handles=list(unique.values()), labels=list(unique), loc="outside lower center",
+                   ncols=len(unique), fontsize=LEGEND_SIZE, frameon=False)
 
 
 def _draw_surface3d(fig: Figure, ax: Any, x: np.ndarray, y: np.ndarray, zm: np.ma.MaskedArray, *,
-                    log: bool, clipped: bool, value_label: str) -> None:
-    """One quad per grid cell whose four corners are all valid (never a stretched hole)."""
+                    log: bool, clipped: bool, value_label: str, room_below: bool) -> float | None:
+    """One quad per grid cell whose four corners are all valid (never a stretched hole).
+
+    Returns the bottom of the z axis (where a trajectory goes), None when nothing was drawn.
+    """
     z = np.ma.filled(zm.astype(np.float64), np.nan)
     if log:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -899,7 +915,7 @@ def _draw_surface3d(fig: Figure, ax: Any, x: np.ndarray, y: np.ndarray, zm: np.m
                   fontsize=LABEL_SIZE, color="0.3")
         ax.set_xlim(x[0], x[-1])
         ax.set_ylim(y[0], y[-1])
-        return
+        return None
     face = quads[:, :, 2].mean(axis=1)
     poly = Poly3DCollection(quads, cmap=SURFACE3D_CMAP, linewidths=0.2)
     poly.set_array(face)
@@ -910,10 +926,13 @@ def _draw_surface3d(fig: Figure, ax: Any, x: np.ndarray, y: np.ndarray, zm: np.m
     ax.set_xlim(x[0], x[-1])
     ax.set_ylim(y[0], y[-1])
     zlo, zhi = float(finite.min()), float(finite.max())
-    ax.set_zlim(zlo, zhi if zhi > zlo else zlo + 1.0)
-    ax.set_zlabel(value_label, fontsize=LABEL_SIZE)
-    fig.colorbar(poly, ax=ax, shrink=0.6, pad=0.12, label=value_label,
+    zhi = zhi if zhi > zlo else zlo + 1.0
+    if room_below:  # a floor under the surface for the trajectory
+        zlo -= 0.15 * (zhi - zlo)
+    ax.set_zlim(zlo, zhi)
+    fig.colorbar(poly, ax=ax, shrink=0.6, pad=0.1, label=value_label,
                  extend="max" if clipped else "neither")
+    return zlo
 
 
 def plot_surface_2d(xcoords: Any, ycoords: Any, values: Any, *, kind: str = "contour",
@@ -966,8 +985,9 @@ def plot_surface_2d(xcoords: Any, ycoords: Any, values: Any, *, kind: str = "con
     labels = _axis_labels(axis_labels)
     fig = _figure(5.6 if kind == "surface3d" else 5.4, 4.4)
     ax = fig.add_subplot(projection="3d") if kind == "surface3d" else fig.add_subplot()
-    _draw_surface(fig, ax, kind, x, y, z, levels=levels, log=log, vmax=vmax, trajectory=traj,
-                  axis_labels=labels, value_label=value_label, title=title)
+    handles = _draw_surface(fig, ax, kind, x, y, z, levels=levels, log=log, vmax=vmax,
+                            trajectory=traj, axis_labels=labels, value_label=value_label, title=title)
+    _surface_legend(fig, handles)
     return fig
 
 
@@ -1014,11 +1034,13 @@ def plot_surface_panels(xcoords: Any, ycoords: Any, values: Any, *,
     names = {"contour": "contour", "filled": "filled contour", "heatmap": "heat map",
              "surface3d": "3D surface"}
     fig = _figure(4.6 * len(kinds), 4.2 + (0.3 if title else 0.0))
+    handles: list[Any] = []
     for i, kind in enumerate(kinds):
         ax = fig.add_subplot(1, len(kinds), i + 1, projection="3d" if kind == "surface3d" else None)
-        _draw_surface(fig, ax, kind, x, y, z, levels=kwargs.get("levels"), log=bool(kwargs.get("log", False)),
+        handles += _draw_surface(fig, ax, kind, x, y, z, levels=kwargs.get("levels"), log=bool(kwargs.get("log", False)),
                       vmax=kwargs.get("vmax"), trajectory=traj, axis_labels=labels,
                       value_label=kwargs.get("value_label", "loss"), title=names[kind])
+    _surface_legend(fig, handles)
     _suptitle(fig, title)
     return fig
 

@@ -170,8 +170,12 @@ def test_neural_collapse_with_fewer_samples_than_classes_fails_clearly():
     raise AssertionError(f"no error; nc1 = {out['nc1']} from {out['num_classes_present']} classes")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=MISSING_SAMPLE_CHECK + "; the "
-                   "collapse probe with samples=5 on 10-class digits returns nc1 from 4 classes")
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=MISSING_SAMPLE_CHECK + "; the "
+    "collapse probe with samples=5 on 10-class digits returns nc1 from 4 classes",
+)
 def test_collapse_probe_with_fewer_samples_than_classes_fails_clearly(small_run, tmp_path):
     cfg = make_config("collapse", splits="test", samples=5)
     try:
