@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
@@ -917,11 +918,13 @@ def _draw_surface3d(fig: Figure, ax: Any, x: np.ndarray, y: np.ndarray, zm: np.m
         ax.set_ylim(y[0], y[-1])
         return None
     face = quads[:, :, 2].mean(axis=1)
-    poly = Poly3DCollection(quads, cmap=SURFACE3D_CMAP, linewidths=0.2)
+    flo, fhi = float(face.min()), float(face.max())
+    norm = Normalize(flo, fhi) if fhi > flo else Normalize(flo - 0.5, flo + 0.5)
+    cmap = colormaps[SURFACE3D_CMAP]
+    # hairline edges in each face's colour: no seams between the quads
+    poly = Poly3DCollection(quads, cmap=cmap, norm=norm, linewidths=0.2, edgecolors=cmap(norm(face)))
     poly.set_array(face)
-    poly.set_clim(float(face.min()), float(face.max()))
     ax.add_collection3d(poly)
-    poly.set_edgecolor("face")  # hairline edges in the face colour: no seams between quads
     finite = z[np.isfinite(z)]
     ax.set_xlim(x[0], x[-1])
     ax.set_ylim(y[0], y[-1])

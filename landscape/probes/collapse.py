@@ -215,6 +215,11 @@ def neural_collapse(
         if w is not None
         else int(y.max()) + 1
     )
+    if n < c:
+        raise ConfigError(
+            f"neural collapse needs at least as many samples as classes, got {n} samples for {c} classes; "
+            f"use more samples (≥ {c})"
+        )
     if n and (int(y.min()) < 0 or int(y.max()) >= c):
         raise ConfigError(
             f"labels must lie in [0, {c}), got range [{int(y.min())}, {int(y.max())}]"

@@ -152,14 +152,6 @@ def test_collapse_probe_on_a_single_class_split_fails_clearly(small_run):
     _one_line_error(excinfo)
 
 
-MISSING_SAMPLE_CHECK = (
-    "neural_collapse does not check N against C: with fewer samples than classes it silently "
-    "drops the empty classes (e.g. 5 samples of 5 classes, C = 10, give nc1 = 0.0, since every "
-    "class has a single sample and Σ_W = 0)"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=MISSING_SAMPLE_CHECK)
 def test_neural_collapse_with_fewer_samples_than_classes_fails_clearly():
     h = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
     try:
@@ -170,12 +162,6 @@ def test_neural_collapse_with_fewer_samples_than_classes_fails_clearly():
     raise AssertionError(f"no error; nc1 = {out['nc1']} from {out['num_classes_present']} classes")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=MISSING_SAMPLE_CHECK + "; the "
-    "collapse probe with samples=5 on 10-class digits returns nc1 from 4 classes",
-)
 def test_collapse_probe_with_fewer_samples_than_classes_fails_clearly(small_run, tmp_path):
     cfg = make_config("collapse", splits="test", samples=5)
     try:
