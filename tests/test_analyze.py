@@ -5,8 +5,8 @@ import torch
 from landscape.analyze import collect_series, default_output, run_probe
 from landscape.checkpoints import ModelSpec, RunDir, file_sha256
 from landscape.errors import CheckpointError, ConfigError
-from landscape.figures import probe_figures
 from landscape.features import extract_features
+from landscape.figures import probe_figures
 from landscape.probes import PROBES, make_config
 from landscape.probes.collapse import neural_collapse
 from landscape.probes.rankme import rankme

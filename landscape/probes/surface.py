@@ -185,7 +185,7 @@ def _directions(ctx: ProbeContext, cfg: SurfaceConfig) -> tuple[list[dict[str, t
         trajectory, steps = D.run_trajectory(ctx.run_dir, kind=cfg.kind)
         final = D.target_tensors(model, cfg.kind)
         pca = D.pca_directions([{k: v.to(ctx.device) for k, v in t.items()} for t in trajectory], final,
-                               ignore=cfg.ignore)
+                               ignore=cfg.ignore, steps=steps)
         dirs = [pca.d0, pca.d1][: cfg.dim]
         extra = {"trajectory": np.asarray(pca.coords), "explained_variance_ratio": np.asarray(pca.explained_variance_ratio),
                  "trajectory_steps": np.asarray(steps)}
