@@ -25,6 +25,9 @@ from landscape.params import call, layer_blocks, model_state, select_parameters
 from landscape.probes.hessian import HessianConfig, fixed_subset, hessian
 from tests.hessian_cases import CASES, CE, dense_hessian, trained_mlp_case
 
+# PyHessian's constructor calls backward(create_graph=True) on the model's parameters.
+pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True:UserWarning")
+
 # One float64 run per case with everything switched on; the tests below read it.
 # (6 SLQ steps: the quadrature is exact for polynomials of degree ≤ 11, enough for the moments.)
 FULL = HessianConfig(

@@ -184,3 +184,18 @@ def test_interpolation_and_pca_directions(tiny_run, tmp_path):
     with pytest.raises(Exception, match="no checkpoint"):
         run_probe(tiny_run, "surface", make_config("surface", dim=1, x="0:1:3", direction="interpolate:12345"),
                   out=tmp_path / "j.h5", device="cpu")
+
+
+def test_vmapped_evaluation_equals_the_loop():
+    torch.manual_seed(0)
+    model = build_model("cnn", (1, 8, 8), 4, channels=3, width=10, batchnorm=True)
+    x, y = torch.randn(30, 1, 8, 8), torch.randint(0, 4, (30,))
+    model.train()
+    model(x)  # move the running statistics
+    loop = run_surface(_ctx(model, x, y), SurfaceConfig(x="-1:1:3", y="-1:1:4", vectorize="loop", batch_size=7))
+    vmap = run_surface(_ctx(model, x, y), SurfaceConfig(x="-1:1:3", y="-1:1:4", vectorize="vmap", batch_size=7,
+                                                        points_per_call=5))
+    np.testing.assert_allclose(vmap["train_loss"], loop["train_loss"], rtol=1e-5)
+    np.testing.assert_array_equal(vmap["train_acc"], loop["train_acc"])
+    with pytest.raises(ConfigError, match="vectorize=vmap needs bn_mode=eval"):
+        SurfaceConfig(vectorize="vmap", bn_mode="train")
