@@ -613,7 +613,7 @@ def plot_surface_1d(alphas: Any, train_loss: Any, *, train_acc: Any = None, test
     Args:
         alphas: the steps :math:`\alpha` (``surface_1d/alphas``); drawn sorted.
         train_loss: loss at each step (same length). NaN / inf (a divergent or not yet
-            computed point) are gaps.
+            computed point) and masked points of a masked array are gaps.
         train_acc, test_loss, test_acc: optional curves of the same length; an accuracy curve
             adds the right axis. Accuracies in :math:`[0, 1]` are fractions and are drawn ×100;
             larger ones are taken as percent already.
@@ -637,6 +637,8 @@ def plot_surface_1d(alphas: Any, train_loss: Any, *, train_acc: Any = None, test
     def curve(name: str, values: Any) -> np.ndarray | None:
         if values is None:
             return None
+        if isinstance(values, np.ma.MaskedArray):  # a mask means missing
+            values = np.ma.filled(values.astype(np.float64), np.nan)
         y = _vector(name, values)
         _same_length("alphas", x, name, y)
         return _finite_or_nan(y[order])
@@ -691,7 +693,7 @@ def _surface_grid(xcoords: Any, ycoords: Any, values: Any) -> tuple[np.ndarray, 
     x = _vector("xcoords", xcoords)
     y = _vector("ycoords", ycoords)
     try:
-        z = np.asarray(values, dtype=np.float64)
+        z = np.ma.filled(np.ma.asarray(values, dtype=np.float64), np.nan)  # a mask means missing
     except (TypeError, ValueError) as exc:
         raise LandscapeError(f"values must be numeric, got {type(values).__name__}") from exc
     if z.shape != (x.size, y.size):
@@ -953,6 +955,8 @@ def plot_surface_2d(xcoords: Any, ycoords: Any, values: Any, *, kind: str = "con
     Args:
         xcoords, ycoords: grid coordinates (each ≥ 2 distinct finite values; drawn ascending).
         values: the ``(len(xcoords), len(ycoords))`` array (``train_loss``, ``test_acc``, …).
+            A masked array's masked points count as missing, e.g.
+            ``np.ma.masked_where(~done, train_loss)`` for a partly computed surface.
         kind: ``"contour"`` — contour lines with inline labels (the reference's
             ``_2dcontour``); ``"filled"`` — filled contours with a colour bar (``_2dcontourf``);
             ``"heatmap"`` — one cell per grid point (``pcolormesh``, x horizontal, y vertical,

@@ -36,7 +36,7 @@ def _grid(xcoords: Any, ycoords: Any, values: Any) -> tuple[np.ndarray, np.ndarr
     try:
         x = np.asarray(xcoords, dtype=np.float64).ravel()
         y = np.asarray(ycoords, dtype=np.float64).ravel()
-        z = np.asarray(values, dtype=np.float64)
+        z = np.ma.filled(np.ma.asarray(values, dtype=np.float64), np.nan)  # a mask means missing
     except (TypeError, ValueError) as exc:
         raise LandscapeError(f"xcoords, ycoords and values must be numeric: {exc}") from exc
     if z.shape != (x.size, y.size):
@@ -58,8 +58,6 @@ def _grid(xcoords: Any, ycoords: Any, values: Any) -> tuple[np.ndarray, np.ndarr
 def _resample(x: np.ndarray, y: np.ndarray, z: np.ndarray, interp: Any,
               method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``z`` on a regular ``nx × ny`` grid over the same ranges (``interp`` = n or (nx, ny))."""
-    from scipy.interpolate import RegularGridInterpolator
-
     size = (interp, interp) if np.isscalar(interp) else tuple(interp)
     try:
         nx, ny = (int(n) for n in size)
@@ -76,11 +74,35 @@ def _resample(x: np.ndarray, y: np.ndarray, z: np.ndarray, interp: Any,
         if min(x.size, y.size) < 4:
             raise LandscapeError("cubic interpolation needs at least 4 points along each axis")
     xi, yi = np.linspace(x[0], x[-1], nx), np.linspace(y[0], y[-1], ny)
-    gx, gy = np.meshgrid(xi, yi, indexing="ij")
-    # linear: a NaN corner makes exactly the new points inside its cells NaN (a local hole)
-    f = RegularGridInterpolator((x, y), z, method=method, bounds_error=False, fill_value=None)
-    zi = f(np.stack([gx, gy], axis=-1))
+    if method == "cubic":
+        from scipy.interpolate import RegularGridInterpolator
+
+        gx, gy = np.meshgrid(xi, yi, indexing="ij")
+        zi = RegularGridInterpolator((x, y), z, method="cubic")(np.stack([gx, gy], axis=-1))
+    else:
+        zi = _bilinear(x, y, z, xi, yi)
     return xi, yi, np.where(np.isfinite(zi), zi, np.nan)
+
+
+def _bilinear(x: np.ndarray, y: np.ndarray, z: np.ndarray, xi: np.ndarray, yi: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation on the grid ``xi × yi``, where a corner of zero weight is ignored.
+
+    A NaN value thus removes only the new points strictly inside the cells around it (and on the
+    grid lines through it), not the ones that fall on the edges of those cells.
+    """
+    def cell(c: np.ndarray, ci: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        i = np.clip(np.searchsorted(c, ci, side="right") - 1, 0, c.size - 2)
+        return i, np.clip((ci - c[i]) / (c[i + 1] - c[i]), 0.0, 1.0)
+
+    i, s = cell(x, xi)
+    j, t = cell(y, yi)
+    s, t = s[:, None], t[None, :]
+    out = np.zeros((xi.size, yi.size))
+    for di, dj, w in ((0, 0, (1 - s) * (1 - t)), (1, 0, s * (1 - t)), (1, 1, s * t), (0, 1, (1 - s) * t)):
+        corner = z[np.ix_(i + di, j + dj)]
+        with np.errstate(invalid="ignore"):
+            out += np.where(w == 0, 0.0, w * corner)
+    return out
 
 
 def _write_array(fh: IO[str], name: str, data: np.ndarray, dtype: str, components: int = 1) -> None:
@@ -110,8 +132,8 @@ def write_vtp(path: str | os.PathLike[str], xcoords: Any, ycoords: Any, values: 
             and ``os.replace``: a reader sees the old file or the new one, never a partial one.
         xcoords, ycoords: grid coordinates (``surface_2d/xcoords``, ``ycoords``); sorted
             ascending with the values.
-        values: ``(len(xcoords), len(ycoords))`` array indexed ``[ix, iy]``. NaN / inf points are
-            dropped with every quad touching them.
+        values: ``(len(xcoords), len(ycoords))`` array indexed ``[ix, iy]``. NaN / inf points (and
+            the masked points of a masked array) are dropped with every quad touching them.
         log: the height is :math:`\ln(\text{value} + 0.1)` as in the reference (values
             :math:`\le -0.1` are dropped), after clipping at ``zmax``.
         zmax: clip the height at ``zmax`` (the reference's ``--zmax``): a plateau instead of

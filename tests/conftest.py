@@ -1,5 +1,17 @@
 import pytest
 import torch
+from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Single-threaded torch and NumPy BLAS for the whole suite: the test problems are tiny, and
+    on a shared 2-core machine extra BLAS threads only spin (seconds per call under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(before)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,7 +8,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import QuadMesh
+from matplotlib.colors import LogNorm
+from matplotlib.contour import ContourSet
 from matplotlib.figure import Figure
+from mpl_toolkits.mplot3d import Axes3D
+from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
 from landscape import plots
 from landscape.errors import LandscapeError
@@ -365,12 +370,6 @@ def test_save_overwrites_existing_figure(tmp_path):
 
 # ---- loss surfaces ---------------------------------------------------------------------------------
 
-from matplotlib.collections import QuadMesh  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.contour import ContourSet  # noqa: E402
-from mpl_toolkits.mplot3d import Axes3D  # noqa: E402
-from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
-
 # a non-square grid with distinct, unevenly spaced coordinates: any transposition shows
 GX = np.array([-2.0, -1.0, 0.0, 1.5, 4.0])
 GY = np.array([10.0, 20.0, 30.0])
@@ -492,6 +491,18 @@ def test_surface_masks_nan_and_inf(kind):
         assert len(grey) == 1
         np.testing.assert_array_equal(~np.ma.getmaskarray(grey[0].get_array()), bad.T)
         assert "masked (NaN / inf)" in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_surface_masked_array_mask_means_missing():
+    values = _fx() + 0.01 * _fy()
+    done = np.ones(values.shape, dtype=bool)
+    done[3:, :] = False  # not computed yet: the probe's fill value must not be drawn
+    partial = np.ma.masked_where(~done, np.where(done, values, -1.0))
+    image = _only(plots.plot_surface_2d(GX, GY, partial, kind="heatmap").axes[0], QuadMesh, "viridis").get_array()
+    np.testing.assert_array_equal(np.ma.getmaskarray(image), ~done.T)
+    assert image.min() == values[done].min()
+    line = plots.plot_surface_1d([0, 1, 2], np.ma.masked_array([1.0, -1.0, 3.0], mask=[0, 1, 0])).axes[0].lines[0]
+    np.testing.assert_array_equal(line.get_ydata(), [1.0, np.nan, 3.0])
 
 
 @pytest.mark.parametrize("kind", plots.SURFACE_KINDS)

@@ -68,6 +68,9 @@ def test_nan_points_dropped_with_their_quads(tmp_path):
     connectivity = array("Polys", "connectivity")[:, 0].astype(int)
     assert connectivity.max() < 10
     np.testing.assert_allclose(points[connectivity, :2], [[0.5, 20], [2.0, 20], [2.0, 30], [0.5, 30]])
+    # a masked array's mask means missing (a partly computed surface)
+    masked = np.ma.masked_where(~np.isfinite(values), np.nan_to_num(values, nan=-1.0, posinf=-1.0))
+    assert write_vtp(tmp_path / "masked.vtp", X, Y, masked).read_text() == (tmp_path / "holes.vtp").read_text()
     # an all-NaN row leaves the rest
     values = _values()
     values[0, :] = np.nan
@@ -76,12 +79,14 @@ def test_nan_points_dropped_with_their_quads(tmp_path):
 
 
 def test_log_zmax_and_name(tmp_path):
-    values = _values()
-    piece, array = _read(write_vtp(tmp_path / "log.vtp", X, Y, values, log=True, zmax=3.0,
+    values = _values() - 1.05  # −1.05 … 1.95
+    piece, array = _read(write_vtp(tmp_path / "log.vtp", X, Y, values, log=True, zmax=1.5,
                                    name="train_loss"))
-    height = np.log(np.minimum(values, 3.0) + LOG_OFFSET)  # clip, then the reference's ln(z + 0.1)
-    valid = np.isfinite(height)  # x + y/10 = 0 → ln(0.1); negative below −0.1 → dropped
-    assert not valid.all()
+    with np.errstate(invalid="ignore"):
+        height = np.log(np.minimum(values, 1.5) + LOG_OFFSET)  # clip, then the reference's ln(z + 0.1)
+    valid = np.isfinite(height)  # values ≤ −0.1 have no log height: dropped
+    assert 0 < valid.sum() < values.size
+    assert array("Points", "Points")[:, 2].max() == pytest.approx(np.log(1.6))
     np.testing.assert_allclose(array("Points", "Points")[:, 2], height[valid])
     np.testing.assert_allclose(array("PointData", "z")[:, 0], height[valid])
     np.testing.assert_allclose(array("PointData", "train_loss")[:, 0], values[valid])  # raw values
@@ -100,8 +105,10 @@ def test_interpolation(tmp_path):
     values[2, 1] = np.nan  # linear: only the new points inside its four cells are lost
     piece, array = _read(write_vtp(tmp_path / "hole.vtp", x, y, values, interp=(9, 7)))
     points = array("Points", "Points")
-    assert 0 < 63 - int(piece.get("NumberOfPoints")) <= 9
+    assert int(piece.get("NumberOfPoints")) == 63 - 9  # 3 × 3 new points strictly inside
     assert not np.any((np.abs(points[:, 0] - 0.5) < 0.2) & (np.abs(points[:, 1] - 2 / 3) < 0.6))
+    kept = np.isclose(points[:, 0], 0.25) & np.isclose(points[:, 1], 2 / 3)  # on a cell edge: kept
+    np.testing.assert_allclose(points[kept, 2], 2 * 0.25 + 3 * 2 / 3)
     with pytest.raises(LandscapeError, match="cubic interpolation needs a grid without NaN"):
         write_vtp(tmp_path / "bad.vtp", x, y, values, interp=6, interp_method="cubic")
 

@@ -8,6 +8,7 @@ Hutchinson, SLQ) on the same model and data, for comparison.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from torch import nn
 from landscape.errors import ConfigError, LandscapeError
 from landscape.linalg import (
     HessianOperator,
+    SpectralDensity,
     hutch_plus_plus,
     hutchinson,
     lanczos,
@@ -69,6 +71,11 @@ class HessianConfig:
             (self.trace_samples >= 2, f"trace_samples must be ≥ 2, got {self.trace_samples}"),
             (self.density_vectors >= 1 and self.density_steps >= 2, "density needs ≥ 1 vector and ≥ 2 steps"),
             (self.subset is None or self.subset >= 1, f"subset must be ≥ 1, got {self.subset}"),
+            (self.tol is None or self.tol >= 0, f"tol must be ≥ 0, got {self.tol}"),
+            (self.sigma_squared > 0, f"sigma_squared must be > 0, got {self.sigma_squared}"),
+            (self.density_bins >= 2, f"density_bins must be ≥ 2, got {self.density_bins}"),
+            (self.trace_method != "hutch++" or self.trace_samples >= 6,
+             f"hutch++ needs trace_samples ≥ 6 (3 groups of ≥ 2), got {self.trace_samples}"),
             (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
             (self.bn_mode in ("eval", "train"), f"bn_mode must be eval or train, got {self.bn_mode!r}"),
             (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
@@ -154,7 +161,7 @@ def hessian(
         out["lambda_ratio"] = float(abs(evals[0] / evals[-1])) if evals[-1] != 0 else float("nan")
     if cfg.eigenvectors and res.eigenvectors is not None:
         wanted_top = res.eigenvectors[:, -k:].flip(1)  # columns in the order of `eigenvalues`
-        out["eigenvectors"] = wanted_top.T.float().cpu().numpy()
+        out["eigenvectors"] = wanted_top.T.cpu().numpy()  # in cfg.dtype
     if cfg.trace:
         est = _trace(op, cfg, dtype, dev)
         out["trace"], out["trace_se"] = est.estimate, est.standard_error
@@ -196,33 +203,67 @@ def _per_layer(model, make_op, cfg: HessianConfig, dtype, dev) -> dict[str, np.n
 
 
 def _pyhessian(model, loss, x, y, cfg: HessianConfig, device) -> dict[str, Any]:
-    """Run PyHessian (Yao et al. 2020) itself on the same model and data subset."""
-    try:
-        from pyhessian import hessian as PyHessian
+    """Run PyHessian (Yao et al. 2020) itself on the same model and data subset.
+
+    PyHessian runs on a copy of the model (its constructor switches the model to eval mode and
+    leaves gradients behind) inside a forked RNG (its random vectors come from the global one, seeded
+    with ``cfg.seed``). PyHessian 0.1's ``density()`` calls ``torch.eig``, removed in torch 2.0; it is
+    given an ``eigh``-based stand-in for that one call (its tridiagonal matrix is symmetric).
+    """
+    try:  # the module (pyhessian/__init__ shadows the name `pyhessian.hessian` with the class)
+        pyhessian_module = importlib.import_module("pyhessian.hessian")
     except ImportError as exc:
         raise LandscapeError(
-            "engine 'pyhessian' needs PyHessian: pip install pyhessian --no-deps (or pip install -e '.[pyhessian]')"
+            "engine 'pyhessian' needs PyHessian: pip install pyhessian --no-deps (or pip install -e '.[dev]')"
         ) from exc
     if cfg.bn_mode != "eval" or cfg.dtype != "float32" or cfg.per_layer:
         raise ConfigError("engine 'pyhessian' supports bn_mode=eval, dtype=float32 and no per-layer spectra")
+    import copy
+
     idx = fixed_subset(len(x), cfg.subset, cfg.seed)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    torch.manual_seed(cfg.seed)
+    model = copy.deepcopy(model).to(dev)
     criterion = lambda out, tgt: loss(out, tgt).mean()  # noqa: E731
-    hc = PyHessian(model, criterion, data=(x[idx].to(dev), y[idx].to(dev)), cuda=dev.type == "cuda")
-    top, _ = hc.eigenvalues(maxIter=cfg.lanczos_steps, tol=1e-3, top_n=cfg.top_k)
-    out: dict[str, Any] = {"eigenvalues": np.array(sorted(top, reverse=True)), "num_samples": len(idx)}
-    if cfg.trace:
-        values = np.array(hc.trace(maxIter=cfg.trace_samples, tol=1e-3))
-        out["trace"] = float(values.mean())
-        out["trace_se"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
-    if cfg.density:
-        nodes, weights = hc.density(iter=cfg.density_steps, n_v=cfg.density_vectors)
-        from landscape.linalg import SpectralDensity
+    count = {"n": 0}
+    real_hvp = pyhessian_module.hessian_vector_product
 
-        sd = SpectralDensity(np.array(nodes), np.array(weights))
-        grid, dens = smoothed_density(sd, bins=cfg.density_bins, sigma_squared=cfg.sigma_squared)
-        out.update(esd_nodes=sd.nodes, esd_weights=sd.weights, density_grid=grid, density=dens)
+    def counted_hvp(*args, **kwargs):
+        count["n"] += 1
+        return real_hvp(*args, **kwargs)
+
+    def eig_standin(t: torch.Tensor, eigenvectors: bool = False):
+        values, vectors = torch.linalg.eigh(t)
+        return torch.stack([values, torch.zeros_like(values)], dim=1), vectors
+
+    had_eig = hasattr(torch, "eig")
+    old_eig = getattr(torch, "eig", None)
+    pyhessian_module.hessian_vector_product = counted_hvp
+    torch.eig = eig_standin  # type: ignore[attr-defined]
+    devices = [dev] if dev.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.seed)
+            hc = pyhessian_module.hessian(model, criterion, data=(x[idx].to(dev), y[idx].to(dev)),
+                                          cuda=dev.type == "cuda")
+            top, _ = hc.eigenvalues(maxIter=cfg.lanczos_steps, tol=1e-3, top_n=cfg.top_k)
+            out: dict[str, Any] = {"eigenvalues": np.array(sorted(top, reverse=True)), "num_samples": len(idx)}
+            if cfg.trace:
+                values = np.array(hc.trace(maxIter=cfg.trace_samples, tol=1e-3))
+                out["trace"] = float(values.mean())
+                out["trace_se"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+            if cfg.density:
+                nodes, weights = hc.density(iter=cfg.density_steps, n_v=cfg.density_vectors)
+                sd = SpectralDensity(np.array(nodes), np.array(weights))
+                grid, dens = smoothed_density(sd, bins=cfg.density_bins, sigma_squared=cfg.sigma_squared)
+                out.update(esd_nodes=sd.nodes, esd_weights=sd.weights, density_grid=grid, density=dens)
+    finally:
+        pyhessian_module.hessian_vector_product = real_hvp
+        if had_eig:
+            torch.eig = old_eig  # type: ignore[attr-defined]
+        else:
+            del torch.eig
+    out["num_hvps"] = count["n"]
+    out["engine"] = "pyhessian"
     return out
 
 

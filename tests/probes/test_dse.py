@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import pdist
-from threadpoolctl import threadpool_limits
 
 from landscape.errors import ConfigError
 from landscape.probes.dse import (
@@ -14,17 +13,6 @@ from landscape.probes.dse import (
     diffusion_spectral_entropy,
     diffusion_spectral_mutual_information,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # Small eigenproblems: multi-threaded LAPACK only adds spin-wait overhead (seconds per call
-    # on a loaded 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
 
 
 def blobs(n=300, d=10, c=3, spread=4.0, seed=0, sizes=None):

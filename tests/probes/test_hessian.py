@@ -41,24 +41,6 @@ OUTPUT_KEYS = ("eigenvalues", "bottom_eigenvalues", "residuals", "lambda_ratio",
                "esd_nodes", "esd_weights", "density_grid", "density", "loss", "grad_norm")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Single-threaded torch and NumPy BLAS: the machines that run this are shared, and
-    multi-threaded BLAS thrashes when they are loaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits  # installed with scikit-learn
-    except ImportError:  # pragma: no cover
-        limits = contextlib.nullcontext()
-    else:
-        limits = threadpool_limits(1)
-    try:
-        with limits:
-            yield
-    finally:
-        torch.set_num_threads(before)
-
 
 @dataclass
 class Case:
@@ -212,7 +194,6 @@ def test_per_layer_results_are_those_of_the_dense_diagonal_blocks(case, full):
         assert abs(layers["trace"][i] - np.trace(A)) <= 3 * se, (params, layers["trace"][i], np.trace(A), se)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (report): hessian() casts eigenvectors to float32 whatever cfg.dtype")
 def test_float64_eigenvectors_keep_float64_precision(case, full):
     out, _, _ = full
     vecs = out["eigenvectors"]
@@ -323,9 +304,6 @@ def test_bad_config_values_raise_config_error(bad):
         HessianConfig(**bad)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (report): accepted, then a silent non-convergence (tol < 0), "
-                   "a NaN density (sigma_squared ≤ 0), an IndexError after all the HVPs (density_bins < 2), "
-                   "or trace_se = NaN (Hutch++ with < 6 products)")
 @pytest.mark.parametrize("bad", [{"tol": -1.0}, {"sigma_squared": 0.0}, {"density_bins": 1},
                                  {"trace_method": "hutch++", "trace_samples": 4}])
 def test_unvalidated_config_values_raise_config_error(bad):
@@ -480,8 +458,6 @@ def test_engine_pyhessian_rejects_what_it_cannot_do(pyhessian, trained, bad):
         hessian(trained.model, CE, trained.x, trained.y, HessianConfig(engine="pyhessian", **bad))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (report): engine 'pyhessian' leaves the model in eval() mode "
-                   "(PyHessian's constructor calls model.eval()) and reseeds the global torch RNG")
 def test_engine_pyhessian_leaves_the_model_and_the_global_rng_alone(pyhessian, trained):
     model = copy.deepcopy(trained.model).train()
     torch.manual_seed(123)
@@ -493,8 +469,6 @@ def test_engine_pyhessian_leaves_the_model_and_the_global_rng_alone(pyhessian, t
     assert torch.equal(torch.rand(3), expected)
 
 
-@pytest.mark.xfail(_torch_eig_missing(), strict=True, raises=RuntimeError,
-                   reason="BUG (report): PyHessian's density() calls torch.eig, removed in torch 2.0")
 def test_engine_pyhessian_density(pyhessian, trained):
     cfg = HessianConfig(engine="pyhessian", top_k=1, trace=False, density=True, density_vectors=20,
                         density_steps=12, density_bins=500)

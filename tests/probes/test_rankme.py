@@ -5,21 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from landscape.errors import ConfigError
 from landscape.probes.rankme import RankMeConfig, power_law_fit, rankme
-
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # Small SVDs: multi-threaded LAPACK only adds spin-wait overhead (seconds per call on a
-    # loaded 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
 
 
 def numpy_rankme(z: np.ndarray, eps: float = 1e-7) -> float:

@@ -16,7 +16,6 @@ import dataclasses
 
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from landscape.analyze import run_probe
 from landscape.checkpoints import RunDir
@@ -29,15 +28,6 @@ from landscape.train.trainer import load_data, train
 
 MLP = {"width": 64, "depth": 2}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_blas_thread():
-    # Tiny matmuls and eigenproblems on a shared 2-core machine: extra BLAS threads only spin.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
 
 
 def _train(out, **changes) -> TrainConfig:

@@ -37,14 +37,6 @@ from landscape.train.schedules import build_schedule
 ATOL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: one thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SHARPNESS_AWARE = ["sam", "asam", "gam", "gnr", "sam_on"]
 ALL = ["sgd", "adam", "adamw", *SHARPNESS_AWARE]
