@@ -23,6 +23,12 @@ initialization), and measures on that model and the same ``--samples`` training 
     the graph rebuilt per vector, and with it cached) and for PyHessian's HVP (one backward
     through the retained gradient graph, no forward pass; the graph stays in memory).
 
+(d) matched accuracy: PyHessian's tol is tightened (maxIter 2000) until its top-k are within
+    ``--match`` (1e-4) relative error of the reference; time and HVP ratios at that point.
+(e) spectral density: our SLQ against PyHessian's ``density()`` at equal steps, one probe vector
+    (PyHessian 0.1 calls ``torch.eig``, removed in torch 2.0: the benchmark patches that one call
+    with an ``eigh``-based stand-in, T being symmetric).
+
 Both eigenvalue sets are compared with a reference: our Lanczos in float64 with tol 1e-10
 (untimed; ``--ref-steps 0`` skips it and compares with ours). Timings are medians over
 ``--repeats`` interleaved rounds after ``--warmup`` untimed ones, with ``torch.cuda.synchronize``
@@ -85,6 +91,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--hvp-repeats", type=int, default=10, help="timed calls per entry of the HVP-cost table")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--match", type=float, default=1e-4,
+                   help="matched accuracy: tighten PyHessian's tol until its max rel error ≤ this")
+    p.add_argument("--slq-steps", type=int, default=100, help="Lanczos steps of the SLQ comparison (0: skip)")
     return p.parse_args()
 
 
@@ -288,6 +297,54 @@ def main() -> None:
     print(f"PyHessian / ours: time ×{median['pyhessian'] / median['ours']:.2f}, "
           f"HVPs ×{results['pyhessian'][1] / results['ours'][1]:.2f}; "
           f"max |λ_py − λ_ours| / |λ_ours| = {diff:.2e}")
+    # ---- (d) matched accuracy: PyHessian's tol tightened until its top-k reach --match --------
+    if ref is not None:
+        ours_err = float(np.max(np.abs(results["ours"][0] - ref) / np.abs(ref)))
+        print(f"matched accuracy (max rel error ≤ {args.match:g} against the reference); ours: "
+              f"{median['ours']:.3f} s, {results['ours'][1]} HVPs, error {ours_err:.2e}")
+        for tol in (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8):
+            args.py_tol, args.py_max_iter = tol, 2000
+            t, (evals, hvps, _) = timed(pyhessian, device)
+            err = float(np.max(np.abs(evals - ref) / np.abs(ref)))
+            print(f"  PyHessian tol {tol:g}: {t:.3f} s, {hvps} HVPs, error {err:.2e}")
+            if err <= args.match:
+                print(f"  → at matched accuracy PyHessian / ours: time ×{t / median['ours']:.2f}, "
+                      f"HVPs ×{hvps / results['ours'][1]:.2f}" + ("" if ours_err <= args.match else
+                                                                   " (ours did NOT reach the target)"))
+                break
+        else:
+            print("  PyHessian did not reach the target accuracy at tol 1e-8")
+
+    # ---- (e) spectral density: our SLQ vs PyHessian density() at equal steps ---------------------
+    if args.slq_steps:
+        from landscape.linalg import stochastic_lanczos_quadrature
+
+        op = HessianOperator(model, per_sample, x, y, dtype=dtype, device=device)
+        t_ours, sd = timed(lambda: stochastic_lanczos_quadrature(op.matvec, op.size, vectors=1,
+                                                                 steps=args.slq_steps, dtype=dtype, device=device), device)
+
+        def eig_standin(t, eigenvectors=False):  # torch.eig was removed in torch 2.0; T is symmetric
+            vals, vecs = torch.linalg.eigh(t)
+            return torch.stack([vals, torch.zeros_like(vals)], dim=1), vecs
+
+        had = hasattr(torch, "eig")
+        old_eig = getattr(torch, "eig", None)
+        torch.eig = eig_standin
+        try:
+            with default_dtype(dtype):
+                torch.manual_seed(args.seed)
+                t_py, _ = timed(lambda: PyHessian(model, criterion, data=(x, y), cuda=device.type == "cuda")
+                                .density(iter=args.slq_steps, n_v=1), device)
+        finally:
+            model.zero_grad(set_to_none=True)
+            if had:
+                torch.eig = old_eig
+            else:
+                del torch.eig
+        print(f"SLQ, 1 vector × {args.slq_steps} steps: ours {t_ours:.3f} s, PyHessian density() {t_py:.3f} s "
+              f"(torch.eig patched with an eigh stand-in) → PyHessian / ours ×{t_py / t_ours:.2f}; "
+              f"ours Σw·θ = {sd.moment(1):.4g}")
+
     g = costs["gradient"]
     print(f"one HVP in gradient evaluations (all samples in one batch; gradient = {1e3 * g:.2f} ms, "
           f"median of {args.hvp_repeats}):")

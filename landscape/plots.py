@@ -836,8 +836,13 @@ def _draw_surface(fig: Figure, ax: Any, kind: str, x: np.ndarray, y: np.ndarray,
     handles: list[Any] = []
     n_masked = int(np.count_nonzero(np.ma.getmaskarray(zm)))
     if n_masked:  # masked cells in grey, under everything: a hole is not a low value
-        hole = np.ma.masked_array(np.ones(zm.shape), mask=~np.ma.getmaskarray(zm))
-        ax.pcolormesh(x, y, hole.T, shading="nearest", cmap=ListedColormap([MASK_COLOR]),
+        bad = np.ma.getmaskarray(zm)
+        if kind == "heatmap":  # the cell of each masked point
+            hole, shading = np.ma.masked_array(np.ones(bad.shape), mask=~bad), "nearest"
+        else:  # contours cannot enter a grid cell with a masked corner: grey under all of it
+            cell = bad[:-1, :-1] | bad[1:, :-1] | bad[1:, 1:] | bad[:-1, 1:]
+            hole, shading = np.ma.masked_array(np.ones(cell.shape), mask=~cell), "flat"
+        ax.pcolormesh(x, y, hole.T, shading=shading, cmap=ListedColormap([MASK_COLOR]),
                       vmin=0, vmax=2, zorder=0.5, rasterized=True)
         what = "non-finite or ≤ 0" if log else "NaN / inf"
         handles.append(Patch(facecolor=MASK_COLOR, label=f"masked ({what})"))
