@@ -104,6 +104,13 @@ class SurfaceConfig:
 # ---- evaluation -------------------------------------------------------------------------------
 
 
+def _axpy(value: torch.Tensor, d: torch.Tensor, c: float) -> torch.Tensor:
+    """``value + c·d`` in one fused op; a ``c`` beyond the dtype's range gives inf/NaN, not an error."""
+    if abs(c) <= torch.finfo(value.dtype).max:
+        return torch.add(value, d, alpha=c)
+    return value + c * d
+
+
 def evaluate_points(
     model: nn.Module,
     base: dict[str, torch.Tensor],
@@ -129,8 +136,9 @@ def evaluate_points(
                     value = base[name]
                     if not value.is_floating_point():  # integer buffers (num_batches_tracked) stay as they are
                         continue
-                    for c, d in zip(coeffs, directions, strict=True):
-                        value = value + float(c) * d[name]
+                    value = _axpy(value, directions[0][name], float(coeffs[0]))
+                    for c, d in zip(coeffs[1:], directions[1:], strict=True):
+                        value = _axpy(value, d[name], float(c))
                     state[name] = value
                 if bn_mode == "train":  # batch statistics; running buffers must stay untouched
                     state.update({k: v.clone() for k, v in base.items() if k not in directions[0]})
