@@ -212,7 +212,9 @@ def _foreign_specs(model, model_param, num_classes, input_shape, factory, datase
 
 
 def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | None, device: str, foreign,
-                   force: bool, plots: bool, progress: bool, unit: str = "") -> None:
+                   force: bool, plots: bool, progress: bool, unit: str = "", work_per_target: int = 0) -> None:
+    """Run a probe with a progress bar: over checkpoints, or over units of work (``work_per_target``
+    per checkpoint, e.g. grid points) with an ETA; then a summary table and the figures."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -220,6 +222,7 @@ def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | 
         SpinnerColumn,
         TextColumn,
         TimeElapsedColumn,
+        TimeRemainingColumn,
     )
 
     from landscape.analyze import default_output, run_probe
@@ -228,18 +231,27 @@ def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | 
     model_spec, data_spec = foreign
     out_path = out if out is not None else default_output(target)
     n_targets = len(resolve_targets(target, checkpoints))
-    bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[work]}"), TimeElapsedColumn(), console=err_console, disable=not progress)
+    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[work]}"), TimeElapsedColumn()]
+    if work_per_target:
+        columns.append(TimeRemainingColumn())
+    bar = Progress(*columns, console=err_console, disable=not progress)
     with bar:
-        task = bar.add_task(probe, total=n_targets, work="")
+        total = n_targets * work_per_target if work_per_target else n_targets
+        task = bar.add_task(probe, total=total, work="")
+        finished = {"targets": 0}
 
         def on_target(t, state):
             if state in ("done", "stored"):
-                bar.advance(task)
+                finished["targets"] += 1
+                bar.update(task, completed=finished["targets"] * (work_per_target or 1))
             bar.update(task, description=f"{probe} {t.name}", work="(stored)" if state == "stored" else "")
 
         def on_progress(t, n):
-            bar.update(task, work=f"{n} {unit}" if unit else "")
+            if work_per_target:
+                bar.update(task, completed=finished["targets"] * work_per_target + n, work=unit)
+            else:
+                bar.update(task, work=f"{n} {unit}" if unit else "")
 
         records = run_probe(target, probe, cfg, checkpoints=checkpoints, out=out_path, device=device,
                             model_spec=model_spec, data_spec=data_spec, force=force,
@@ -356,11 +368,11 @@ def surface(
         splits=split, subset=subset, batch_size=batch_size, bn_mode=bn_mode, seed=seed, chunk=chunk, workers=workers,
     )  # fmt: skip
     foreign = _foreign_specs(model, model_param, num_classes, input_shape, model_factory, dataset, dataset_param, loss)
-    total = 1
+    points = 1
     for n in cfg.shape:
-        total *= n
+        points *= n
     _run_probe_cli("surface", cfg, target, checkpoints, out, device, foreign, force, plots, progress,
-                   unit=f"/ {total} points")
+                   unit="grid points", work_per_target=points)
 
 
 @app.command()
@@ -368,9 +380,10 @@ def plot(
     results: Path = typer.Argument(..., help="A results file (analysis.h5)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the figures (default: plots/ beside the file)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write PDF."),
+    vtp: bool = typer.Option(False, "--vtp", help="Also export 2D loss surfaces for ParaView (.vtp)."),
 ) -> None:
     """Draw every figure a results file supports, from the file alone."""
-    from landscape.figures import all_figures
+    from landscape.figures import all_figures, surface_vtps
     from landscape.store import Store
 
     if not results.is_file():
@@ -378,6 +391,8 @@ def plot(
     Store(results).groups()  # a clear error for a file that is not HDF5
     folder = out if out is not None else results.parent / "plots"
     written = all_figures(results, folder, ("png", "pdf") if pdf else ("png",))
+    if vtp:
+        written += surface_vtps(results, folder)
     console.print(f"figures: [bold]{folder}[/] ({len(written)} files)")
 
 

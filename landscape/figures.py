@@ -106,6 +106,25 @@ def _surface_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) ->
     return written
 
 
+def surface_vtps(store_path: str | Path, plots_dir: str | Path) -> list[Path]:
+    """ParaView exports (``.vtp``) of every stored 2D loss surface, one per split."""
+    from landscape.vtp import write_vtp
+
+    store = Store(store_path)
+    written = []
+    for group in store.groups():
+        ckpt, _, name = group.rpartition("/")
+        if name != "surface":
+            continue
+        r, attrs = store.read(group)
+        if "ycoords" not in r:
+            continue
+        for split in attrs.get("settings", {}).get("splits", "train").split(","):
+            written.append(write_vtp(Path(plots_dir) / "surface" / f"{ckpt}_{split}_loss.vtp",
+                                     r["xcoords"], r["ycoords"], r[f"{split}_loss"]))
+    return written
+
+
 def all_figures(store_path: str | Path, plots_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Every figure the results file supports, drawn from the file alone."""
     store = Store(store_path)

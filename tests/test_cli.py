@@ -192,3 +192,25 @@ def test_hessian_of_a_model_without_trainable_parameters():
         p.requires_grad_(False)
     with pytest.raises(ConfigError, match="no trainable parameters"):
         hessian(model, lambda z, y: z.sum(1), torch.randn(5, 4), torch.zeros(5, dtype=torch.long), HessianConfig())
+
+
+def test_surface_and_plot_commands(run_copy, tmp_path, capsys):
+    assert main(["surface", str(run_copy), "--x", "-1:1:5", "--y", "-1:1:3", "--split", "both",
+                 "--no-progress", "--device", "cpu"]) == 0
+    last = RunDir(run_copy).checkpoints()[-1].name
+    assert (run_copy / "plots" / "surface" / f"{last}_test_contour.png").is_file()
+    assert main(["surface", str(run_copy), "--dim", "1", "--x", "0:1:3", "--direction", "interpolate:0",
+                 "--out", str(tmp_path / "line.h5"), "--no-progress", "--device", "cpu"]) == 0
+    assert (tmp_path / "plots" / "surface" / f"{last}_1d.png").is_file()
+    # other settings into the same file: refused, and the stored values survive
+    assert main(["surface", str(run_copy), "--x", "-2:2:5", "--y", "-1:1:3", "--no-progress"]) == 2
+    assert "other settings" in _error_line(capsys)
+    out = tmp_path / "figs"
+    assert main(["plot", str(run_copy / "analysis.h5"), "--out", str(out), "--pdf", "--vtp"]) == 0
+    assert (out / "surface" / f"{last}_train_heatmap.pdf").is_file()
+    assert (out / "surface" / f"{last}_train_loss.vtp").is_file()
+    assert main(["surface", str(run_copy), "--x", "-1:1"]) == 2
+    assert "bad grid '-1:1'" in _error_line(capsys)
+    (tmp_path / "junk.h5").write_text("not hdf5")
+    assert main(["plot", str(tmp_path / "junk.h5")]) == 2
+    assert "cannot open results file" in _error_line(capsys)
