@@ -200,7 +200,12 @@ class _DecoupledWeightDecay:
                 group["weight_decay"] = 0.0
                 shrunk.append((group, wd))
         try:
-            super().step()  # type: ignore[misc]
+            # The torch class's own update, without its hook wrapper: torch wraps `step` of every
+            # optimizer class it instantiates, and going through both wrappers would run step hooks twice.
+            parent = super().step.__func__  # type: ignore[misc]
+            if getattr(parent, "hooked", False):
+                parent = parent.__wrapped__
+            parent(self)
         finally:
             for group, wd in shrunk:
                 group["weight_decay"] = wd

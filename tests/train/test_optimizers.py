@@ -615,3 +615,19 @@ def test_step_without_closure_is_an_error():
         opt.step()
     with pytest.raises(NotImplementedError):
         build_optimizer("gam", model, lr=0.1).first_step()
+
+
+def test_step_hooks_run_once_even_after_torch_wrapped_its_own_classes():
+    """Regression: once a plain torch.optim.SGD/Adam exists, torch has wrapped that class's `step`;
+    our subclasses must still run each step hook exactly once."""
+    for cls in (torch.optim.SGD, torch.optim.Adam):
+        cls([torch.zeros(1, requires_grad=True)], lr=0.1)
+    for name in ("sgd", "adam"):
+        for decoupled in (False, True):
+            model = make_mlp()
+            opt = build_optimizer(name, model, lr=0.01, weight_decay=0.1, decoupled_weight_decay=decoupled)
+            calls = []
+            opt.register_step_pre_hook(lambda *_: calls.append(1))
+            model(torch.randn(4, 10)).sum().backward()
+            opt.step()
+            assert len(calls) == 1, (name, decoupled)
