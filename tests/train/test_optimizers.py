@@ -627,7 +627,7 @@ def test_step_hooks_run_once_even_after_torch_wrapped_its_own_classes():
             model = make_mlp()
             opt = build_optimizer(name, model, lr=0.01, weight_decay=0.1, decoupled_weight_decay=decoupled)
             calls = []
-            opt.register_step_pre_hook(lambda *_: calls.append(1))
+            opt.register_step_pre_hook(lambda *_, calls=calls: calls.append(1))
             model(torch.randn(4, 10)).sum().backward()
             opt.step()
             assert len(calls) == 1, (name, decoupled)
