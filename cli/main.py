@@ -462,36 +462,28 @@ def _describe(registry, name: str) -> tuple[str, str, str]:
     return name, ", ".join(registry.aliases(name)), f"{params}\n[dim]{doc}[/]" if params else f"[dim]{doc}[/]"
 
 
-@app.command("models")
-def list_models() -> None:
-    """List the registered models and their parameters."""
-    from landscape.models import MODELS
-
-    _list_registry("models", [_describe(MODELS, n) for n in MODELS.names()])
-
-
-@app.command("datasets")
-def list_datasets() -> None:
-    """List the registered datasets and their parameters."""
-    from landscape.datasets import DATASETS
-
-    _list_registry("datasets", [_describe(DATASETS, n) for n in DATASETS.names()])
+REGISTRIES = {  # command → (module, registry): `landscape models|datasets|losses|optimizers|probes`
+    "models": ("landscape.models", "MODELS"),
+    "datasets": ("landscape.datasets", "DATASETS"),
+    "losses": ("landscape.train.losses", "LOSSES"),
+    "optimizers": ("landscape.train.optimizers", "OPTIMIZERS"),
+}
 
 
-@app.command("losses")
-def list_losses() -> None:
-    """List the registered losses and their parameters."""
-    from landscape.train.losses import LOSSES
+def _listing_command(kind: str, module: str, attr: str):
+    def command() -> None:
+        import importlib
 
-    _list_registry("losses", [_describe(LOSSES, n) for n in LOSSES.names()])
+        registry = getattr(importlib.import_module(module), attr)
+        _list_registry(kind, [_describe(registry, n) for n in registry.names()])
+
+    command.__doc__ = f"List the registered {kind} and their parameters."
+    command.__name__ = f"list_{kind}"
+    return command
 
 
-@app.command("optimizers")
-def list_optimizers() -> None:
-    """List the registered optimizers and their parameters."""
-    from landscape.train.optimizers import OPTIMIZERS
-
-    _list_registry("optimizers", [_describe(OPTIMIZERS, n) for n in OPTIMIZERS.names()])
+for _kind, (_module, _attr) in REGISTRIES.items():
+    app.command(_kind)(_listing_command(_kind, _module, _attr))
 
 
 def main(argv: list[str] | None = None) -> int:
