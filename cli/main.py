@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -487,22 +486,23 @@ for _kind, (_module, _attr) in REGISTRIES.items():
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; a LandscapeError ends in one line on stderr and exit code 2."""
+    """Run the CLI and return its exit code.
+
+    Usage errors are typer's own (a message and exit code 2); a LandscapeError — a user mistake
+    such as an unknown name or a missing file — ends in one line on stderr and exit code 2,
+    without a traceback.
+    """
     try:
-        result = app(args=argv, standalone_mode=False, prog_name="landscape")
-        return result if isinstance(result, int) else 0
+        app(args=argv, prog_name="landscape")  # standalone: ends in SystemExit
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except LandscapeError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Abort:
-        err_console.print("interrupted; `landscape train --out RUN_DIR --resume` continues a run")
-        return 130
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted; `landscape train --out RUN_DIR --resume` continues a run")
         return 130
+    return 0
 
 
 def entry() -> None:

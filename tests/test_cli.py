@@ -214,3 +214,10 @@ def test_surface_and_plot_commands(run_copy, tmp_path, capsys):
     (tmp_path / "junk.h5").write_text("not hdf5")
     assert main(["plot", str(tmp_path / "junk.h5")]) == 2
     assert "cannot open results file" in _error_line(capsys)
+
+
+def test_usage_errors_are_typers_own_without_traceback(capsys):
+    assert main(["train", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "No such option: --bogus" in err and "Traceback" not in err
+    assert main(["no-such-command"]) == 2
