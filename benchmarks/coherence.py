@@ -6,7 +6,8 @@ multiple of one batched gradient on the same data.
     python benchmarks/coherence.py --device cuda
 
 For each model (``build_model("mlp", (64,), 10)`` and ``build_model("cnn", (1, 8, 8), 10)``, the
-latter also with ``batchnorm=True``, which sends BatchNorm γ/β through the vmap fallback) on the
+latter also with ``batchnorm=True``: BatchNorm γ/β go through hooks too; ``--layernorm`` adds an
+MLP with LayerNorm, whose γ/β take the vmap fallback) on the
 same ``--samples`` digits training points, after ``--train-steps`` SGD steps:
 
 * ``gradient``: one batched forward + backward of the mean loss (``torch.autograd.grad``), the unit;
@@ -49,6 +50,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=50)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--layernorm", action="store_true", help="also an MLP with LayerNorm (vmap fallback)")
     p.add_argument("--no-loop", action="store_true", help="skip the per-example loop")
     return p.parse_args()
 
@@ -126,6 +128,9 @@ def main() -> None:
     bench("mlp (64→128→128→10)", build_model("mlp", tuple(x.shape[1:]), 10).to(dev), x, y, args, dev)
     torch.manual_seed(0)
     bench("cnn (1,8,8)", build_model("cnn", (1, 8, 8), 10).to(dev), image, y, args, dev)
+    if args.layernorm:
+        torch.manual_seed(0)
+        bench("mlp layernorm", build_model("mlp", tuple(x.shape[1:]), 10, norm="layernorm").to(dev), x, y, args, dev)
     torch.manual_seed(0)
     bench("cnn (1,8,8) batchnorm", build_model("cnn", (1, 8, 8), 10, batchnorm=True).to(dev), image, y, args, dev)
 

@@ -395,6 +395,39 @@ def plot(
     console.print(f"figures: [bold]{folder}[/] ({len(written)} files)")
 
 
+@app.command()
+def sharpness(
+    target: Path = TARGET,
+    rho: Optional[str] = typer.Option(None, "--rho", help="Radii, comma-separated (default: the paper's grid for --kind/--norm)."),
+    kind: str = typer.Option("worst", "--kind", help="worst (Auto-PGD ascent) or average (Monte Carlo)."),
+    norm: str = typer.Option("linf", "--norm", help="linf or l2."),
+    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Scale the perturbation set by |w|."),
+    m: int = typer.Option(128, "--m", help="Batch size of m-sharpness."),
+    iters: int = typer.Option(20, "--iters", help="Ascent iterations."),
+    subset: int = typer.Option(1024, "--subset", help="Fixed subset of training points."),
+    setting: Optional[list[str]] = typer.Option(None, "--setting", help="KEY=VALUE probe setting, repeatable."),
+    checkpoints: str = CHECKPOINTS, out: Optional[Path] = OUT, device: str = DEVICE,
+    model: Optional[str] = MODEL, model_param: Optional[list[str]] = MODEL_PARAM, num_classes: Optional[int] = NUM_CLASSES,
+    input_shape: Optional[str] = INPUT_SHAPE, model_factory: Optional[str] = FACTORY, dataset: Optional[str] = DATASET,
+    dataset_param: Optional[list[str]] = DATASET_PARAM, loss: Optional[str] = LOSS,
+    force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
+) -> None:
+    """Adaptive worst/average-case sharpness, first-order flatness and PAC-Bayes flatness (Andriushchenko et al. 2023)."""
+    from landscape.probes import make_config
+
+    rhos = None
+    if rho:
+        try:
+            rhos = tuple(float(r) for r in rho.split(",") if r.strip())
+        except ValueError:
+            raise ConfigError(f"--rho takes numbers like 0.001,0.002, got {rho!r}") from None
+    settings = {"rhos": rhos, "kind": kind, "norm": norm, "adaptive": adaptive, "m": m, "iters": iters,
+                "subset": subset, **parse_key_values(setting, "--setting")}
+    cfg = make_config("sharpness", **settings)
+    foreign = _foreign_specs(model, model_param, num_classes, input_shape, model_factory, dataset, dataset_param, loss)
+    _run_probe_cli("sharpness", cfg, target, checkpoints, out, device, foreign, force, plots, progress, unit="gradients")
+
+
 def _representation_command(probe: str, config_name: str, doc: str):
     """A `landscape collapse|rankme|dse` command: the probe on the features of each checkpoint."""
 

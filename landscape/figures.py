@@ -38,6 +38,7 @@ def probe_figures(store_path: str | Path, probe: str, plots_dir: str | Path,
     drawers: dict[str, Callable[[Store, Path, tuple[str, ...]], list[Path]]] = {
         "hessian": _hessian_figures,
         "surface": _surface_figures,
+        "sharpness": _sharpness_figures,
         **{name: (lambda s, d, f, name=name: _curve_figures(s, name, d, f)) for name in CURVES},
     }
     if probe not in drawers:
@@ -104,6 +105,23 @@ def _surface_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) ->
                                       title=f"{split} loss — {ckpt}")
                 written += save_figure(fig, f"{stem}_{split}_{kind}", formats)
     return written
+
+
+def _sharpness_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Sharpness against ρ, one line per checkpoint (Andriushchenko et al. 2023, Fig. 1 style)."""
+    from landscape.plots import plot_curves, save_figure
+
+    groups = [g for g in store.groups() if g.rpartition("/")[2] == "sharpness"]
+    if not groups:
+        return []
+    results = {g.rpartition("/")[0]: store.read(g)[0] for g in groups}
+    rhos = next(iter(results.values()))["rhos"]
+    series = {
+        "Δ loss  L(w+δ*) − L(w)": {ckpt: r["delta_loss"] for ckpt, r in results.items()},
+        "Δ error": {ckpt: r["delta_error"] for ckpt, r in results.items()},
+    }
+    fig = plot_curves(rhos, series, xlabel="ρ", logx=True, title="Sharpness vs radius")
+    return save_figure(fig, plots_dir / "sharpness", formats)
 
 
 def surface_vtps(store_path: str | Path, plots_dir: str | Path) -> list[Path]:

@@ -44,7 +44,15 @@ from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.patheffects import withStroke
-from matplotlib.ticker import FixedLocator, LogLocator, MaxNLocator, NullLocator, PercentFormatter
+from matplotlib.ticker import (
+    FixedLocator,
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+    NullLocator,
+    PercentFormatter,
+)
 from matplotlib.transforms import blended_transform_factory
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
@@ -184,6 +192,17 @@ def _positive(y: np.ndarray) -> np.ndarray:
     """``y`` with non-positive (and non-finite) values as NaN, for a log axis."""
     with np.errstate(invalid="ignore"):
         return np.where(np.isfinite(y) & (y > 0), y, np.nan)
+
+
+def _short_log_ticks(axis: Any, values: np.ndarray) -> None:
+    """Readable ticks on a log axis: 1-2-5 per decade when the data span under two decades (else
+    decades only), labelled in plain numbers ("0.002", not "2×10⁻³") so neighbours never collide."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    span = np.log10(v.max() / v.min()) if v.size else 0.0
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _decode(name: Any) -> str:
@@ -483,8 +502,10 @@ def plot_curves(x: Any, series: Mapping[str, Any], *, xlabel: str = "epoch",
         use_logx, use_logy = _wants(logx, name), _wants(logy, name)
         if use_logx:
             ax.set_xscale("log")
+            _short_log_ticks(ax.xaxis, xs)
         if use_logy:
             ax.set_yscale("log")
+            _short_log_ticks(ax.yaxis, np.concatenate([np.ravel(np.asarray(v, dtype=float)) for v in lines.values()]))
         px = _positive(xs) if use_logx else xs
         for j, (label, values) in enumerate(lines.items()):
             ys = _vector(f"series[{name!r}][{label!r}]" if len(lines) > 1 else f"series[{name!r}]", values)

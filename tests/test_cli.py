@@ -221,3 +221,16 @@ def test_usage_errors_are_typers_own_without_traceback(capsys):
     err = capsys.readouterr().err
     assert "No such option: --bogus" in err and "Traceback" not in err
     assert main(["no-such-command"]) == 2
+
+
+def test_sharpness_command(run_copy, capsys):
+    assert main(["sharpness", str(run_copy), "--rho", "0.001,0.004", "--m", "64", "--iters", "3", "--subset", "128",
+                 "--setting", "pac_bayes=false", "--setting", "first_order_iters=2", "--no-progress", "--device", "cpu"]) == 0
+    assert "delta_loss" in capsys.readouterr().out
+    assert (run_copy / "plots" / "sharpness.png").is_file()
+    assert main(["sharpness", str(run_copy), "--rho", "-0.1", "--no-progress"]) == 2
+    assert "rho" in _error_line(capsys)
+    assert main(["sharpness", str(run_copy), "--m", "5000", "--no-progress"]) == 2
+    assert "m" in _error_line(capsys)
+    assert main(["sharpness", str(run_copy), "--norm", "l3", "--no-progress"]) == 2
+    assert "l3" in _error_line(capsys)

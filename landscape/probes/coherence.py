@@ -39,8 +39,11 @@ hooks, as BackPACK's ``SumGradSquared`` / ``BatchL2Grad`` do:
 * ``nn.Conv2d`` (``groups=1``, numeric padding, zero padding mode): with the unfolded input
   (im2col) :math:`U_i` (``C_in·k·k × L``) and :math:`\delta_i` (``C_out × L``),
   :math:`g_i = \delta_i U_i^\top`, formed by a batched matmul ``chunk`` examples at a time.
+* BatchNorm (eval, affine, running statistics): :math:`y = \gamma \hat x + \beta` per channel
+  with :math:`\hat x = (x - \mu_{run})/\sqrt{\sigma^2_{run} + \epsilon}`, so
+  :math:`g_{\gamma,i} = \sum_{pos} \delta_i \odot \hat x_i`, :math:`g_{\beta,i} = \sum_{pos} \delta_i`.
 
-Every other parameter (BatchNorm γ/β, LayerNorm, embeddings, grouped convs, modules called more
+Every other parameter (LayerNorm, embeddings, grouped convs, modules called more
 than once, tied weights) falls back to ``torch.func.vmap(torch.func.grad(…))`` over the examples in
 chunks of ``chunk``, differentiating those parameters only. ``method="vmap"`` uses that path for
 all parameters (the reference the hooks are tested against).
@@ -217,6 +220,8 @@ def _vmap_sums(model, loss, state, names, x, y, chunk, want_sum: bool = True):
 def _hookable(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):  # eval: an affine map per channel
+        return module.affine and module.running_mean is not None and module.running_var is not None
     return (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
             and not isinstance(module.padding, str))
 
@@ -249,7 +254,7 @@ def _hook_sums(model, loss, state, names, x, y, chunk, batch_size):
         def hook(module, inputs, output):
             a = inputs[0]
             if not (output.requires_grad and a.shape[0] == len_batch[0]) or \
-                    (isinstance(module, nn.Conv2d) and a.ndim != 4) or (isinstance(module, nn.Linear) and a.ndim < 2):
+                    (isinstance(module, nn.Conv2d) and a.ndim != 4) or a.ndim < 2:
                 bad.add(mname)
                 return
             rec = [a.detach()]
@@ -309,6 +314,17 @@ def _module_sum_sq(module: nn.Module, own: list[str], a: torch.Tensor, d: torch.
     w_name = next((n for n in own if n.endswith("weight")), None)
     b_name = next((n for n in own if n.endswith("bias")), None)
     out: dict[str, torch.Tensor] = {}
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):  # g_γ,i = Σ_pos δ_i ⊙ x̂_i, g_β,i = Σ_pos δ_i
+        view = (1, -1) + (1,) * (a.ndim - 2)
+        mean, var = module.running_mean.to(a).view(view), module.running_var.to(a).view(view)
+        d2 = d.reshape(d.shape[0], d.shape[1], -1)
+        if want_w:
+            gw = (d * (a - mean) * torch.rsqrt(var + module.eps)).reshape_as(d2).sum(2)
+            out[w_name] = (gw * gw).sum(0)
+        if want_b:
+            gb = d2.sum(2)
+            out[b_name] = (gb * gb).sum(0)
+        return out
     if isinstance(module, nn.Linear) and a.ndim == 2:
         if want_w:
             out[w_name] = (d * d).T @ (a * a)
@@ -345,7 +361,15 @@ def _module_sum_sq(module: nn.Module, own: list[str], a: torch.Tensor, d: torch.
 # coherence and GSNR from the statistics
 
 
-def gsnr(stats: GradientStatistics, ddof: int = 1) -> dict[str, np.ndarray]:
+def _flat(stats: GradientStatistics) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Σg and Σg² as flat float64 arrays (in the order of ``stats.sum``) and each parameter's size."""
+    names = list(stats.sum)
+    s = torch.cat([stats.sum[n].reshape(-1) for n in names]).double().cpu().numpy()
+    q = torch.cat([stats.sum_sq[n].reshape(-1) for n in names]).double().cpu().numpy()
+    return s, q, [stats.sum[n].numel() for n in names]
+
+
+def gsnr(stats: GradientStatistics, ddof: int = 1, flat: tuple | None = None) -> dict[str, np.ndarray]:
     """Per-parameter GSNR r_j = ḡ_j² / Var(g_j), Var with 1/(m − ddof), flattened in the order of
     ``stats.sum``. Entries whose gradient is zero for every example are NaN (undefined); zero
     variance with a nonzero mean gives +inf, where "zero" means Σ_i g_ij² − m ḡ_j² ≤ 4√m·eps·Σ_i g_ij²
@@ -353,8 +377,7 @@ def gsnr(stats: GradientStatistics, ddof: int = 1) -> dict[str, np.ndarray]:
     m = stats.count
     if m - ddof < 1:
         raise ConfigError(f"GSNR needs more than {ddof} example(s), got {m}")
-    s = torch.cat([stats.sum[n].reshape(-1) for n in stats.sum]).double().cpu().numpy()
-    q = torch.cat([stats.sum_sq[n].reshape(-1) for n in stats.sum]).double().cpu().numpy()
+    s, q, _ = flat if flat is not None else _flat(stats)
     mean = s / m
     spread = q - m * mean**2
     spread[spread <= 4 * math.sqrt(m) * stats.eps * q] = 0.0
@@ -375,23 +398,27 @@ def summarize(
 ) -> dict[str, Any]:
     """Coherence, normalized coherence and GSNR summaries from the sums (see the module docstring)."""
     m = stats.count
-    sum_norm = stats.sum_norm_sq()
-    norm_sum = stats.norm_sq_of_sum()
+    flat = _flat(stats)
+    s, q, sizes = flat
+    segment = np.repeat(np.arange(len(sizes)), sizes)  # parameter index of each entry
+    norm_of_sum = np.bincount(segment, weights=s * s, minlength=len(sizes))  # per parameter: ‖Σ_i g_i‖²
+    sum_of_norm = np.bincount(segment, weights=q, minlength=len(sizes))  # per parameter: Σ_i ‖g_i‖²
+    sum_norm, norm_sum = float(sum_of_norm.sum()), float(norm_of_sum.sum())
     m_alpha = norm_sum / sum_norm if sum_norm > 0 else float("nan")
     out: dict[str, Any] = {
         "alpha": m_alpha / m,
         "m_alpha": m_alpha,
         "num_samples": m,
-        "num_params": int(sum(t.numel() for t in stats.sum.values())),
+        "num_params": int(s.size),
         "mean_grad_norm_sq": norm_sum / m**2,  # ‖E g‖²
         "mean_sq_grad_norm": sum_norm / m,  # E ‖g‖²
     }
-    r = gsnr(stats, ddof)["gsnr"]
+    r = gsnr(stats, ddof, flat)["gsnr"]
     finite = r[np.isfinite(r)]
     out["gsnr_ddof"] = ddof
     out["gsnr_num_finite"] = int(finite.size)
     out["gsnr_num_infinite"] = int(np.isinf(r).sum())
-    out["gsnr_num_undefined"] = int(np.isnan(r).sum())
+    out["gsnr_num_undefined"] = int(r.size - finite.size - out["gsnr_num_infinite"])
     out["gsnr_mean"] = float(finite.mean()) if finite.size else float("nan")
     quantiles = np.quantile(finite, QUANTILE_LEVELS) if finite.size else np.full(len(QUANTILE_LEVELS), np.nan)
     out["gsnr_median"] = float(quantiles[QUANTILE_LEVELS.index(0.5)])  # one partition for all levels
@@ -402,29 +429,28 @@ def summarize(
     out["gsnr_hist"] = hist.astype(np.int64)
     out["gsnr_bin_edges"] = edges
     if per_layer:
-        out["layers"] = _per_layer(stats)
+        out["layers"] = _per_layer(stats, norm_of_sum, sum_of_norm, sizes)
     return out
 
 
-def _per_layer(stats: GradientStatistics) -> dict[str, Any]:
-    blocks: dict[str, list[str]] = {}  # grouped as landscape.params.layer_blocks does
-    for name in stats.sum:
+def _per_layer(stats: GradientStatistics, norm_of_sum, sum_of_norm, sizes) -> dict[str, Any]:
+    blocks: dict[str, list[int]] = {}  # grouped as landscape.params.layer_blocks does
+    params = list(stats.sum)
+    for k, name in enumerate(params):
         owner = name.rsplit(".", 1)[0] if "." in name else name
-        blocks.setdefault(owner, []).append(name)
-    names, alphas, m_alphas, sizes, methods = [], [], [], [], []
-    for layer, params in blocks.items():
-        total = stats.sum_norm_sq(params)
-        ma = stats.norm_sq_of_sum(params) / total if total > 0 else float("nan")
+        blocks.setdefault(owner, []).append(k)
+    names, m_alphas, counts, methods = [], [], [], []
+    for layer, ks in blocks.items():
+        total = float(sum_of_norm[ks].sum())
+        m_alphas.append(float(norm_of_sum[ks].sum()) / total if total > 0 else float("nan"))
         names.append(layer)
-        m_alphas.append(ma)
-        alphas.append(ma / stats.count)
-        sizes.append(sum(stats.sum[p].numel() for p in params))
-        methods.append("+".join(sorted({stats.method.get(p, "?") for p in params})))
+        counts.append(sum(sizes[k] for k in ks))
+        methods.append("+".join(sorted({stats.method.get(params[k], "?") for k in ks})))
     return {
         "names": names,
-        "alpha": np.array(alphas),
+        "alpha": np.array(m_alphas) / stats.count,
         "m_alpha": np.array(m_alphas),
-        "num_params": np.array(sizes, dtype=np.int64),
+        "num_params": np.array(counts, dtype=np.int64),
         "method": methods,
     }
 

@@ -67,7 +67,7 @@ class SharpnessConfig:
     ``|w| ⊙ g`` in ``u``, projection ``u ← u·min(1, ρ/‖u‖)``), whose fixed points are the KKT
     points of the ellipsoid problem; ``"euclidean"`` is the reference's scheme (step
     ``|w| ⊙ g/‖g‖`` in ``δ``, Euclidean projection onto the ellipsoid by bisection on the
-    Lagrange multiplier, ``sharpness.py`` l. 123-147).
+    Lagrange multiplier, ``sharpness.py`` l. 124-145).
     """
 
     kind: str = "worst"
