@@ -428,6 +428,28 @@ def sharpness(
     _run_probe_cli("sharpness", cfg, target, checkpoints, out, device, foreign, force, plots, progress, unit="gradients")
 
 
+@app.command()
+def coherence(
+    target: Path = TARGET,
+    subset: int = typer.Option(512, "--subset", help="Examples whose per-example gradients are compared."),
+    split: str = typer.Option("train", "--split", help="train or test."),
+    method: str = typer.Option("hooks", "--method", help="hooks (one batched backward) or vmap (per-example grads)."),
+    setting: Optional[list[str]] = typer.Option(None, "--setting", help="KEY=VALUE probe setting, repeatable."),
+    checkpoints: str = typer.Option("all", "--checkpoints", help="last, first, all, every:N, or steps S1,S2,…"),
+    out: Optional[Path] = OUT, device: str = DEVICE,
+    model: Optional[str] = MODEL, model_param: Optional[list[str]] = MODEL_PARAM, num_classes: Optional[int] = NUM_CLASSES,
+    input_shape: Optional[str] = INPUT_SHAPE, model_factory: Optional[str] = FACTORY, dataset: Optional[str] = DATASET,
+    dataset_param: Optional[list[str]] = DATASET_PARAM, loss: Optional[str] = LOSS,
+    force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
+) -> None:
+    """Gradient coherence α, m·α (Chatterjee & Zielinski) and GSNR (Liu et al.), per layer, over a run's checkpoints."""
+    from landscape.probes import make_config
+
+    cfg = make_config("coherence", subset=subset, split=split, method=method, **parse_key_values(setting, "--setting"))
+    foreign = _foreign_specs(model, model_param, num_classes, input_shape, model_factory, dataset, dataset_param, loss)
+    _run_probe_cli("coherence", cfg, target, checkpoints, out, device, foreign, force, plots, progress)
+
+
 def _representation_command(probe: str, config_name: str, doc: str):
     """A `landscape collapse|rankme|dse` command: the probe on the features of each checkpoint."""
 

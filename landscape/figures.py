@@ -39,6 +39,7 @@ def probe_figures(store_path: str | Path, probe: str, plots_dir: str | Path,
         "hessian": _hessian_figures,
         "surface": _surface_figures,
         "sharpness": _sharpness_figures,
+        "coherence": _coherence_figures,
         **{name: (lambda s, d, f, name=name: _curve_figures(s, name, d, f)) for name in CURVES},
     }
     if probe not in drawers:
@@ -122,6 +123,33 @@ def _sharpness_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) 
     }
     fig = plot_curves(rhos, series, xlabel="ρ", logx=True, title="Sharpness vs radius")
     return save_figure(fig, plots_dir / "sharpness", formats)
+
+
+def _coherence_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Coherence m·α and GSNR over training (Chatterjee & Zielinski; Liu et al.), and the GSNR
+    histogram of the last stored checkpoint."""
+    from landscape.plots import plot_curves, save_figure
+
+    keys = ["m_alpha", "alpha", "gsnr_mean", "gsnr_median"]
+    series = collect_series(store.path, "coherence", keys)
+    if not len(series["step"]):
+        return []
+    x, xlabel = series["epoch"], "epoch"
+    if np.isnan(x).any():
+        x, xlabel = np.arange(len(x), dtype=float), "checkpoint"
+    panels = {"coherence m·α (1 = orthogonal)": series["m_alpha"], "α = ‖E g‖² / E‖g‖²": series["alpha"],
+              "GSNR mean": series["gsnr_mean"], "GSNR median": series["gsnr_median"]}
+    written = save_figure(plot_curves(x, panels, xlabel=xlabel, logy=["GSNR mean", "GSNR median"],
+                                      title="Gradient coherence over training"), plots_dir / "coherence", formats)
+    last = [g for g in store.groups() if g.endswith("/coherence")][-1]
+    r, _ = store.read(last)
+    edges, counts = np.asarray(r["gsnr_bin_edges"]), np.asarray(r["gsnr_hist"])
+    if counts.size:
+        centers = 0.5 * (edges[1:] + edges[:-1])
+        fig = plot_curves(centers, {"parameters per bin": counts}, xlabel="log₁₀ GSNR",
+                          title=f"GSNR histogram — {last.rpartition('/')[0]}")
+        written += save_figure(fig, plots_dir / "coherence_gsnr_hist", formats)
+    return written
 
 
 def surface_vtps(store_path: str | Path, plots_dir: str | Path) -> list[Path]:

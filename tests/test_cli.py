@@ -234,3 +234,14 @@ def test_sharpness_command(run_copy, capsys):
     assert "m" in _error_line(capsys)
     assert main(["sharpness", str(run_copy), "--norm", "l3", "--no-progress"]) == 2
     assert "l3" in _error_line(capsys)
+
+
+def test_coherence_command(run_copy, capsys):
+    assert main(["coherence", str(run_copy), "--subset", "64", "--no-progress", "--device", "cpu"]) == 0
+    assert "m_alpha" in capsys.readouterr().out
+    assert (run_copy / "plots" / "coherence.png").is_file()
+    assert (run_copy / "plots" / "coherence_gsnr_hist.png").is_file()
+    assert main(["coherence", str(run_copy), "--method", "magic", "--no-progress"]) == 2
+    assert "magic" in _error_line(capsys)
+    assert main(["coherence", str(run_copy), "--subset", "1", "--no-progress"]) == 2
+    assert "subset" in _error_line(capsys)
