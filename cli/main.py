@@ -6,8 +6,11 @@ and exit code 2, without a traceback.
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -292,9 +295,50 @@ def _print_summary(probe: str, records) -> None:
     console.print(table)
 
 
-@app.command()
+def probe_command(probe: str, *, checkpoints: str = "last", unit: str = "",
+                  work: Callable[[Any], int] | None = None):
+    """Register ``landscape PROBE TARGET [own options] [shared options]``.
+
+    The decorated function takes the probe's own options and returns its config; the shared ones
+    (checkpoint selection, output, device, model/data spec for foreign checkpoints, --force,
+    --plots, --progress) are declared here once and handled by :func:`_run_probe_cli`.
+    """
+    shared = [
+        ("checkpoints", str, typer.Option(checkpoints, "--checkpoints", help="last, first, all, every:N, or steps S1,S2,…")),
+        ("out", Optional[Path], OUT), ("device", str, DEVICE), ("model", Optional[str], MODEL),
+        ("model_param", Optional[list[str]], MODEL_PARAM), ("num_classes", Optional[int], NUM_CLASSES),
+        ("input_shape", Optional[str], INPUT_SHAPE), ("model_factory", Optional[str], FACTORY),
+        ("dataset", Optional[str], DATASET), ("dataset_param", Optional[list[str]], DATASET_PARAM),
+        ("loss", Optional[str], LOSS), ("force", bool, FORCE), ("plots", bool, PLOTS), ("progress", bool, PROGRESS),
+    ]
+
+    def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
+        own = list(inspect.signature(build, eval_str=True).parameters.values())
+        kw = inspect.Parameter.KEYWORD_ONLY
+
+        def command(target: Path, **kwargs: Any) -> None:
+            opts = {name: kwargs.pop(name) for name, _, _ in shared}
+            cfg = build(**kwargs)
+            foreign = _foreign_specs(opts["model"], opts["model_param"], opts["num_classes"], opts["input_shape"],
+                                     opts["model_factory"], opts["dataset"], opts["dataset_param"], opts["loss"])
+            _run_probe_cli(probe, cfg, target, opts["checkpoints"], opts["out"], opts["device"], foreign,
+                           opts["force"], opts["plots"], opts["progress"], unit=unit,
+                           work_per_target=work(cfg) if work else 0)
+
+        command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter("target", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=TARGET, annotation=Path),
+             *(p.replace(kind=kw) for p in own),
+             *(inspect.Parameter(name, kw, default=default, annotation=ann) for name, ann, default in shared)]
+        )
+        command.__doc__, command.__name__ = build.__doc__, probe
+        app.command(probe)(command)
+        return build
+
+    return decorate
+
+
+@probe_command("hessian", unit="HVPs")
 def hessian(
-    target: Path = TARGET,
     top_k: int = typer.Option(5, "--top-k", help="Largest eigenvalues."),
     bottom_k: int = typer.Option(1, "--bottom-k", help="Smallest eigenvalues."),
     trace: bool = typer.Option(True, "--trace/--no-trace", help="Hutchinson trace estimate."),
@@ -315,29 +359,21 @@ def hessian(
     dtype: str = typer.Option("float32", help="float32 or float64."),
     seed: int = typer.Option(0, help="Seed of the subset and the random vectors."),
     basis_device: Optional[str] = typer.Option(None, help="Keep the Lanczos basis here (e.g. cpu) for huge models."),
-    checkpoints: str = CHECKPOINTS, out: Optional[Path] = OUT, device: str = DEVICE,
-    model: Optional[str] = MODEL, model_param: Optional[list[str]] = MODEL_PARAM, num_classes: Optional[int] = NUM_CLASSES,
-    input_shape: Optional[str] = INPUT_SHAPE, model_factory: Optional[str] = FACTORY, dataset: Optional[str] = DATASET,
-    dataset_param: Optional[list[str]] = DATASET_PARAM, loss: Optional[str] = LOSS,
-    force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
-) -> None:
+):
     """Hessian eigenvalues (Lanczos), trace (Hutchinson/Hutch++) and spectral density (SLQ) of checkpoints."""
     from landscape.probes.hessian import HessianConfig
 
-    cfg = HessianConfig(
+    return HessianConfig(
         top_k=top_k, bottom_k=bottom_k, lanczos_steps=lanczos_steps, tol=tol, eigenvectors=eigenvectors,
         trace=trace, trace_method=trace_method, trace_samples=trace_samples, density=density,
         density_vectors=density_vectors, density_steps=density_steps, per_layer=per_layer, subset=subset,
         batch_size=batch_size, bn_mode=bn_mode, dtype=dtype, engine=engine, seed=seed,
         basis_device=basis_device, split=split,
     )  # fmt: skip
-    foreign = _foreign_specs(model, model_param, num_classes, input_shape, model_factory, dataset, dataset_param, loss)
-    _run_probe_cli("hessian", cfg, target, checkpoints, out, device, foreign, force, plots, progress, unit="HVPs")
 
 
-@app.command()
+@probe_command("surface", unit="grid points", work=lambda cfg: math.prod(cfg.shape))
 def surface(
-    target: Path = TARGET,
     dim: int = typer.Option(2, "--dim", help="1 (a line) or 2 (a plane)."),
     x: str = typer.Option("-1:1:51", "--x", help="Grid along the first direction, MIN:MAX:NUM."),
     y: str = typer.Option("-1:1:51", "--y", help="Grid along the second direction, MIN:MAX:NUM."),
@@ -353,25 +389,73 @@ def surface(
     seed: int = typer.Option(0, help="Seed of the random directions and the subset."),
     chunk: int = typer.Option(32, help="Grid points per saved chunk (the unit of resume)."),
     workers: int = typer.Option(1, "--workers", help="Processes evaluating grid chunks."),
-    checkpoints: str = CHECKPOINTS, out: Optional[Path] = OUT, device: str = DEVICE,
-    model: Optional[str] = MODEL, model_param: Optional[list[str]] = MODEL_PARAM, num_classes: Optional[int] = NUM_CLASSES,
-    input_shape: Optional[str] = INPUT_SHAPE, model_factory: Optional[str] = FACTORY, dataset: Optional[str] = DATASET,
-    dataset_param: Optional[list[str]] = DATASET_PARAM, loss: Optional[str] = LOSS,
-    force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
-) -> None:
+):
     """Loss and accuracy on a 1D line or 2D plane through the weights (Li et al. 2018); resumes by itself."""
     from landscape.probes.surface import SurfaceConfig
 
-    cfg = SurfaceConfig(
+    return SurfaceConfig(
         dim=dim, x=x, y=y, direction=direction, norm=norm, ignore=ignore, kind=kind, orthogonal=orthogonal,
         splits=split, subset=subset, batch_size=batch_size, bn_mode=bn_mode, seed=seed, chunk=chunk, workers=workers,
     )  # fmt: skip
-    foreign = _foreign_specs(model, model_param, num_classes, input_shape, model_factory, dataset, dataset_param, loss)
-    points = 1
-    for n in cfg.shape:
-        points *= n
-    _run_probe_cli("surface", cfg, target, checkpoints, out, device, foreign, force, plots, progress,
-                   unit="grid points", work_per_target=points)
+
+
+@probe_command("sharpness", unit="gradients")
+def sharpness(
+    rho: Optional[str] = typer.Option(None, "--rho", help="Radii, comma-separated (default: the paper's grid for --kind/--norm)."),
+    kind: str = typer.Option("worst", "--kind", help="worst (Auto-PGD ascent) or average (Monte Carlo)."),
+    norm: str = typer.Option("linf", "--norm", help="linf or l2."),
+    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Scale the perturbation set by |w|."),
+    m: int = typer.Option(128, "--m", help="Batch size of m-sharpness."),
+    iters: int = typer.Option(20, "--iters", help="Ascent iterations."),
+    subset: int = typer.Option(1024, "--subset", help="Fixed subset of training points."),
+    setting: Optional[list[str]] = typer.Option(None, "--setting", help="KEY=VALUE probe setting, repeatable."),
+):
+    """Adaptive worst/average-case sharpness, first-order flatness and PAC-Bayes flatness (Andriushchenko et al. 2023)."""
+    from landscape.probes import make_config
+
+    rhos = None
+    if rho:
+        try:
+            rhos = tuple(float(r) for r in rho.split(",") if r.strip())
+        except ValueError:
+            raise ConfigError(f"--rho takes numbers like 0.001,0.002, got {rho!r}") from None
+    return make_config("sharpness", rhos=rhos, kind=kind, norm=norm, adaptive=adaptive, m=m, iters=iters,
+                       subset=subset, **parse_key_values(setting, "--setting"))
+
+
+@probe_command("coherence", checkpoints="all")
+def coherence(
+    subset: int = typer.Option(512, "--subset", help="Examples whose per-example gradients are compared."),
+    split: str = typer.Option("train", "--split", help="train or test."),
+    method: str = typer.Option("hooks", "--method", help="hooks (one batched backward) or vmap (per-example grads)."),
+    setting: Optional[list[str]] = typer.Option(None, "--setting", help="KEY=VALUE probe setting, repeatable."),
+):
+    """Gradient coherence α, m·α (Chatterjee & Zielinski) and GSNR (Liu et al.), per layer, over a run's checkpoints."""
+    from landscape.probes import make_config
+
+    return make_config("coherence", subset=subset, split=split, method=method, **parse_key_values(setting, "--setting"))
+
+
+def _representation(probe: str, doc: str) -> None:
+    """``landscape collapse|rankme|dse``: the probe on the features of each checkpoint."""
+
+    def build(
+        layer: Optional[str] = typer.Option(None, "--layer", help="Module whose input is the feature (default: the classifier)."),
+        split: str = typer.Option("both", "--split", help="train, test or both."),
+        samples: Optional[int] = typer.Option(None, "--samples", help="A fixed subset of N samples per split."),
+        setting: Optional[list[str]] = typer.Option(None, "--setting", help="KEY=VALUE probe setting, repeatable."),
+    ):
+        from landscape.probes import make_config
+
+        return make_config(probe, layer=layer, splits=split, samples=samples, **parse_key_values(setting, "--setting"))
+
+    build.__doc__ = doc
+    probe_command(probe, checkpoints="all")(build)
+
+
+_representation("collapse", "Neural collapse (NC1–NC4, CDNV, orthogonal frame) of the penultimate features, over a run's checkpoints.")
+_representation("rankme", "RankMe, effective rank and α-ReQ of the features, over a run's checkpoints.")
+_representation("dse", "Diffusion spectral entropy and mutual information DSMI(Z;Y), DSMI(Z;X) of the features, over a run's checkpoints.")
 
 
 @app.command()
@@ -393,100 +477,6 @@ def plot(
     if vtp:
         written += surface_vtps(results, folder)
     console.print(f"figures: [bold]{folder}[/] ({len(written)} files)")
-
-
-@app.command()
-def sharpness(
-    target: Path = TARGET,
-    rho: Optional[str] = typer.Option(None, "--rho", help="Radii, comma-separated (default: the paper's grid for --kind/--norm)."),
-    kind: str = typer.Option("worst", "--kind", help="worst (Auto-PGD ascent) or average (Monte Carlo)."),
-    norm: str = typer.Option("linf", "--norm", help="linf or l2."),
-    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Scale the perturbation set by |w|."),
-    m: int = typer.Option(128, "--m", help="Batch size of m-sharpness."),
-    iters: int = typer.Option(20, "--iters", help="Ascent iterations."),
-    subset: int = typer.Option(1024, "--subset", help="Fixed subset of training points."),
-    setting: Optional[list[str]] = typer.Option(None, "--setting", help="KEY=VALUE probe setting, repeatable."),
-    checkpoints: str = CHECKPOINTS, out: Optional[Path] = OUT, device: str = DEVICE,
-    model: Optional[str] = MODEL, model_param: Optional[list[str]] = MODEL_PARAM, num_classes: Optional[int] = NUM_CLASSES,
-    input_shape: Optional[str] = INPUT_SHAPE, model_factory: Optional[str] = FACTORY, dataset: Optional[str] = DATASET,
-    dataset_param: Optional[list[str]] = DATASET_PARAM, loss: Optional[str] = LOSS,
-    force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
-) -> None:
-    """Adaptive worst/average-case sharpness, first-order flatness and PAC-Bayes flatness (Andriushchenko et al. 2023)."""
-    from landscape.probes import make_config
-
-    rhos = None
-    if rho:
-        try:
-            rhos = tuple(float(r) for r in rho.split(",") if r.strip())
-        except ValueError:
-            raise ConfigError(f"--rho takes numbers like 0.001,0.002, got {rho!r}") from None
-    settings = {"rhos": rhos, "kind": kind, "norm": norm, "adaptive": adaptive, "m": m, "iters": iters,
-                "subset": subset, **parse_key_values(setting, "--setting")}
-    cfg = make_config("sharpness", **settings)
-    foreign = _foreign_specs(model, model_param, num_classes, input_shape, model_factory, dataset, dataset_param, loss)
-    _run_probe_cli("sharpness", cfg, target, checkpoints, out, device, foreign, force, plots, progress, unit="gradients")
-
-
-@app.command()
-def coherence(
-    target: Path = TARGET,
-    subset: int = typer.Option(512, "--subset", help="Examples whose per-example gradients are compared."),
-    split: str = typer.Option("train", "--split", help="train or test."),
-    method: str = typer.Option("hooks", "--method", help="hooks (one batched backward) or vmap (per-example grads)."),
-    setting: Optional[list[str]] = typer.Option(None, "--setting", help="KEY=VALUE probe setting, repeatable."),
-    checkpoints: str = typer.Option("all", "--checkpoints", help="last, first, all, every:N, or steps S1,S2,…"),
-    out: Optional[Path] = OUT, device: str = DEVICE,
-    model: Optional[str] = MODEL, model_param: Optional[list[str]] = MODEL_PARAM, num_classes: Optional[int] = NUM_CLASSES,
-    input_shape: Optional[str] = INPUT_SHAPE, model_factory: Optional[str] = FACTORY, dataset: Optional[str] = DATASET,
-    dataset_param: Optional[list[str]] = DATASET_PARAM, loss: Optional[str] = LOSS,
-    force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
-) -> None:
-    """Gradient coherence α, m·α (Chatterjee & Zielinski) and GSNR (Liu et al.), per layer, over a run's checkpoints."""
-    from landscape.probes import make_config
-
-    cfg = make_config("coherence", subset=subset, split=split, method=method, **parse_key_values(setting, "--setting"))
-    foreign = _foreign_specs(model, model_param, num_classes, input_shape, model_factory, dataset, dataset_param, loss)
-    _run_probe_cli("coherence", cfg, target, checkpoints, out, device, foreign, force, plots, progress)
-
-
-def _representation_command(probe: str, config_name: str, doc: str):
-    """A `landscape collapse|rankme|dse` command: the probe on the features of each checkpoint."""
-
-    def command(
-        target: Path = TARGET,
-        layer: Optional[str] = typer.Option(None, "--layer", help="Module whose input is the feature (default: the classifier)."),
-        split: str = typer.Option("both", "--split", help="train, test or both."),
-        samples: Optional[int] = typer.Option(None, "--samples", help="A fixed subset of N samples per split."),
-        setting: Optional[list[str]] = typer.Option(None, "--setting", help="KEY=VALUE probe setting, repeatable."),
-        checkpoints: str = typer.Option("all", "--checkpoints", help="last, first, all, every:N, or steps S1,S2,…"),
-        out: Optional[Path] = OUT, device: str = DEVICE,
-        model: Optional[str] = MODEL, model_param: Optional[list[str]] = MODEL_PARAM,
-        num_classes: Optional[int] = NUM_CLASSES, input_shape: Optional[str] = INPUT_SHAPE,
-        model_factory: Optional[str] = FACTORY, dataset: Optional[str] = DATASET,
-        dataset_param: Optional[list[str]] = DATASET_PARAM, loss: Optional[str] = LOSS,
-        force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
-    ) -> None:
-        from landscape.probes import make_config
-
-        settings = {"layer": layer, "splits": split, "samples": samples, **parse_key_values(setting, "--setting")}
-        cfg = make_config(probe, **settings)
-        foreign = _foreign_specs(model, model_param, num_classes, input_shape, model_factory, dataset, dataset_param, loss)
-        _run_probe_cli(probe, cfg, target, checkpoints, out, device, foreign, force, plots, progress)
-
-    command.__doc__ = doc
-    command.__name__ = probe
-    return command
-
-
-app.command("collapse")(_representation_command(
-    "collapse", "CollapseProbeConfig",
-    "Neural collapse (NC1–NC4, CDNV, orthogonal frame) of the penultimate features, over a run's checkpoints."))
-app.command("rankme")(_representation_command(
-    "rankme", "RankMeProbeConfig", "RankMe, effective rank and α-ReQ of the features, over a run's checkpoints."))
-app.command("dse")(_representation_command(
-    "dse", "DSEProbeConfig",
-    "Diffusion spectral entropy and mutual information DSMI(Z;Y), DSMI(Z;X) of the features, over a run's checkpoints."))
 
 
 def _list_registry(kind: str, entries: list[tuple[str, str, str]]) -> None:
