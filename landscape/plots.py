@@ -709,8 +709,9 @@ def plot_surface_1d(alphas: Any, train_loss: Any, *, train_acc: Any = None, test
     return fig
 
 
-def _surface_grid(xcoords: Any, ycoords: Any, values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Coordinates sorted ascending and ``values[ix, iy]`` reordered with them, non-finite → NaN."""
+def surface_grid(xcoords: Any, ycoords: Any, values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate a surface indexed ``values[ix, iy]``: coordinates sorted ascending and the values
+    reordered with them, non-finite → NaN (shared by the plots and :mod:`landscape.vtp`)."""
     x = _vector("xcoords", xcoords)
     y = _vector("ycoords", ycoords)
     try:
@@ -1013,7 +1014,7 @@ def plot_surface_2d(xcoords: Any, ycoords: Any, values: Any, *, kind: str = "con
     """
     if kind not in SURFACE_KINDS:
         raise LandscapeError(f"unknown surface kind {kind!r}; use {', '.join(SURFACE_KINDS)}")
-    x, y, z = _surface_grid(xcoords, ycoords, values)
+    x, y, z = surface_grid(xcoords, ycoords, values)
     traj = None if trajectory is None else _trajectory(trajectory, trajectory_labels)
     labels = _axis_labels(axis_labels)
     fig = _figure(5.6 if kind == "surface3d" else 5.4, 4.4)
@@ -1060,7 +1061,7 @@ def plot_surface_panels(xcoords: Any, ycoords: Any, values: Any, *,
     extra = sorted(set(kwargs) - allowed)
     if extra:
         raise LandscapeError(f"unknown option {extra[0]!r} for plot_surface_panels; use {', '.join(sorted(allowed))}")
-    x, y, z = _surface_grid(xcoords, ycoords, values)
+    x, y, z = surface_grid(xcoords, ycoords, values)
     traj = kwargs.get("trajectory")
     traj = None if traj is None else _trajectory(traj, kwargs.get("trajectory_labels"))
     labels = _axis_labels(kwargs.get("axis_labels"))

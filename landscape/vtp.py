@@ -25,34 +25,12 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from landscape.errors import LandscapeError
+from landscape.plots import surface_grid
 from landscape.utils import atomic_write
 
 __all__ = ["LOG_OFFSET", "write_vtp"]
 
 LOG_OFFSET = 0.1  # the reference's log height: ln(value + 0.1), so that a zero loss stays finite
-
-
-def _grid(xcoords: Any, ycoords: Any, values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    try:
-        x = np.asarray(xcoords, dtype=np.float64).ravel()
-        y = np.asarray(ycoords, dtype=np.float64).ravel()
-        z = np.ma.filled(np.ma.asarray(values, dtype=np.float64), np.nan)  # a mask means missing
-    except (TypeError, ValueError) as exc:
-        raise LandscapeError(f"xcoords, ycoords and values must be numeric: {exc}") from exc
-    if z.shape != (x.size, y.size):
-        raise LandscapeError(f"values must have shape (len(xcoords), len(ycoords)) = ({x.size}, {y.size}), "
-                             f"indexed [ix, iy]; got {z.shape}")
-    for name, c in (("xcoords", x), ("ycoords", y)):
-        if c.size < 2:
-            raise LandscapeError(f"{name} has {c.size} value(s): a surface needs at least 2 along each axis")
-        if not np.isfinite(c).all():
-            raise LandscapeError(f"{name} must be finite")
-    ox, oy = np.argsort(x, kind="stable"), np.argsort(y, kind="stable")
-    x, y, z = x[ox], y[oy], z[np.ix_(ox, oy)]
-    for name, c in (("xcoords", x), ("ycoords", y)):
-        if np.any(np.diff(c) == 0):
-            raise LandscapeError(f"{name} has repeated values")
-    return x, y, np.where(np.isfinite(z), z, np.nan)
 
 
 def _resample(x: np.ndarray, y: np.ndarray, z: np.ndarray, interp: Any,
@@ -152,7 +130,7 @@ def write_vtp(path: str | os.PathLike[str], xcoords: Any, ycoords: Any, values: 
         LandscapeError: mismatched shapes, bad coordinates, no finite point, or an unwritable
             path (one line).
     """
-    x, y, z = _grid(xcoords, ycoords, values)
+    x, y, z = surface_grid(xcoords, ycoords, values)
     if interp is not None:
         x, y, z = _resample(x, y, z, interp, interp_method)
     nx, ny = z.shape
