@@ -47,15 +47,20 @@ def probe_figures(store_path: str | Path, probe: str, plots_dir: str | Path,
     return drawers[probe](Store(store_path), Path(plots_dir), formats)
 
 
+def _stored(store: Store, probe: str):
+    """``(checkpoint, arrays, attrs)`` of every stored result of ``probe``."""
+    for group in store.groups():
+        ckpt, _, name = group.rpartition("/")
+        if name == probe:
+            arrays, attrs = store.read(group)
+            yield ckpt, arrays, attrs
+
+
 def _hessian_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
     from landscape.plots import plot_esd, plot_layer_spectrum, plot_top_eigenvalues, save_figure
 
     written: list[Path] = []
-    for group in store.groups():
-        ckpt, _, name = group.rpartition("/")
-        if name != "hessian":
-            continue
-        r, _ = store.read(group)
+    for ckpt, r, _ in _stored(store, "hessian"):
         stem = plots_dir / "hessian" / ckpt
         fig = plot_top_eigenvalues(r["eigenvalues"], bottom=r.get("bottom_eigenvalues"), title=f"Hessian spectrum — {ckpt}")
         written += save_figure(fig, f"{stem}_top", formats)
@@ -78,11 +83,7 @@ def _surface_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) ->
     from landscape.plots import plot_surface_1d, plot_surface_2d, save_figure
 
     written: list[Path] = []
-    for group in store.groups():
-        ckpt, _, name = group.rpartition("/")
-        if name != "surface":
-            continue
-        r, attrs = store.read(group)
+    for ckpt, r, attrs in _stored(store, "surface"):
         settings = attrs.get("settings", {})
         splits = settings.get("splits", "train").split(",")
         stem = plots_dir / "surface" / ckpt
@@ -112,10 +113,9 @@ def _sharpness_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) 
     """Sharpness against ρ, one line per checkpoint (Andriushchenko et al. 2023, Fig. 1 style)."""
     from landscape.plots import plot_curves, save_figure
 
-    groups = [g for g in store.groups() if g.rpartition("/")[2] == "sharpness"]
-    if not groups:
+    results = {ckpt: r for ckpt, r, _ in _stored(store, "sharpness")}
+    if not results:
         return []
-    results = {g.rpartition("/")[0]: store.read(g)[0] for g in groups}
     rhos = next(iter(results.values()))["rhos"]
     series = {
         "Δ loss  L(w+δ*) − L(w)": {ckpt: r["delta_loss"] for ckpt, r in results.items()},
@@ -156,13 +156,8 @@ def surface_vtps(store_path: str | Path, plots_dir: str | Path) -> list[Path]:
     """ParaView exports (``.vtp``) of every stored 2D loss surface, one per split."""
     from landscape.vtp import write_vtp
 
-    store = Store(store_path)
     written = []
-    for group in store.groups():
-        ckpt, _, name = group.rpartition("/")
-        if name != "surface":
-            continue
-        r, attrs = store.read(group)
+    for ckpt, r, attrs in _stored(Store(store_path), "surface"):
         if "ycoords" not in r:
             continue
         for split in attrs.get("settings", {}).get("splits", "train").split(","):
