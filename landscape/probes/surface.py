@@ -53,7 +53,8 @@ class SurfaceConfig:
     ``interpolate:<checkpoint>`` (``θ_other − θ``, not normalized); ``orthogonal`` makes the
     second random direction orthogonal to the first. ``vectorize``: ``loop`` evaluates one grid
     point at a time over the whole (sub)set in batches of ``batch_size``; ``vmap`` evaluates
-    ``points_per_call`` points in one vectorized call; ``auto`` loops on the CPU (measured faster on
+    ``points_per_call`` points in one vectorized call (``None``: as many as fit in
+    ``memory_budget_mb``, estimated from the parameters and one batch's activations); ``auto`` loops on the CPU (measured faster on
     2 cores: ``benchmarks/surface.py``) and vmaps on a GPU, where a small model otherwise idles.
     """
 
@@ -73,7 +74,8 @@ class SurfaceConfig:
     chunk: int = 32
     workers: int = 1
     vectorize: str = "auto"
-    points_per_call: int = 16
+    points_per_call: int | None = None
+    memory_budget_mb: float = 1024.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "splits", ",".join(parse_splits(self.splits)))
@@ -87,7 +89,9 @@ class SurfaceConfig:
             (self.bn_mode in ("eval", "train"), f"bn_mode must be eval or train, got {self.bn_mode!r}"),
             (self.vectorize in ("auto", "loop", "vmap"), f"vectorize must be auto, loop or vmap, got {self.vectorize!r}"),
             (not (self.vectorize == "vmap" and self.bn_mode == "train"), "vectorize=vmap needs bn_mode=eval"),
-            (self.points_per_call >= 1, f"points_per_call must be ≥ 1, got {self.points_per_call}"),
+            (self.points_per_call is None or self.points_per_call >= 1,
+             f"points_per_call must be ≥ 1, got {self.points_per_call}"),
+            (self.memory_budget_mb > 0, f"memory_budget_mb must be > 0, got {self.memory_budget_mb}"),
             (self.subset is None or self.subset >= 1, f"subset must be ≥ 1, got {self.subset}"),
             (self.batch_size >= 1 and self.chunk >= 1 and self.workers >= 1, "batch_size, chunk and workers must be ≥ 1"),
         ]
@@ -164,11 +168,13 @@ def evaluate_points_vmapped(
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     *,
     batch_size: int = 4096,
-    points_per_call: int = 16,
+    points_per_call: int | None = 16,
+    memory_budget_mb: float = 1024.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """As :func:`evaluate_points` (eval mode), with ``points_per_call`` grid points evaluated in one
     ``torch.func.vmap`` over stacked perturbed tensors: what keeps a GPU busy on a small model.
-    Memory grows with ``points_per_call × (parameters + activations of a batch)``."""
+    Memory grows with ``points_per_call × (parameters + activations of a batch)``; with
+    ``points_per_call=None`` that product is kept under ``memory_budget_mb``."""
     names = [n for n in directions[0] if base[n].is_floating_point()]
     fixed = {k: v for k, v in base.items() if k not in names}
     coeffs_all = torch.as_tensor(coefficients, dtype=base[names[0]].dtype, device=base[names[0]].device)
@@ -177,6 +183,9 @@ def evaluate_points_vmapped(
         return call(model, {**fixed, **stacked}, xb)
 
     batched = torch.func.vmap(logits_at, in_dims=(0, None))
+    if points_per_call is None:
+        per_point = _bytes_per_point(model, base, names, x[:batch_size])
+        points_per_call = max(1, int(memory_budget_mb * 2**20 // per_point))
     losses, accs = [], []
     was_training = model.training
     model.eval()
@@ -204,10 +213,27 @@ def evaluate_points_vmapped(
     return np.concatenate(losses), np.concatenate(accs)
 
 
+def _bytes_per_point(model: nn.Module, base: dict[str, torch.Tensor], names: list[str], xb: torch.Tensor) -> int:
+    """Memory of one grid point in a vectorized call: its perturbed tensors plus the activations of
+    one batch (every module's output, measured by one forward pass with hooks)."""
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() * out.element_size())
+                                     if isinstance(out, torch.Tensor) else None)
+             for m in model.modules()]
+    try:
+        with torch.no_grad():
+            call(model, base, xb)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(base[n].numel() * base[n].element_size() for n in names) + sum(sizes)
+
+
 def _evaluator(cfg: SurfaceConfig, device: torch.device) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     vmap = cfg.vectorize == "vmap" or (cfg.vectorize == "auto" and device.type == "cuda" and cfg.bn_mode == "eval")
     if vmap:
-        return lambda *a: evaluate_points_vmapped(*a, batch_size=cfg.batch_size, points_per_call=cfg.points_per_call)
+        return lambda *a: evaluate_points_vmapped(*a, batch_size=cfg.batch_size, points_per_call=cfg.points_per_call,
+                                                  memory_budget_mb=cfg.memory_budget_mb)
     return lambda *a: evaluate_points(*a, batch_size=cfg.batch_size, bn_mode=cfg.bn_mode)
 
 

@@ -197,5 +197,9 @@ def test_vmapped_evaluation_equals_the_loop():
                                                         points_per_call=5))
     np.testing.assert_allclose(vmap["train_loss"], loop["train_loss"], rtol=1e-5)
     np.testing.assert_array_equal(vmap["train_acc"], loop["train_acc"])
+    # with the number of points per call chosen from a memory budget (a tiny one: one point per call)
+    budget = run_surface(_ctx(model, x, y), SurfaceConfig(x="-1:1:3", y="-1:1:4", vectorize="vmap", batch_size=7,
+                                                          memory_budget_mb=1e-6))
+    np.testing.assert_allclose(budget["train_loss"], loop["train_loss"], rtol=1e-5)
     with pytest.raises(ConfigError, match="vectorize=vmap needs bn_mode=eval"):
         SurfaceConfig(vectorize="vmap", bn_mode="train")
