@@ -389,6 +389,8 @@ def surface(
     seed: int = typer.Option(0, help="Seed of the random directions and the subset."),
     chunk: int = typer.Option(32, help="Grid points per saved chunk (the unit of resume)."),
     workers: int = typer.Option(1, "--workers", help="Processes evaluating grid chunks."),
+    vectorize: str = typer.Option("auto", help="loop (one point at a time), vmap (many per call), auto (vmap on GPU)."),
+    memory_budget_mb: float = typer.Option(1024.0, help="Memory for one vectorized call of grid points."),
 ):
     """Loss and accuracy on a 1D line or 2D plane through the weights (Li et al. 2018); resumes by itself."""
     from landscape.probes.surface import SurfaceConfig
@@ -396,6 +398,7 @@ def surface(
     return SurfaceConfig(
         dim=dim, x=x, y=y, direction=direction, norm=norm, ignore=ignore, kind=kind, orthogonal=orthogonal,
         splits=split, subset=subset, batch_size=batch_size, bn_mode=bn_mode, seed=seed, chunk=chunk, workers=workers,
+        vectorize=vectorize, memory_budget_mb=memory_budget_mb,
     )  # fmt: skip
 
 
