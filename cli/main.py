@@ -261,11 +261,12 @@ def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | 
     _print_summary(probe, records)
     console.print(f"results: [bold]{out_path}[/]")
     if plots:
-        from landscape.figures import probe_figures
+        from landscape.figures import plots_dir_for, probe_figures
 
-        written = probe_figures(out_path, probe, Path(out_path).parent / "plots")
+        folder = plots_dir_for(out_path)
+        written = probe_figures(out_path, probe, folder)
         if written:
-            console.print(f"figures: [bold]{Path(out_path).parent / 'plots'}[/] ({len(written)} files)")
+            console.print(f"figures: [bold]{folder}[/] ({len(written)} files)")
 
 
 def _print_summary(probe: str, records) -> None:
@@ -469,13 +470,13 @@ def plot(
     vtp: bool = typer.Option(False, "--vtp", help="Also export 2D loss surfaces for ParaView (.vtp)."),
 ) -> None:
     """Draw every figure a results file supports, from the file alone."""
-    from landscape.figures import all_figures, surface_vtps
+    from landscape.figures import all_figures, plots_dir_for, surface_vtps
     from landscape.store import Store
 
     if not results.is_file():
         raise ConfigError(f"results file {results} does not exist")
     Store(results).groups()  # a clear error for a file that is not HDF5
-    folder = out if out is not None else results.parent / "plots"
+    folder = out if out is not None else plots_dir_for(results)
     written = all_figures(results, folder, ("png", "pdf") if pdf else ("png",))
     if vtp:
         written += surface_vtps(results, folder)

@@ -32,6 +32,13 @@ CURVES: dict[str, list[tuple[str, str, bool]]] = {
 }
 
 
+def plots_dir_for(results: str | Path) -> Path:
+    """Where a results file's figures go: ``plots/`` beside ``analysis.h5``, ``plots/<stem>/`` beside
+    any other results file (so two files in one folder never overwrite each other's figures)."""
+    results = Path(results)
+    return results.parent / "plots" if results.name == "analysis.h5" else results.parent / "plots" / results.stem
+
+
 def probe_figures(store_path: str | Path, probe: str, plots_dir: str | Path,
                   formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Draw ``probe``'s figures from ``store_path`` into ``plots_dir``."""

@@ -201,7 +201,7 @@ def test_surface_and_plot_commands(run_copy, tmp_path, capsys):
     assert (run_copy / "plots" / "surface" / f"{last}_test_contour.png").is_file()
     assert main(["surface", str(run_copy), "--dim", "1", "--x", "0:1:3", "--direction", "interpolate:0",
                  "--out", str(tmp_path / "line.h5"), "--no-progress", "--device", "cpu"]) == 0
-    assert (tmp_path / "plots" / "surface" / f"{last}_1d.png").is_file()
+    assert (tmp_path / "plots" / "line" / "surface" / f"{last}_1d.png").is_file()  # plots/<stem>/ beside line.h5
     # other settings into the same file: refused, and the stored values survive
     assert main(["surface", str(run_copy), "--x", "-2:2:5", "--y", "-1:1:3", "--no-progress"]) == 2
     assert "other settings" in _error_line(capsys)

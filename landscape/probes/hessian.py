@@ -9,6 +9,7 @@ Hutchinson, SLQ) on the same model and data, for comparison.
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -241,7 +242,9 @@ def _pyhessian(model, loss, x, y, cfg: HessianConfig, device) -> dict[str, Any]:
     torch.eig = eig_standin  # type: ignore[attr-defined]
     devices = [dev] if dev.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+            # PyHessian builds its graph with backward(create_graph=True); torch warns about that.
+            warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
             torch.manual_seed(cfg.seed)
             hc = pyhessian_module.hessian(model, criterion, data=(x[idx].to(dev), y[idx].to(dev)),
                                           cuda=dev.type == "cuda")

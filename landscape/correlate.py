@@ -1,0 +1,312 @@
+"""Correlating complexity measures with generalization (Jiang et al. 2019; PGDL 2020).
+
+Pure functions over arrays and run records; no file I/O. A *record* is a dict describing one
+trained run: its hyper-parameter values (e.g. ``{"lr": 0.1, "depth": 4}``) plus numbers such as
+``train_acc``, ``test_acc`` and the measures under study.
+
+References
+----------
+- Y. Jiang, B. Neyshabur, H. Mobahi, D. Krishnan, S. Bengio, "Fantastic Generalization Measures
+  and Where to Find Them", ICLR 2020 (arXiv:1912.02178, 2019): Kendall's τ over runs, the
+  granulated Kendall coefficient Ψ (§4), and the conditional-mutual-information score (§5).
+- Y. Jiang et al., "NeurIPS 2020 Competition: Predicting Generalization in Deep Learning"
+  (PGDL, arXiv:2012.07976), whose scoring program uses the same CMI score.
+
+Conventions
+-----------
+- Generalization gap ``g = train_acc − test_acc`` (or ``test_loss − train_loss``); a good
+  measure μ grows with g, so positive τ / Ψ / high CMI is good.
+- Every function checks its input and raises :class:`~landscape.errors.ConfigError` (one line)
+  on length mismatch, fewer than 2 runs, NaN/inf values, or an unknown axis / key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from .errors import ConfigError
+
+__all__ = [
+    "bootstrap_ci",
+    "conditional_mutual_information",
+    "generalization_gap",
+    "granulated_kendall",
+    "kendall_tau",
+    "spearman",
+]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _vector(x: Any, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(x, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name} must be a 1-D array of numbers ({e})") from None
+    if a.ndim != 1:
+        raise ConfigError(f"{name} must be 1-D, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        bad = int(np.flatnonzero(~np.isfinite(a))[0])
+        raise ConfigError(f"{name} has a NaN or infinite value (run {bad}); drop or fix that run")
+    return a
+
+
+def _pair(measure: Any, gap: Any) -> tuple[np.ndarray, np.ndarray]:
+    m, g = _vector(measure, "measure"), _vector(gap, "gap")
+    if m.shape != g.shape:
+        raise ConfigError(f"measure has {m.size} runs but gap has {g.size}; they must match")
+    if m.size < 2:
+        raise ConfigError(f"need at least 2 runs to correlate, got {m.size}")
+    return m, g
+
+
+def _check_records(records: Sequence[Mapping], keys: Sequence[str]) -> None:
+    if not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
+        raise ConfigError("records must be a list of dicts, one per run")
+    if len(records) < 2:
+        raise ConfigError(f"need at least 2 runs (records), got {len(records)}")
+    for i, r in enumerate(records):
+        if not isinstance(r, Mapping):
+            raise ConfigError(f"record {i} is a {type(r).__name__}, not a dict")
+        for k in keys:
+            if k not in r:
+                known = ", ".join(sorted(map(str, r))) or "none"
+                raise ConfigError(f"unknown key or axis {k!r} (record {i} has: {known})")
+
+
+def _check_axes(axes: Sequence[str], measure: str, gap: str) -> list[str]:
+    if isinstance(axes, str):
+        axes = [axes]
+    axes = list(axes)
+    if not axes:
+        raise ConfigError("axes is empty; name at least one hyper-parameter axis")
+    if len(set(axes)) != len(axes):
+        raise ConfigError(f"axes has duplicates: {axes}")
+    for a in axes:
+        if a in (measure, gap):
+            raise ConfigError(f"axis {a!r} is also the measure or the gap key")
+    return axes
+
+
+def _key(v: Any) -> Hashable:
+    """A hashable stand-in for a hyper-parameter value (lists → tuples, else repr)."""
+    if isinstance(v, Hashable):
+        return v
+    if isinstance(v, (list, tuple)):
+        return tuple(_key(x) for x in v)
+    return repr(v)
+
+
+def _columns(
+    records: Sequence[Mapping], measure: str, gap: str, axes: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    _check_records(records, [*axes, measure, gap])
+    m = _vector([r[measure] for r in records], f"measure {measure!r}")
+    g = _vector([r[gap] for r in records], f"gap {gap!r}")
+    return m, g
+
+
+# --------------------------------------------------------------------------- rank correlations
+
+
+def kendall_tau(measure: Any, gap: Any) -> float:
+    """Jiang et al.'s Kendall coefficient over runs (Jiang et al. 2019, eq. 3):
+
+    .. math:: τ = \\frac{1}{n(n-1)} \\sum_{i \\ne j} \\operatorname{sign}(μ_i − μ_j)\\,
+              \\operatorname{sign}(g_i − g_j),
+
+    in [−1, 1]; a tie in either variable contributes 0 (this is tau-a: it equals SciPy's
+    tau-b only when there are no ties). O(n²) time and memory.
+    """
+    m, g = _pair(measure, gap)
+    n = m.size
+    s = np.sign(m[:, None] - m[None, :]) * np.sign(g[:, None] - g[None, :])
+    return float(s.sum() / (n * (n - 1)))
+
+
+def spearman(measure: Any, gap: Any) -> float:
+    """Spearman's rank correlation ρ: the Pearson correlation of the ranks (ties get their
+    average rank), as in ``scipy.stats.spearmanr``. NaN when either variable is constant."""
+    m, g = _pair(measure, gap)
+    rm, rg = rankdata(m) - (m.size + 1) / 2, rankdata(g) - (g.size + 1) / 2
+    den = math.sqrt(float(rm @ rm) * float(rg @ rg))
+    return float(rm @ rg / den) if den > 0 else float("nan")
+
+
+def bootstrap_ci(
+    measure: Any,
+    gap: Any,
+    stat: Callable[[np.ndarray, np.ndarray], float] = kendall_tau,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval for ``stat(measure, gap)``, resampling runs (pairs
+    (μ_i, g_i)) with replacement (Efron & Tibshirani 1993, §13.3).
+
+    Returns the ``(1 − level)/2`` and ``(1 + level)/2`` quantiles of the ``n_boot`` resampled
+    statistics (resamples where ``stat`` is NaN are ignored). Caveat: a resample repeats runs and
+    repeated runs tie, so resampled τ is shrunk towards 0 by a factor ≈ 1 − 1/n.
+    """
+    m, g = _pair(measure, gap)
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ConfigError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0 < level < 1:
+        raise ConfigError(f"level must be in (0, 1), got {level!r}")
+    rng = np.random.default_rng(seed)
+    n = m.size
+    stats = np.empty(int(n_boot))
+    for b in range(int(n_boot)):
+        idx = rng.integers(0, n, size=n)
+        stats[b] = stat(m[idx], g[idx])
+    if np.all(np.isnan(stats)):
+        raise ConfigError("the statistic is NaN on every bootstrap resample (constant data?)")
+    alpha = (1 - level) / 2
+    low, high = np.nanquantile(stats, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def granulated_kendall(
+    records: Sequence[Mapping], measure: str, gap: str, axes: Sequence[str]
+) -> dict:
+    """Granulated Kendall coefficient Ψ (Jiang et al. 2019, §4, eq. 4).
+
+    For each axis i in ``axes``, the runs are grouped by their values on every *other* axis
+    (so within a group only axis i varies); ``m_i`` is the mean of :func:`kendall_tau` over the
+    groups with at least 2 runs, and
+
+    .. math:: Ψ = \\frac{1}{|axes|} \\sum_i m_i .
+
+    Returns ``{"psi": Ψ, "per_axis": {axis: m_i}, "groups": {axis: number of groups used}}``.
+    An axis with no group of ≥ 2 runs (e.g. it never varies with the others held fixed) gets
+    ``m_i = nan`` and 0 groups and is left out of Ψ; if every axis is like that, ConfigError.
+    """
+    axes = _check_axes(axes, measure, gap)
+    m, g = _columns(records, measure, gap, axes)
+    per_axis: dict[str, float] = {}
+    n_groups: dict[str, int] = {}
+    for a in axes:
+        others = [b for b in axes if b != a]
+        groups: dict[tuple, list[int]] = {}
+        for k, r in enumerate(records):
+            groups.setdefault(tuple(_key(r[b]) for b in others), []).append(k)
+        taus = [kendall_tau(m[idx], g[idx]) for idx in groups.values() if len(idx) >= 2]
+        per_axis[a] = float(np.mean(taus)) if taus else float("nan")
+        n_groups[a] = len(taus)
+    used = [v for v in per_axis.values() if not math.isnan(v)]
+    if not used:
+        raise ConfigError(
+            "no axis has a group of ≥ 2 runs that differ only along it; "
+            "granulated Kendall needs runs on a (partial) grid"
+        )
+    return {"psi": float(np.mean(used)), "per_axis": per_axis, "groups": n_groups}
+
+
+# --------------------------------------------------------------------------- mutual information
+
+
+def _entropy_bits(counts: np.ndarray) -> np.ndarray:
+    """Entropy (bits) of each row of a non-negative count array; 0 for an empty row."""
+    tot = counts.sum(axis=-1, keepdims=True)
+    p = np.divide(counts, tot, out=np.zeros_like(counts, dtype=float), where=tot > 0)
+    logp = np.log2(p, out=np.zeros_like(p), where=p > 0)
+    return -(p * logp).sum(axis=-1)
+
+
+def conditional_mutual_information(
+    records: Sequence[Mapping],
+    measure: str,
+    gap: str,
+    axes: Sequence[str],
+    max_set_size: int = 2,
+) -> dict:
+    """Conditional-mutual-information score of a measure (Jiang et al. 2019, §5; PGDL 2020).
+
+    Over ordered pairs of runs ``(i, j)``, ``i ≠ j``, let ``V_g = [g_i > g_j]`` and
+    ``V_μ = [μ_i > μ_j]`` (a tie in μ counts as "not greater"; pairs whose gaps tie are dropped,
+    since V_g is undefined for them). For a set S of hyper-parameter axes let
+    ``U_S = (θ_i^S, θ_j^S)`` be the two runs' values on S. With plug-in probabilities over the
+    pairs, in bits,
+
+    .. math:: \\tilde I(V_μ, V_g | U_S) = \\frac{I(V_μ; V_g | U_S)}{H(V_g | U_S)},
+              \\qquad K(μ) = \\min_{|S| \\le 2} \\tilde I(V_μ, V_g | U_S),
+
+    where ``I(·;·|U) = Σ_u p(u) I(·;·|U=u)`` and ``H(V_g|U) = Σ_u p(u) H(V_g|U=u)``. K is in
+    [0, 1]: 1 when the measure's ordering determines the gap's ordering whatever the
+    hyper-parameters held fixed, ≈ 0 when it carries no information about it beyond them.
+    Conditioning sets S range over all subsets of ``axes`` of size ≤ ``max_set_size`` (the
+    empty set included); a set with ``H(V_g|U_S) = 0`` (the hyper-parameters already fix the
+    gap's ordering) is undefined and skipped.
+
+    Differences from the PGDL scoring program (documented so results can be compared): it also
+    counts self-pairs (i, i), scores ties as "not greater", averages the per-cell MI and entropy
+    uniformly over cells instead of weighting by p(u), and uses only sets of size exactly 2.
+
+    Returns ``{"score": K, "argmin": S (tuple of axes), "per_set": {S: Ĩ or nan}}``.
+    """
+    axes = _check_axes(axes, measure, gap)
+    if not isinstance(max_set_size, (int, np.integer)) or max_set_size < 0:
+        raise ConfigError(f"max_set_size must be a non-negative integer, got {max_set_size!r}")
+    m, g = _columns(records, measure, gap, axes)
+    n = m.size
+    codes = np.empty((n, len(axes)), dtype=np.int64)
+    for c, a in enumerate(axes):
+        lookup: dict[Hashable, int] = {}
+        codes[:, c] = [lookup.setdefault(_key(r[a]), len(lookup)) for r in records]
+
+    i, j = np.nonzero(~np.eye(n, dtype=bool))
+    keep = g[i] != g[j]
+    i, j = i[keep], j[keep]
+    if i.size == 0:
+        raise ConfigError("every run has the same gap; its ordering carries no information")
+    vg = (g[i] > g[j]).astype(np.int64)
+    vm = (m[i] > m[j]).astype(np.int64)
+    outcome = 2 * vg + vm  # 0..3: (V_g, V_μ)
+
+    per_set: dict[tuple[str, ...], float] = {}
+    for size in range(min(max_set_size, len(axes)) + 1):
+        for S in itertools.combinations(range(len(axes)), size):
+            if S:
+                cols = np.concatenate([codes[i][:, S], codes[j][:, S]], axis=1)
+                _, cell = np.unique(cols, axis=0, return_inverse=True)
+                cell = cell.ravel()
+            else:
+                cell = np.zeros(i.size, dtype=np.int64)
+            n_cells = int(cell.max()) + 1
+            joint = np.bincount(4 * cell + outcome, minlength=4 * n_cells).reshape(n_cells, 2, 2)
+            weight = joint.sum(axis=(1, 2)) / i.size  # p(u)
+            h_g = _entropy_bits(joint.sum(axis=2))  # H(V_g | U=u)
+            h_m = _entropy_bits(joint.sum(axis=1))  # H(V_μ | U=u)
+            h_gm = _entropy_bits(joint.reshape(n_cells, 4))  # H(V_g, V_μ | U=u)
+            cmi = float(weight @ (h_g + h_m - h_gm))
+            hg = float(weight @ h_g)
+            name = tuple(axes[k] for k in S)
+            per_set[name] = max(cmi, 0.0) / hg if hg > 1e-12 else float("nan")
+    valid = {k: v for k, v in per_set.items() if not math.isnan(v)}
+    argmin = min(valid, key=valid.__getitem__)  # the empty set is always valid here
+    return {"score": valid[argmin], "argmin": argmin, "per_set": per_set}
+
+
+# --------------------------------------------------------------------------- gaps
+
+
+def generalization_gap(records: Sequence[Mapping], kind: str = "acc") -> np.ndarray:
+    """Generalization gap per run: ``train_acc − test_acc`` (``kind="acc"``) or
+    ``test_loss − train_loss`` (``kind="loss"``) (Jiang et al. 2019, §2). Larger = worse."""
+    if kind == "acc":
+        keys = ("train_acc", "test_acc")
+    elif kind == "loss":
+        keys = ("test_loss", "train_loss")
+    else:
+        raise ConfigError(f"unknown gap kind {kind!r}; use 'acc' or 'loss'")
+    _check_records(records, keys)
+    first = _vector([r[keys[0]] for r in records], keys[0])
+    second = _vector([r[keys[1]] for r in records], keys[1])
+    return first - second
