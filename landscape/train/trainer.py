@@ -372,6 +372,7 @@ def train(
                 break
     finally:
         bar.close()
-    if not record:
-        record = RunDir(out).metrics()[-1] if RunDir(out).metrics() else {}
+    if not record:  # nothing evaluated in this call (a finished run resumed): the last logged record
+        logged = [r for r in RunDir(out).metrics() if "event" not in r]
+        record = logged[-1] if logged else {}
     return TrainResult(run_dir=out, steps=step, final=record, resumed_from=resumed_from)
