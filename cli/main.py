@@ -463,6 +463,90 @@ _representation("dse", "Diffusion spectral entropy and mutual information DSMI(Z
 
 
 @app.command()
+def analyze(
+    target: Path = TARGET,
+    probes: str = typer.Option("default", "--probes", help="default (hessian,sharpness,coherence,collapse,rankme), all, or a comma list."),
+    setting: Optional[list[str]] = typer.Option(None, "--setting", help="PROBE.KEY=VALUE, repeatable (e.g. hessian.top_k=10)."),
+    checkpoints: str = CHECKPOINTS, out: Optional[Path] = OUT, device: str = DEVICE,
+    force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
+) -> None:
+    """Run several probes on a run's checkpoints into one results file; a failing probe is reported and the others go on."""
+    from landscape.analyze import analyze as run_analysis
+    from landscape.analyze import default_output
+    from landscape.figures import plots_dir_for, probe_figures
+
+    settings: dict[str, dict[str, Any]] = {}
+    for key, value in parse_key_values(setting, "--setting").items():
+        probe, dot, name = key.partition(".")
+        if not dot or not name:
+            raise ConfigError(f"--setting takes PROBE.KEY=VALUE, got {key!r}")
+        settings.setdefault(probe, {})[name] = value
+    out_path = out if out is not None else default_output(target)
+    from landscape.analyze import parse_probes
+    from landscape.probes import make_config
+
+    for name in parse_probes(probes):  # argument mistakes fail here, before any progress output
+        make_config(name, **settings.get(name, {}))
+    with _progress_bar(progress) as bar:
+        task = bar.add_task("analyze", total=None, work="")
+
+        def on_target(t, state):
+            bar.update(task, description=f"{t.name}", work="(stored)" if state == "stored" else state)
+
+        report = run_analysis(target, probes, settings=settings, checkpoints=checkpoints, out=out_path,
+                              device=device, force=force, on_target=on_target)
+    for probe, records in report.results.items():
+        _print_summary(probe, records)
+    for probe, error in report.failures.items():
+        err_console.print(f"[bold red]{probe} failed:[/] {error}", highlight=False, soft_wrap=True)
+    console.print(f"results: [bold]{out_path}[/]")
+    if plots:
+        folder = plots_dir_for(out_path)
+        written = [p for probe in report.results for p in probe_figures(out_path, probe, folder)]
+        console.print(f"figures: [bold]{folder}[/] ({len(written)} files)")
+    if report.failures and not report.results:
+        raise typer.Exit(2)
+
+
+def _progress_bar(enabled: bool):
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TextColumn("{task.fields[work]}"),
+                    TimeElapsedColumn(), console=err_console, disable=not enabled)
+
+
+@app.command()
+def correlate(
+    runs: list[Path] = typer.Argument(..., help="RUN_DIRs already analyzed (landscape analyze)."),
+    axes: Optional[str] = typer.Option(None, "--axes", help="Hyper-parameter axes for the granulated Ψ, e.g. lr,batch_size,optimizer."),
+    gap: str = typer.Option("acc", "--gap", help="acc (train − test accuracy) or loss (test − train loss)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the table as JSON here."),
+) -> None:
+    """Kendall τ (with a bootstrap 95% interval), Spearman and granulated Ψ between each stored measure and the generalization gap."""
+    from landscape.analyze import collect_runs, correlation_table
+    from landscape.utils import atomic_write_json
+
+    records = collect_runs(list(runs))
+    rows = correlation_table(records, gap=gap, axes=[a.strip() for a in axes.split(",")] if axes else None)
+    if not rows:
+        raise ConfigError("no measure is stored for every run; run `landscape analyze` on each RUN_DIR first")
+    table = Table(title=f"measures vs generalization gap ({gap}), {len(records)} runs")
+    psi_columns = [c for c in rows[0] if c.startswith("psi")]
+    for c in ["measure", "τ", "τ 95% CI", "Spearman", *psi_columns]:
+        table.add_column(c.replace("psi", "Ψ"), justify="left" if c == "measure" else "right", overflow="fold")
+    for row in rows:
+        table.add_row(row["measure"], f"{row['tau']:+.2f}", f"[{row['tau_low']:+.2f}, {row['tau_high']:+.2f}]",
+                      f"{row['spearman']:+.2f}", *(f"{row[c]:+.2f}" for c in psi_columns))
+    console.print(table)
+    if out is not None:
+        try:
+            atomic_write_json(out, {"gap": gap, "axes": axes, "runs": [str(r) for r in runs], "rows": rows})
+        except OSError as exc:
+            raise ConfigError(f"cannot write {out} ({exc.strerror}); choose another --out") from exc
+        console.print(f"table: [bold]{out}[/]")
+
+
+@app.command()
 def plot(
     results: Path = typer.Argument(..., help="A results file (analysis.h5)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the figures (default: plots/ beside the file)."),

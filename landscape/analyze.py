@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from landscape.checkpoints import ModelSpec, file_sha256
-from landscape.errors import ConfigError
+from landscape.errors import ConfigError, LandscapeError
 from landscape.probes import PROBES, ProbeContext
 from landscape.store import Store, settings_hash
 from landscape.targets import DataSpec, Target, load_data_and_loss, load_model, resolve_targets
@@ -204,3 +204,148 @@ def collect_series(store_path: str | Path, probe: str, keys: list[str]) -> dict[
         rows.append(row)
     rows.sort(key=lambda r: (np.nan_to_num(r["step"], nan=np.inf)))
     return {k: np.array([r[k] for r in rows]) for k in ["step", "epoch", *keys]}
+
+
+# ---- many probes at once ---------------------------------------------------------------------
+
+DEFAULT_PROBES = ("hessian", "sharpness", "coherence", "collapse", "rankme")
+
+
+@dataclass(frozen=True)
+class AnalysisReport:
+    """What :func:`analyze` did: the records of each probe that ran, and the error of each that failed."""
+
+    results: dict[str, list[ProbeRecord]]
+    failures: dict[str, str]
+
+
+def parse_probes(probes: str | list[str]) -> list[str]:
+    """``"default"``, ``"all"`` or a comma-separated list of registered probe names."""
+    if isinstance(probes, str):
+        if probes == "default":
+            return list(DEFAULT_PROBES)
+        if probes == "all":
+            return PROBES.names()
+        probes = [p.strip() for p in probes.split(",") if p.strip()]
+    return [PROBES.canonical(p) for p in probes]
+
+
+def analyze(
+    path: str | Path,
+    probes: str | list[str] = "default",
+    *,
+    settings: dict[str, dict[str, Any]] | None = None,
+    checkpoints: str = "last",
+    out: str | Path | None = None,
+    device: str | torch.device = "auto",
+    force: bool = False,
+    on_progress: Callable[[Target, int], None] | None = None,
+    on_target: Callable[[Target, str], None] | None = None,
+) -> AnalysisReport:
+    """Run several probes (each with its default config, updated by ``settings[probe]``) on the
+    selected checkpoints, all into one results file. A probe that fails is reported and recorded
+    (``/failures/<probe>`` in the file) and the others go on; a mistake in the arguments themselves
+    (an unknown probe, a bad setting) fails before anything runs."""
+    from landscape.probes import make_config
+
+    names = parse_probes(probes)
+    configs = {name: make_config(name, **(settings or {}).get(name, {})) for name in names}
+    store = Store(out if out is not None else default_output(path))
+    results: dict[str, list[ProbeRecord]] = {}
+    failures: dict[str, str] = {}
+    for name, cfg in configs.items():
+        try:
+            results[name] = run_probe(path, name, cfg, checkpoints=checkpoints, out=store.path, device=device,
+                                      force=force, on_progress=on_progress, on_target=on_target)
+        except LandscapeError as exc:
+            failures[name] = str(exc)
+            store.write(f"failures/{name}", {}, {"error": str(exc), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return AnalysisReport(results, failures)
+
+
+# ---- measures of many runs, for correlating with generalization -------------------------------
+
+MEASURES: dict[str, tuple[str, str]] = {  # name → (probe, key path in its stored group)
+    "lambda_max": ("hessian", "eigenvalues"),
+    "hessian_trace": ("hessian", "trace"),
+    "first_order_flatness": ("sharpness", "first_order_flatness"),
+    "pac_bayes_inv_sigma2": ("sharpness", "pac_bayes/inv_sigma2"),
+    "pac_bayes_mag_inv_sigma2": ("sharpness", "pac_bayes/inv_sigma2_mag"),
+    "coherence_m_alpha": ("coherence", "m_alpha"),
+    "nc1_train": ("collapse", "train/nc1"),
+    "rankme_train": ("rankme", "train/rankme"),
+}
+
+
+def _flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items() if not isinstance(v, dict | list)})
+        else:
+            out[key] = value
+    return out
+
+
+def collect_runs(run_dirs: list[str | Path], checkpoint: str = "last") -> list[dict[str, Any]]:
+    """One record per run: its hyper-parameters (``lr``, ``optimizer_params.rho``, …), the metrics
+    logged at the checkpoint (``train_acc``, ``test_acc``, …) and every measure of :data:`MEASURES`
+    stored for it in ``RUN_DIR/analysis.h5`` (sharpness once per radius: ``sharpness@0.002``)."""
+    from landscape.checkpoints import RunDir
+
+    records = []
+    for run_dir in run_dirs:
+        run = RunDir(run_dir)
+        target = resolve_targets(run_dir, checkpoint)[0]
+        record: dict[str, Any] = {"run": str(run_dir), "step": target.step, **_flat_config(run.meta["config"])}
+        record.update({k: v for k, v in target.metrics().items() if isinstance(v, int | float)})
+        store = Store(Path(run_dir) / "analysis.h5")
+        stored = set(store.groups())
+        for name, (probe, key) in MEASURES.items():
+            group = f"{target.name}/{probe}"
+            if group in stored:
+                value: Any = store.read(group)[0]
+                for part in key.split("/"):
+                    value = value.get(part) if isinstance(value, dict) else None
+                if value is not None:
+                    record[name] = float(np.asarray(value).reshape(-1)[0])
+        if f"{target.name}/sharpness" in stored:
+            r = store.read(f"{target.name}/sharpness")[0]
+            for rho, delta in zip(np.atleast_1d(r["rhos"]), np.atleast_1d(r["delta_loss"]), strict=True):
+                record[f"sharpness@{rho:g}"] = float(delta)
+        records.append(record)
+    return records
+
+
+def correlation_table(records: list[dict[str, Any]], *, gap: str = "acc", axes: list[str] | None = None,
+                      n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """For every measure present in all records: Kendall τ with the generalization gap, its bootstrap
+    95% interval, Spearman ρ, and (with ``axes``) the granulated Kendall Ψ (Jiang et al. 2019)."""
+    from landscape.correlate import (
+        bootstrap_ci,
+        generalization_gap,
+        granulated_kendall,
+        kendall_tau,
+        spearman,
+    )
+
+    if len(records) < 2:
+        raise ConfigError(f"correlating needs at least 2 runs, got {len(records)}")
+    g = generalization_gap(records, kind=gap)
+    rows = []
+    names = [k for k in records[0] if k in MEASURES or k.startswith("sharpness@")]
+    for name in names:
+        values = [r.get(name) for r in records]
+        if any(v is None or not np.isfinite(v) for v in values):
+            continue
+        mu = np.array(values, dtype=float)
+        lo, hi = bootstrap_ci(mu, g, n_boot=n_boot, seed=seed)
+        row = {"measure": name, "n": len(mu), "tau": kendall_tau(mu, g), "tau_low": lo, "tau_high": hi,
+               "spearman": spearman(mu, g)}
+        if axes:
+            with_gap = [{**r, "_gap": gi, "_measure": m} for r, gi, m in zip(records, g, mu, strict=True)]
+            psi = granulated_kendall(with_gap, "_measure", "_gap", axes)
+            row["psi"] = psi["psi"]
+            row.update({f"psi({a})": v for a, v in psi["per_axis"].items()})
+        rows.append(row)
+    return rows

@@ -123,3 +123,38 @@ def test_bad_targets_fail_before_anything_is_written(run_copy, tmp_path):
         run_probe(run_copy, "hessian", cfg, checkpoints="all", device="cpu")
     after = Store(run_copy / "analysis.h5").read(f"{RunDir(run_copy).checkpoints()[-1].name}/hessian")[0]
     np.testing.assert_array_equal(before["eigenvalues"], after["eigenvalues"])
+
+
+def test_analyze_runs_several_probes_and_records_failures(run_copy):
+    from landscape.analyze import analyze
+
+    report = analyze(run_copy, "rankme,coherence", settings={"coherence": {"subset": 5000}}, device="cpu")
+    assert set(report.results) == {"rankme"} and set(report.failures) == {"coherence"}
+    assert "subset of 5000 samples asked for" in report.failures["coherence"]
+    _, attrs = Store(run_copy / "analysis.h5").read("failures/coherence")
+    assert "subset of 5000" in attrs["error"]
+    with pytest.raises(Exception, match="unknown probe 'nope'"):
+        analyze(run_copy, "rankme,nope", device="cpu")
+
+
+def test_collect_runs_and_correlation_table(tiny_run, tmp_path):
+    import shutil
+
+    from landscape.analyze import analyze, collect_runs, correlation_table
+    from landscape.correlate import kendall_tau
+
+    runs = []
+    for i in range(3):  # three copies of a run, analyzed, with made-up hyper-parameters and accuracies
+        dst = tmp_path / f"r{i}"
+        shutil.copytree(tiny_run, dst)
+        analyze(dst, "rankme,collapse", device="cpu", settings={p: {"samples": 100} for p in ("rankme", "collapse")})
+        runs.append(dst)
+    records = collect_runs(runs)
+    assert {"lr", "model_params.width", "train_acc", "test_acc", "rankme_train", "nc1_train"} <= set(records[0])
+    for i, r in enumerate(records):  # different gaps, and a measure that follows them
+        r["train_acc"], r["test_acc"], r["rankme_train"] = 1.0, 0.9 - 0.1 * i, float(i)
+    rows = {row["measure"]: row for row in correlation_table(records, n_boot=50)}
+    assert rows["rankme_train"]["tau"] == pytest.approx(kendall_tau([0, 1, 2], [0.1, 0.2, 0.3]))
+    assert rows["rankme_train"]["tau"] == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="at least 2 runs"):
+        correlation_table(records[:1])

@@ -245,3 +245,22 @@ def test_coherence_command(run_copy, capsys):
     assert "magic" in _error_line(capsys)
     assert main(["coherence", str(run_copy), "--subset", "1", "--no-progress"]) == 2
     assert "subset" in _error_line(capsys)
+
+
+def test_analyze_and_correlate_commands(tiny_run, tmp_path, capsys):
+    import shutil
+
+    runs = []
+    for i in range(2):
+        dst = tmp_path / f"r{i}"
+        shutil.copytree(tiny_run, dst)
+        assert main(["analyze", str(dst), "--probes", "rankme,hessian", "--setting", "hessian.subset=100",
+                     "--setting", "hessian.trace_samples=5", "--no-progress", "--device", "cpu"]) == 0
+        runs.append(str(dst))
+    assert "rankme" in capsys.readouterr().out
+    assert main(["correlate", *runs, "--out", str(tmp_path / "c.json")]) == 0
+    assert "lambda_max" in capsys.readouterr().out and (tmp_path / "c.json").is_file()
+    assert main(["analyze", runs[0], "--setting", "top_k=3"]) == 2
+    assert "PROBE.KEY=VALUE" in _error_line(capsys)
+    assert main(["analyze", runs[0], "--probes", "nope"]) == 2
+    assert "unknown probe 'nope'" in _error_line(capsys)
