@@ -132,9 +132,8 @@ class Step(Schedule):
         return self.gamma ** sum(1 for s in self.milestone_steps if s <= step)
 
 
-@SCHEDULES.register("cosine")
-class Cosine(Schedule):
-    """``s(t) = m + (1 − m)·½(1 + cos(π p))``, ``p`` = progress over ``[t_w, T]``, ``m = min_lr`` (a factor)."""
+class _DecayToMinimum(Schedule):
+    """A decay over ``[t_w, T]`` to the factor ``min_lr`` (shared by cosine and linear)."""
 
     def __init__(
         self, *, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0, min_lr: float = 0.0
@@ -143,6 +142,11 @@ class Cosine(Schedule):
             total_steps=total_steps, steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps
         )
         self.min_lr = _factor("min_lr", min_lr)
+
+
+@SCHEDULES.register("cosine")
+class Cosine(_DecayToMinimum):
+    """``s(t) = m + (1 − m)·½(1 + cos(π p))``, ``p`` = progress over ``[t_w, T]``, ``m = min_lr`` (a factor)."""
 
     def factor(self, step: int) -> float:
         return self.min_lr + (1.0 - self.min_lr) * 0.5 * (
@@ -151,16 +155,8 @@ class Cosine(Schedule):
 
 
 @SCHEDULES.register("linear")
-class Linear(Schedule):
+class Linear(_DecayToMinimum):
     """``s(t) = 1 − (1 − m)·p``, ``p`` = progress over ``[t_w, T]``, ``m = min_lr`` (a factor)."""
-
-    def __init__(
-        self, *, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0, min_lr: float = 0.0
-    ) -> None:
-        super().__init__(
-            total_steps=total_steps, steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps
-        )
-        self.min_lr = _factor("min_lr", min_lr)
 
     def factor(self, step: int) -> float:
         return 1.0 - (1.0 - self.min_lr) * self.progress(step)
