@@ -468,6 +468,9 @@ def analyze(
     probes: str = typer.Option("default", "--probes", help="default (hessian,sharpness,coherence,collapse,rankme), all, or a comma list."),
     setting: Optional[list[str]] = typer.Option(None, "--setting", help="PROBE.KEY=VALUE, repeatable (e.g. hessian.top_k=10)."),
     checkpoints: str = CHECKPOINTS, out: Optional[Path] = OUT, device: str = DEVICE,
+    executor: str = typer.Option("local", "--executor", help="local, process (a pool of --workers) or ray."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (process/ray)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
     force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
 ) -> None:
     """Run several probes on a run's checkpoints into one results file; a failing probe is reported and the others go on."""
@@ -487,6 +490,8 @@ def analyze(
 
     for name in parse_probes(probes):  # argument mistakes fail here, before any progress output
         make_config(name, **settings.get(name, {}))
+    if executor not in ("local", "process", "ray"):
+        raise ConfigError(f"unknown executor {executor!r}; valid: local, process, ray")
     with _progress_bar(progress) as bar:
         task = bar.add_task("analyze", total=None, work="")
 
@@ -494,7 +499,8 @@ def analyze(
             bar.update(task, description=f"{t.name}", work="(stored)" if state == "stored" else state)
 
         report = run_analysis(target, probes, settings=settings, checkpoints=checkpoints, out=out_path,
-                              device=device, force=force, on_target=on_target)
+                              device=device, force=force, on_target=on_target, executor=executor,
+                              workers=workers, address=address)
     for probe, records in report.results.items():
         _print_summary(probe, records)
     for probe, error in report.failures.items():

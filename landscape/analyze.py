@@ -20,6 +20,7 @@ import torch
 
 from landscape.checkpoints import ModelSpec, file_sha256
 from landscape.errors import ConfigError, LandscapeError
+from landscape.executors import map_tasks
 from landscape.probes import PROBES, ProbeContext
 from landscape.store import Store, settings_hash
 from landscape.targets import DataSpec, Target, load_data_and_loss, load_model, resolve_targets
@@ -59,11 +60,17 @@ def run_probe(
     force: bool = False,
     on_progress: Callable[[Target, int], None] | None = None,
     on_target: Callable[[Target, str], None] | None = None,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
 ) -> list[ProbeRecord]:
     """Run ``probe`` with config ``cfg`` on the selected checkpoints of ``path``; store and return the results.
 
     ``on_target(target, state)`` is told ``"start"``/``"done"``/``"stored"`` per checkpoint and
-    ``on_progress(target, n)`` the probe's units of work (HVPs for the Hessian).
+    ``on_progress(target, n)`` the probe's units of work (HVPs for the Hessian). ``executor``
+    ``process`` or ``ray`` computes the checkpoints in parallel (:mod:`landscape.executors`);
+    results are identical, and this process alone writes them. Interrupted partial work (a
+    surface) resumes only with the in-process executor.
     """
     spec = PROBES[probe]
     cfg = cfg if cfg is not None else spec.config()
@@ -76,58 +83,101 @@ def run_probe(
     settings = dataclasses.asdict(cfg)
     stored = _check_stored(store, targets, spec.name, settings, force)
     records: list[ProbeRecord] = []
-    data_cache: dict[Any, Any] = {}
-    run_cache: dict[str, Any] = {}
+    todo: list[tuple[Target, str]] = []
     for target in targets:
         group = f"{target.name}/{spec.name}"
-        state = stored.get(group)
-        if state == "complete":
+        if stored.get(group) == "complete":
             if on_target:
                 on_target(target, "stored")
-            arrays, _ = store.read(group)
-            records.append(ProbeRecord(target, group, arrays, True, 0.0))
-            continue
-        if on_target:
-            on_target(target, "start")
-        key = str(target.run_dir)
-        if key not in data_cache:
-            data_cache[key] = load_data_and_loss(target, data_spec)
-        data, loss = data_cache[key]
-        model = load_model(target, model_spec, dev)
-        attrs = {
-            "probe": spec.name,
-            "settings": settings,
-            "settings_hash": settings_hash(settings),
-            "versions": versions(),
-            "device": str(dev),
-            "data": {"dataset": data.name, "n_train": len(data.train), "n_test": len(data.test)},
-            "loss": getattr(loss, "spec", lambda: {})(),
-        }
+            records.append(ProbeRecord(target, group, store.read(group)[0], True, 0.0))
+        else:
+            todo.append((target, group))
+
+    def write(target: Target, group: str, result: dict[str, Any], info: dict[str, Any], complete: bool) -> None:
+        attrs = {"probe": spec.name, "settings": settings, "settings_hash": settings_hash(settings),
+                 "versions": versions(), "device": str(dev), **info, "complete": complete}
         parent = {
             "checkpoint": str(target.path),
             "checkpoint_sha256": file_sha256(target.path),
             **({"step": target.step} if target.step is not None else {}),
             **{k: v for k, v in target.metrics().items() if isinstance(v, int | float)},
         }
-
-        def save_partial(arrays: dict[str, Any], group=group, attrs=attrs, parent=parent) -> None:
-            store.write(group, _storable(arrays), {**attrs, "complete": False}, parent)
-
-        ctx = ProbeContext(model=model, loss=loss.per_sample, data=data, device=dev, run_cache=run_cache,
-                           advance=(lambda n, t=target: on_progress(t, n)) if on_progress else (lambda n: None),
-                           run_dir=target.run_dir, save_partial=save_partial,
-                           partial=store.read(group)[0] if state == "partial" else None,
-                           resolve_checkpoint=lambda which, t=target: _checkpoint_tensors(t, which))
-        torch.manual_seed(getattr(cfg, "seed", 0))
-        start = time.perf_counter()
-        result = spec.run(ctx, cfg)
-        seconds = time.perf_counter() - start
-        attrs.update(seconds=seconds, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), complete=True)
         store.write(group, _storable(result), attrs, parent)
-        records.append(ProbeRecord(target, group, result, False, seconds))
-        if on_target:
-            on_target(target, "done")
-    return records
+
+    tasks = [ProbeTask(target, spec.name, cfg, str(dev), model_spec, data_spec) for target, _ in todo]
+    if executor == "local":
+        caches: dict[str, Any] = {}
+        for task, (target, group) in zip(tasks, todo, strict=True):
+            if on_target:
+                on_target(target, "start")
+            partial = store.read(group)[0] if stored.get(group) == "partial" else None
+            result, info = compute_probe(
+                task, caches=caches, partial=partial,
+                advance=(lambda n, t=target: on_progress(t, n)) if on_progress else None,
+                save_partial=lambda arrays, t=target, g=group, c=caches: write(t, g, arrays, c["info"], False),
+            )
+            write(target, group, result, info, True)
+            records.append(ProbeRecord(target, group, result, False, info["seconds"]))
+            if on_target:
+                on_target(target, "done")
+    else:  # workers compute, this process alone writes
+        gpus = 1.0 if dev.type == "cuda" else 0.0
+        outputs = map_tasks(compute_probe, tasks, executor=executor, workers=workers, address=address,
+                            gpus_per_task=gpus)
+        for (target, group), (result, info) in zip(todo, outputs, strict=True):
+            write(target, group, result, info, True)
+            records.append(ProbeRecord(target, group, result, False, info["seconds"]))
+            if on_target:
+                on_target(target, "done")
+    order = {t.name: i for i, t in enumerate(targets)}
+    return sorted(records, key=lambda r: order[r.target.name])
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    """One (checkpoint, probe) computation, picklable for worker processes and Ray."""
+
+    target: Target
+    probe: str
+    cfg: Any
+    device: str
+    model_spec: ModelSpec | None = None
+    data_spec: DataSpec | None = None
+
+
+_WORKER_CACHES: dict[str, Any] = {}
+
+
+def compute_probe(
+    task: ProbeTask,
+    *,
+    caches: dict[str, Any] | None = None,
+    partial: dict[str, Any] | None = None,
+    advance: Callable[[int], None] | None = None,
+    save_partial: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load the checkpoint and run the probe: ``(result, info)``; ``info`` holds what the stored
+    attributes need (data, loss, seconds). Runs anywhere: it reads files, it never writes them."""
+    caches = _WORKER_CACHES if caches is None else caches
+    spec, target, dev = PROBES[task.probe], task.target, torch.device(task.device)
+    key = f"data:{target.run_dir}"
+    if key not in caches:
+        caches[key] = load_data_and_loss(target, task.data_spec)
+    data, loss = caches[key]
+    caches["info"] = {"data": {"dataset": data.name, "n_train": len(data.train), "n_test": len(data.test)},
+                      "loss": getattr(loss, "spec", lambda: {})()}
+    model = load_model(target, task.model_spec, dev)
+    ctx = ProbeContext(model=model, loss=loss.per_sample, data=data, device=dev,
+                       run_cache=caches.setdefault(f"run:{target.run_dir}", {}),
+                       advance=advance or (lambda n: None), run_dir=target.run_dir,
+                       save_partial=save_partial or (lambda arrays: None), partial=partial,
+                       resolve_checkpoint=lambda which: _checkpoint_tensors(target, which))
+    torch.manual_seed(getattr(task.cfg, "seed", 0))
+    start = time.perf_counter()
+    result = spec.run(ctx, task.cfg)
+    info = {**caches["info"], "seconds": time.perf_counter() - start,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return result, info
 
 
 def _check_stored(store: Store, targets: list[Target], probe: str, settings: dict[str, Any],
@@ -241,6 +291,9 @@ def analyze(
     force: bool = False,
     on_progress: Callable[[Target, int], None] | None = None,
     on_target: Callable[[Target, str], None] | None = None,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
 ) -> AnalysisReport:
     """Run several probes (each with its default config, updated by ``settings[probe]``) on the
     selected checkpoints, all into one results file. A probe that fails is reported and recorded
@@ -256,7 +309,8 @@ def analyze(
     for name, cfg in configs.items():
         try:
             results[name] = run_probe(path, name, cfg, checkpoints=checkpoints, out=store.path, device=device,
-                                      force=force, on_progress=on_progress, on_target=on_target)
+                                      force=force, on_progress=on_progress, on_target=on_target,
+                                      executor=executor, workers=workers, address=address)
         except LandscapeError as exc:
             failures[name] = str(exc)
             store.write(f"failures/{name}", {}, {"error": str(exc), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -158,3 +158,30 @@ def test_collect_runs_and_correlation_table(tiny_run, tmp_path):
     assert rows["rankme_train"]["tau"] == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="at least 2 runs"):
         correlation_table(records[:1])
+
+
+@pytest.mark.parametrize("executor", ["process", "ray"])
+def test_executors_give_the_results_of_the_local_one(tiny_run, tmp_path, executor):
+    if executor == "ray":
+        pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    from landscape.analyze import analyze
+
+    settings = {"hessian": dict(FAST_HESSIAN), "rankme": {"samples": 100}}
+    local = analyze(tiny_run, "hessian,rankme", settings=settings, checkpoints="all", device="cpu",
+                    out=tmp_path / "local.h5")
+    other = analyze(tiny_run, "hessian,rankme", settings=settings, checkpoints="all", device="cpu",
+                    out=tmp_path / f"{executor}.h5", executor=executor, workers=2)
+    assert not local.failures and not other.failures
+    a, b = Store(tmp_path / "local.h5"), Store(tmp_path / f"{executor}.h5")
+    assert a.groups() == b.groups()
+
+    def same(x, y):
+        if isinstance(x, dict):
+            assert x.keys() == y.keys()
+            for k in x:
+                same(x[k], y[k])
+        else:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    for group in a.groups():
+        same(a.read(group)[0], b.read(group)[0])
