@@ -553,6 +553,33 @@ def correlate(
 
 
 @app.command()
+def sweep(
+    grid: Path = typer.Argument(..., help="Grid file (JSON or YAML): {'base': {...}, 'grid': {key: [values]}}."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder of the runs (one RUN_DIR per combination)."),
+    device: str = DEVICE,
+    executor: str = typer.Option("local", "--executor", help="local, process (a pool of --workers) or ray."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (process/ray)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
+    progress: bool = PROGRESS,
+) -> None:
+    """Train the cartesian product of a grid of hyper-parameters; finished runs are skipped, interrupted ones resume."""
+    from landscape.sweep import expand_grid, read_grid
+    from landscape.sweep import sweep as run_sweep
+
+    spec = read_grid(grid)
+    n = len(expand_grid(spec))  # a malformed grid fails here, before anything is trained
+    with _progress_bar(progress) as bar:
+        bar.add_task(f"sweep: {n} runs", total=None, work=f"executor {executor}")
+        results = run_sweep(spec, out, device=device, executor=executor, workers=workers, address=address)
+    table = Table(title=f"sweep {grid} → {out}")
+    for c in ("run", "status", "test acc"):
+        table.add_column(c, justify="left" if c == "run" else "right")
+    for r in results:
+        table.add_row(r.name, r.status, "–" if r.test_acc is None else f"{r.test_acc:.4f}")
+    console.print(table)
+
+
+@app.command()
 def plot(
     results: Path = typer.Argument(..., help="A results file (analysis.h5)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the figures (default: plots/ beside the file)."),
