@@ -471,9 +471,14 @@ def analyze(
     executor: str = typer.Option("local", "--executor", help="local, process (a pool of --workers) or ray."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (process/ray)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
+    model: Optional[str] = MODEL, model_param: Optional[list[str]] = MODEL_PARAM, num_classes: Optional[int] = NUM_CLASSES,
+    input_shape: Optional[str] = INPUT_SHAPE, model_factory: Optional[str] = FACTORY, dataset: Optional[str] = DATASET,
+    dataset_param: Optional[list[str]] = DATASET_PARAM, loss: Optional[str] = LOSS,
     force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
 ) -> None:
-    """Run several probes on a run's checkpoints into one results file; a failing probe is reported and the others go on."""
+    """Run several probes on a run's checkpoints into one results file; a failing probe is reported and the others go on.
+
+    TARGET may also be a folder of foreign .safetensors/.pt files with --model (or --model-factory) and --dataset."""
     from landscape.analyze import analyze as run_analysis
     from landscape.analyze import default_output
     from landscape.figures import plots_dir_for, probe_figures
@@ -498,9 +503,11 @@ def analyze(
         def on_target(t, state):
             bar.update(task, description=f"{t.name}", work="(stored)" if state == "stored" else state)
 
+        model_spec, data_spec = _foreign_specs(model, model_param, num_classes, input_shape, model_factory,
+                                               dataset, dataset_param, loss)
         report = run_analysis(target, probes, settings=settings, checkpoints=checkpoints, out=out_path,
                               device=device, force=force, on_target=on_target, executor=executor,
-                              workers=workers, address=address)
+                              workers=workers, address=address, model_spec=model_spec, data_spec=data_spec)
     for probe, records in report.results.items():
         _print_summary(probe, records)
     for probe, error in report.failures.items():

@@ -294,6 +294,8 @@ def analyze(
     executor: str = "local",
     workers: int | None = None,
     address: str | None = None,
+    model_spec: ModelSpec | None = None,
+    data_spec: DataSpec | None = None,
 ) -> AnalysisReport:
     """Run several probes (each with its default config, updated by ``settings[probe]``) on the
     selected checkpoints, all into one results file. A probe that fails is reported and recorded
@@ -310,7 +312,8 @@ def analyze(
         try:
             results[name] = run_probe(path, name, cfg, checkpoints=checkpoints, out=store.path, device=device,
                                       force=force, on_progress=on_progress, on_target=on_target,
-                                      executor=executor, workers=workers, address=address)
+                                      executor=executor, workers=workers, address=address,
+                                      model_spec=model_spec, data_spec=data_spec)
         except LandscapeError as exc:
             failures[name] = str(exc)
             store.write(f"failures/{name}", {}, {"error": str(exc), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
