@@ -530,33 +530,57 @@ def _progress_bar(enabled: bool):
 
 @app.command()
 def correlate(
-    runs: list[Path] = typer.Argument(..., help="RUN_DIRs already analyzed (landscape analyze)."),
-    axes: Optional[str] = typer.Option(None, "--axes", help="Hyper-parameter axes for the granulated Ψ, e.g. lr,batch_size,optimizer."),
+    runs: list[Path] = typer.Argument(..., help="RUN_DIRs already analyzed (landscape analyze), or folders holding them."),
+    axes: Optional[str] = typer.Option(None, "--axes", help="Hyper-parameter axes of Ψ (default: those that vary across the runs)."),
     gap: str = typer.Option("acc", "--gap", help="acc (train − test accuracy) or loss (test − train loss)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the table as JSON here."),
+    cmi: bool = typer.Option(False, "--cmi", help="Also the conditional-mutual-information score (PGDL)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table here (.json or .csv) and scatter plots beside it."),
 ) -> None:
-    """Kendall τ (with a bootstrap 95% interval), Spearman and granulated Ψ between each stored measure and the generalization gap."""
-    from landscape.analyze import collect_runs, correlation_table
-    from landscape.utils import atomic_write_json
+    """Kendall τ (bootstrap 95% CI), Spearman and granulated Ψ of every stored measure against the generalization gap, ranked."""
+    from landscape.analyze import collect_runs, correlation_table, varying_axes
+    from landscape.correlate import generalization_gap
+    from landscape.plots import plot_measure_scatter, save_figure
+    from landscape.utils import atomic_write, atomic_write_json
 
-    records = collect_runs(list(runs))
-    rows = correlation_table(records, gap=gap, axes=[a.strip() for a in axes.split(",")] if axes else None)
+    run_dirs = []
+    for r in runs:  # a folder of runs (a sweep's --out) stands for every RUN_DIR inside it
+        if not r.is_dir():
+            raise ConfigError(f"{r} is not a directory; give RUN_DIRs (or folders of them)")
+        inner = sorted(p for p in r.iterdir() if (p / "config.json").is_file())
+        run_dirs += [r] if (r / "config.json").is_file() or not inner else inner
+    records = collect_runs(run_dirs)
+    axis_list = [a.strip() for a in axes.split(",")] if axes else varying_axes(records)
+    rows = correlation_table(records, gap=gap, axes=axis_list, cmi=cmi)
     if not rows:
         raise ConfigError("no measure is stored for every run; run `landscape analyze` on each RUN_DIR first")
-    table = Table(title=f"measures vs generalization gap ({gap}), {len(records)} runs")
-    psi_columns = [c for c in rows[0] if c.startswith("psi")]
-    for c in ["measure", "τ", "τ 95% CI", "Spearman", *psi_columns]:
+    table = Table(title=f"measures vs generalization gap ({gap}), {len(records)} runs, axes: {', '.join(axis_list) or '–'}")
+    extra = [c for c in rows[0] if c.startswith("psi") or c == "cmi"]
+    for c in ["measure", "τ", "τ 95% CI", "Spearman", *extra]:
         table.add_column(c.replace("psi", "Ψ"), justify="left" if c == "measure" else "right", overflow="fold")
     for row in rows:
         table.add_row(row["measure"], f"{row['tau']:+.2f}", f"[{row['tau_low']:+.2f}, {row['tau_high']:+.2f}]",
-                      f"{row['spearman']:+.2f}", *(f"{row[c]:+.2f}" for c in psi_columns))
+                      f"{row['spearman']:+.2f}", *(f"{row[c]:+.2f}" for c in extra))
     console.print(table)
     if out is not None:
         try:
-            atomic_write_json(out, {"gap": gap, "axes": axes, "runs": [str(r) for r in runs], "rows": rows})
+            if out.suffix == ".csv":
+                columns = list(dict.fromkeys(k for row in rows for k in row))
+                text = ",".join(columns) + "\n" + "".join(",".join(str(row.get(c, "")) for c in columns) + "\n" for row in rows)
+                atomic_write(out, lambda fh: fh.write(text))
+            else:
+                atomic_write_json(out, {"gap": gap, "axes": axis_list, "runs": [str(r) for r in run_dirs], "rows": rows})
         except OSError as exc:
             raise ConfigError(f"cannot write {out} ({exc.strerror}); choose another --out") from exc
-        console.print(f"table: [bold]{out}[/]")
+        g = generalization_gap(records, kind=gap)
+        color = axis_list[0] if axis_list else None
+        folder = out.parent / f"{out.stem}_plots"
+        for row in rows:
+            fig = plot_measure_scatter([r[row["measure"]] for r in records], g,
+                                       [r.get(color) for r in records] if color else None, xlabel=row["measure"],
+                                       ylabel=f"gap ({gap})", group_label=color or "",
+                                       title=f"τ = {row['tau']:+.2f}")
+            save_figure(fig, folder / row["measure"].replace("@", "_at_"))
+        console.print(f"table: [bold]{out}[/]  scatter plots: [bold]{folder}[/]")
 
 
 @app.command()

@@ -9,6 +9,7 @@ setting needed to repeat it as attributes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -374,18 +375,31 @@ def collect_runs(run_dirs: list[str | Path], checkpoint: str = "last") -> list[d
     return records
 
 
+HYPERPARAMETERS = ("lr", "batch_size", "optimizer", "optimizer_params.rho", "weight_decay", "loss", "label_noise",
+                   "model_params.width", "model_params.depth", "seed", "epochs", "schedule")
+
+
+def varying_axes(records: list[dict[str, Any]]) -> list[str]:
+    """The hyper-parameters (of :data:`HYPERPARAMETERS`) that take more than one value across the runs."""
+    return [k for k in HYPERPARAMETERS if len({json.dumps(r.get(k), sort_keys=True) for r in records}) > 1]
+
+
 def correlation_table(records: list[dict[str, Any]], *, gap: str = "acc", axes: list[str] | None = None,
-                      n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+                      n_boot: int = 1000, seed: int = 0, cmi: bool = False) -> list[dict[str, Any]]:
     """For every measure present in all records: Kendall τ with the generalization gap, its bootstrap
-    95% interval, Spearman ρ, and (with ``axes``) the granulated Kendall Ψ (Jiang et al. 2019)."""
+    95% interval, Spearman ρ, the granulated Kendall Ψ over ``axes`` (default: the hyper-parameters
+    that vary; Jiang et al. 2019) with its per-axis values, and optionally the CMI score. Rows are
+    ranked by |τ|."""
     from landscape.correlate import (
         bootstrap_ci,
+        conditional_mutual_information,
         generalization_gap,
         granulated_kendall,
         kendall_tau,
         spearman,
     )
 
+    axes = varying_axes(records) if axes is None else axes
     if len(records) < 2:
         raise ConfigError(f"correlating needs at least 2 runs, got {len(records)}")
     g = generalization_gap(records, kind=gap)
@@ -399,10 +413,16 @@ def correlation_table(records: list[dict[str, Any]], *, gap: str = "acc", axes: 
         lo, hi = bootstrap_ci(mu, g, n_boot=n_boot, seed=seed)
         row = {"measure": name, "n": len(mu), "tau": kendall_tau(mu, g), "tau_low": lo, "tau_high": hi,
                "spearman": spearman(mu, g)}
+        with_gap = [{**{a: json.dumps(r.get(a)) for a in axes}, "_gap": gi, "_measure": m}
+                    for r, gi, m in zip(records, g, mu, strict=True)]
         if axes:
-            with_gap = [{**r, "_gap": gi, "_measure": m} for r, gi, m in zip(records, g, mu, strict=True)]
-            psi = granulated_kendall(with_gap, "_measure", "_gap", axes)
-            row["psi"] = psi["psi"]
-            row.update({f"psi({a})": v for a, v in psi["per_axis"].items()})
+            try:
+                psi = granulated_kendall(with_gap, "_measure", "_gap", axes)
+                row["psi"] = psi["psi"]
+                row.update({f"psi({a})": v for a, v in psi["per_axis"].items()})
+            except ConfigError:  # no axis has a group of ≥ 2 runs that agree on the other axes
+                row["psi"] = float("nan")
+        if cmi and axes:
+            row["cmi"] = conditional_mutual_information(with_gap, "_measure", "_gap", axes)["score"]
         rows.append(row)
-    return rows
+    return sorted(rows, key=lambda r: -abs(r["tau"]))

@@ -1118,3 +1118,24 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], formats: Sequence[str
             raise LandscapeError(f"cannot write figure {out}: {reason}") from exc
         written.append(out)
     return written
+
+
+def plot_measure_scatter(measure: Any, gap: Any, groups: Sequence[Any] | None = None, *, xlabel: str = "measure",
+                         ylabel: str = "generalization gap", group_label: str = "", title: str | None = None) -> Figure:
+    """Generalization gap against a measure, one point per run, coloured by a hyper-parameter
+    (Jiang et al. 2019 style)."""
+    x, y = _vector("measure", measure), _vector("gap", gap)
+    _same_length("measure", x, "gap", y)
+    fig = _figure(5.0, 3.8)
+    ax = fig.add_subplot(1, 1, 1)
+    _style(ax)
+    if groups is None:
+        ax.scatter(x, y, s=28, color="C0")
+    else:
+        values = [str(g) for g in groups]
+        for i, value in enumerate(dict.fromkeys(values)):
+            mask = np.array([v == value for v in values])
+            ax.scatter(x[mask], y[mask], s=28, color=f"C{i % 10}", label=f"{group_label}={value}" if group_label else value)
+        _legend(ax)
+    _labels(ax, xlabel, ylabel, title)
+    return fig

@@ -260,6 +260,11 @@ def test_analyze_and_correlate_commands(tiny_run, tmp_path, capsys):
     assert "rankme" in capsys.readouterr().out
     assert main(["correlate", *runs, "--out", str(tmp_path / "c.json")]) == 0
     assert "lambda_max" in capsys.readouterr().out and (tmp_path / "c.json").is_file()
+    assert (tmp_path / "c_plots" / "lambda_max.png").is_file()
+    assert main(["correlate", str(tmp_path), "--cmi", "--out", str(tmp_path / "c.csv")]) == 0  # a folder of runs
+    assert (tmp_path / "c.csv").read_text().startswith("measure,n,tau,tau_low,tau_high,spearman")
+    assert main(["correlate", str(tmp_path / "nowhere")]) == 2
+    assert "not a directory" in _error_line(capsys)
     assert main(["analyze", runs[0], "--setting", "top_k=3"]) == 2
     assert "PROBE.KEY=VALUE" in _error_line(capsys)
     assert main(["analyze", runs[0], "--probes", "nope"]) == 2
