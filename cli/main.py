@@ -231,8 +231,8 @@ def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | 
     from landscape.targets import resolve_targets
 
     model_spec, data_spec = foreign
+    n_targets = len(resolve_targets(target, checkpoints))  # a missing or empty target fails first
     out_path = out if out is not None else default_output(target)
-    n_targets = len(resolve_targets(target, checkpoints))
     columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[work]}"), TimeElapsedColumn()]
     if work_per_target:
@@ -489,9 +489,12 @@ def analyze(
         if not dot or not name:
             raise ConfigError(f"--setting takes PROBE.KEY=VALUE, got {key!r}")
         settings.setdefault(probe, {})[name] = value
-    out_path = out if out is not None else default_output(target)
     from landscape.analyze import parse_probes
     from landscape.probes import make_config
+    from landscape.targets import resolve_targets
+
+    resolve_targets(target, checkpoints)  # a missing or empty target fails first
+    out_path = out if out is not None else default_output(target)
 
     for name in parse_probes(probes):  # argument mistakes fail here, before any progress output
         make_config(name, **settings.get(name, {}))
