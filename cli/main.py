@@ -146,7 +146,7 @@ def demo(
     epochs: int = typer.Option(30, help="Training epochs."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Train an MLP with SAM on sklearn's digits, then measure its Hessian spectrum and neural collapse."""
+    """Train an MLP with SAM on sklearn's digits, then run every probe on it and draw the figures."""
     from landscape.checkpoints import RunDir
     from landscape.demo import run_demo
 
@@ -162,8 +162,10 @@ def demo(
                 f"{r['test_loss']:.4f}", f"{r['test_acc']:.4f}",
             )  # fmt: skip
     console.print(table)
-    _print_summary("hessian", result.hessian)
-    _print_summary("collapse", result.collapse)
+    for probe, records in result.results.items():
+        _print_summary(probe, records)
+    for probe, error in result.failures.items():
+        err_console.print(f"[bold red]{probe} failed:[/] {error}", highlight=False, soft_wrap=True)
     console.print(f"run directory: [bold]{run_dir}[/]  results: {run_dir / 'analysis.h5'}  "
                   f"figures: {run_dir / 'plots'} ({len(result.figures)} files)")
 

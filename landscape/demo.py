@@ -1,13 +1,11 @@
-"""The demo: train an MLP with SAM on digits, then measure its Hessian and neural collapse."""
+"""The demo: train an MLP with SAM on digits, then run every probe on it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from landscape.analyze import ProbeRecord, run_probe
-from landscape.figures import probe_figures
-from landscape.probes import make_config
+from landscape.analyze import ProbeRecord
 from landscape.train.config import TrainConfig
 from landscape.train.trainer import TrainResult, train
 
@@ -17,23 +15,40 @@ DEMO_CONFIG = TrainConfig(
 )  # fmt: skip
 
 
+# Every probe, at sizes that keep the demo to a few minutes on two CPU cores.
+DEMO_SETTINGS: dict[str, dict] = {
+    "hessian": {"density": True, "per_layer": True},
+    "surface": {"x": "-1:1:25", "y": "-1:1:25"},
+    "sharpness": {"subset": 512},
+    "coherence": {"subset": 512},
+    "dse": {"samples": 500},
+}
+LAST_ONLY = ("hessian", "surface", "sharpness")  # the other probes run on every checkpoint
+
+
 @dataclass(frozen=True)
 class DemoResult:
     training: TrainResult
-    hessian: list[ProbeRecord]
-    collapse: list[ProbeRecord]
+    results: dict[str, list[ProbeRecord]]
+    failures: dict[str, str]
     figures: list[Path]
 
 
 def run_demo(out: str | Path = "runs/demo", *, device: str = "auto", epochs: int = 30,
              progress: bool = True) -> DemoResult:
-    """Train :data:`DEMO_CONFIG` into ``out`` (replacing an earlier demo run there), then run the
-    Hessian probe (top-5, trace, density) on the last checkpoint and the neural-collapse probe on
-    every checkpoint; figures go to ``out/plots``."""
+    """Train :data:`DEMO_CONFIG` into ``out`` (replacing an earlier demo run there), then run every
+    registered probe (:data:`DEMO_SETTINGS`): the expensive ones on the last checkpoint, the
+    representation and coherence probes on every checkpoint. Figures go to ``out/plots``."""
+    from landscape.analyze import analyze
+    from landscape.figures import all_figures
+    from landscape.probes import PROBES
+
     out = Path(out)
     cfg = DEMO_CONFIG.replace(epochs=epochs)
     training = train(cfg, out, overwrite=(out / "config.json").is_file(), device=device, progress=progress)
-    hessian = run_probe(out, "hessian", make_config("hessian", density=True, per_layer=True), device=device)
-    collapse = run_probe(out, "collapse", None, checkpoints="all", device=device)
-    figures = [p for probe in ("hessian", "collapse") for p in probe_figures(out / "analysis.h5", probe, out / "plots")]
-    return DemoResult(training, hessian, collapse, figures)
+    last = analyze(out, list(LAST_ONLY), settings=DEMO_SETTINGS, device=device)
+    over_training = analyze(out, [p for p in PROBES.names() if p not in LAST_ONLY], settings=DEMO_SETTINGS,
+                            checkpoints="all", device=device)
+    results = {**last.results, **over_training.results}
+    figures = all_figures(out / "analysis.h5", out / "plots")
+    return DemoResult(training, results, {**last.failures, **over_training.failures}, figures)
