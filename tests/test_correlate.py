@@ -205,3 +205,12 @@ def test_bad_input_raises_config_error(call):
     with pytest.raises(ConfigError) as e:
         call()
     assert "\n" not in str(e.value)
+
+
+def test_granulated_kendall_with_a_single_valued_axis():
+    # axis "c" takes one value: varying it alone never changes anything, so it has no usable group
+    records = [{"a": a, "b": b, "c": 0, "mu": a + 0.1 * b, "gap": a - 0.1 * b} for a in range(3) for b in range(2)]
+    out = granulated_kendall(records, "mu", "gap", ["a", "b", "c"])
+    assert out["per_axis"]["a"] == 1.0 and out["per_axis"]["b"] == -1.0
+    assert np.isnan(out["per_axis"]["c"]) and out["groups"]["c"] == 0
+    assert out["psi"] == 0.0  # mean over the axes that have groups: (1 − 1) / 2
