@@ -79,10 +79,11 @@ def expand_grid(spec: dict[str, Any]) -> list[tuple[str, TrainConfig]]:
     return runs
 
 
-def _finished(run_dir: Path) -> bool:
+def is_finished(run_dir: str | Path) -> bool:
+    """True when ``run_dir`` holds a run whose final checkpoint is written."""
     from landscape.checkpoints import RunDir
 
-    if not (run_dir / "config.json").is_file():
+    if not (Path(run_dir) / "config.json").is_file():
         return False
     run = RunDir(run_dir)
     cps = run.checkpoints()
@@ -103,7 +104,7 @@ def sweep(grid: str | Path | dict[str, Any], out: str | Path, *, device: str = "
     spec = read_grid(grid) if not isinstance(grid, dict) else grid
     runs = expand_grid(spec)
     out = Path(out)
-    todo = [(name, cfg) for name, cfg in runs if not _finished(out / name)]
+    todo = [(name, cfg) for name, cfg in runs if not is_finished(out / name)]
     tasks = [(cfg.to_dict(), str(out / name), device) for name, cfg in todo]
     accs = dict(zip([n for n, _ in todo], map_tasks(_train_task, tasks, executor=executor, workers=workers,
                                                       address=address), strict=True))
