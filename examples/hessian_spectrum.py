@@ -98,7 +98,7 @@ def figure(results: list[dict], shown: list[int], num_classes: int, final: dict)
     ax_t.set(xscale="log", xlabel="epoch (initialization drawn at the left edge)", title="Over training")
     lines = ax_t.get_legend_handles_labels()
     more = ax_n.get_legend_handles_labels()
-    ax_t.legend(lines[0] + more[0], lines[1] + more[1], frameon=False, fontsize=8)
+    ax_t.legend(lines[0] + more[0], lines[1] + more[1], frameon=False, fontsize=7, loc="upper right")
     for ax in (ax_d, ax_e):
         ax.legend(frameon=False, fontsize=8)
     for ax in axes:
