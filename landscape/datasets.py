@@ -529,6 +529,19 @@ def _resolve_dim(dim: int | None, image_shape: Sequence[int] | None) -> tuple[in
 # --------------------------------------------------------------------------- loaders: embedded / synthetic
 
 
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's digits as read once per process (parsing its CSV costs ~0.1–1 s); callers copy."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = np.asarray(bunch.images, dtype=np.float32)[:, None, :, :]
+    x.flags.writeable = False
+    y = np.asarray(bunch.target, dtype=np.int64)
+    y.flags.writeable = False
+    return x, y
+
+
 @DATASETS.register("digits")
 def _digits(*, seed: int, root: Path | None, test_fraction: float = 0.25) -> RawData:
     """sklearn's 8x8 handwritten digits (1797 samples, 10 classes), input (1, 8, 8); embedded, no files.
@@ -536,14 +549,10 @@ def _digits(*, seed: int, root: Path | None, test_fraction: float = 0.25) -> Raw
     A class-stratified split drawn from ``seed`` puts ``round(test_fraction * n_c)``
     samples of each class ``c`` into the test set.
     """
-    from sklearn.datasets import load_digits
-
     test_fraction = _check_float(
         "test_fraction", test_fraction, low=0.0, high=1.0, open_low=True, open_high=True
     )
-    bunch = load_digits()
-    x = np.asarray(bunch.images, dtype=np.float32)[:, None, :, :]
-    y = np.asarray(bunch.target, dtype=np.int64)
+    x, y = _digits_arrays()
     rng = np.random.default_rng([seed, 0])
     test_idx = []
     for c in range(10):
