@@ -3,10 +3,10 @@ import subprocess
 import sys
 
 import pytest
-from landscape_cli.main import main, parse_key_values
 
 from landscape.checkpoints import RunDir
 from landscape.errors import ConfigError
+from landscape_cli.main import main, parse_key_values
 
 FAST = ["--epochs", "1", "--train-size", "200", "--width", "16", "--no-progress", "--device", "cpu"]
 

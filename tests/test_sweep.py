@@ -2,11 +2,11 @@ import json
 
 import pytest
 import torch
-from landscape_cli.main import main
 
 from landscape.checkpoints import RunDir, load_state_dict
 from landscape.errors import ConfigError
 from landscape.sweep import expand_grid, read_grid, sweep
+from landscape_cli.main import main
 
 SPEC = {"base": {"model_params": {"width": 8, "depth": 1}, "epochs": 1, "train_size": 100, "batch_size": 50,
                  "checkpoints": "none"},

@@ -627,6 +627,9 @@ def _pac_bayes(obj: _Objective, batches, cfg: SharpnessConfig, dtype, dev) -> di
     out: dict[str, float] = {"accuracy_clean": acc0, "target": cfg.pac_target}
     if not math.isfinite(acc0):
         return out
+    if acc0 <= cfg.pac_target:  # the drop acc0 − acc(w+δ) ≤ acc0 never exceeds the target: σ = ∞, no search
+        out.update(sigma=math.inf, inv_sigma2=0.0, sigma_mag=math.inf, inv_sigma2_mag=0.0)
+        return out
     for suffix, scale in (("", torch.ones_like(obj.theta)), ("_mag", obj.theta.abs())):
         def drop(sigma: float, scale=scale) -> float:
             return acc0 - float(np.mean([accuracy(sigma * scale * xi) for xi in xis]))

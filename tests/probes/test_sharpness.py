@@ -292,6 +292,26 @@ def test_registered_probe_smoke(digits_ctx):
     np.testing.assert_array_equal(again["delta_loss"], out["delta_loss"])
 
 
+def test_pac_bayes_at_or_below_the_target_accuracy_is_infinite_without_a_search(digits_ctx):
+    """A model whose clean accuracy is ≤ the allowed drop cannot lose more: σ = ∞ (what the
+    doubling search would end with after 60 doublings), found after the clean evaluation alone."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    nn.init.zeros_(model[1].weight)
+    nn.init.zeros_(model[1].bias)  # constant logits: the accuracy of always answering class 0
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    ctx = ProbeContext(model=model, loss=build_loss("ce").per_sample, data=digits_ctx.data, device=torch.device("cpu"))
+    base = dict(subset=64, m=32, iters=1, rhos=(0.01,), first_order_rho=None, pac_target=0.5)
+    without = len(calls)
+    PROBES["sharpness"].run(ctx, SharpnessConfig(**base, pac_bayes=False))
+    without, start = len(calls) - without, len(calls)
+    pac = PROBES["sharpness"].run(ctx, SharpnessConfig(**base))["pac_bayes"]
+    assert pac["accuracy_clean"] <= 0.5
+    assert pac["sigma"] == pac["sigma_mag"] == math.inf and pac["inv_sigma2"] == pac["inv_sigma2_mag"] == 0.0
+    assert len(calls) - start == without + 2  # + the clean accuracy of each of the 2 batches
+    assert largest_sigma(lambda s: pac["accuracy_clean"], 0.5) == (math.inf, math.inf)  # the search's answer
+
+
 def test_params_no_norm_bias_and_train_bn(digits_ctx):
     ctx = digits_ctx
     before = copy.deepcopy(ctx.model.state_dict())
