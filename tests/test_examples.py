@@ -47,6 +47,11 @@ def _finite_leaves(value, path=""):
         yield path, math.isfinite(value)
 
 
+def test_the_examples_are_the_seven_of_the_issue():
+    assert set(EXAMPLES) == {"sam_vs_sgd", "batch_size_sharpness", "skip_connections", "neural_collapse",
+                             "random_labels", "sharpness_vs_generalization", "hessian_spectrum"}
+
+
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_docstring_states_claim_paper_and_finding(name):
     doc = load_example(name).__doc__
