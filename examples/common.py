@@ -165,9 +165,13 @@ def series(results: list[dict[str, Any]], key: str) -> np.ndarray:
 
 def save(opts: Options, fig: Any, stem: str) -> Path:
     """Write ``fig`` to ``opts.figures/stem.png`` and close it."""
+    import matplotlib.pyplot as plt
+
     from landscape.plots import save_figure
 
-    return save_figure(fig, opts.figures / stem, ["png"])[0]
+    path = save_figure(fig, opts.figures / stem, ["png"])[0]
+    plt.close(fig)
+    return path
 
 
 def _jsonable(value: Any) -> Any:
