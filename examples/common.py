@@ -102,6 +102,19 @@ def full_dataset(**synthetic: Any) -> tuple[str, dict[str, Any]]:
         return "gaussian_mixture", {"image_shape": [3, 32, 32], "n_train": 5000, "n_test": 2000, **synthetic}
 
 
+def model_and_data(opts: Options) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields of model and data at this scale, from the settings ``width``,
+    ``train_size`` (and ``n_train``/``n_test`` for the synthetic stand-in): a two-layer MLP on digits,
+    or ResNet-20 on :func:`full_dataset` (``train_size`` applies to CIFAR-10 only)."""
+    if opts.scale == "full":
+        sizes = {k: opts[k] for k in ("n_train", "n_test") if opts.settings.get(k) is not None}
+        dataset, params = full_dataset(**sizes)
+        return {"model": "resnet20", "model_params": {"width": opts["width"]}, "dataset": dataset,
+                "dataset_params": params, "train_size": opts["train_size"] if dataset == "cifar10" else None}
+    return {"model": "mlp", "model_params": {"width": opts["width"], "depth": 2}, "dataset": "digits",
+            "train_size": opts["train_size"]}
+
+
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

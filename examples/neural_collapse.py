@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from common import Options, full_dataset, main, probe, save, say, train_run
+from common import Options, main, model_and_data, probe, save, say, train_run
 from landscape.checkpoints import RunDir
 from landscape.train.config import TrainConfig
 from landscape.train.losses import LOSSES
@@ -96,14 +96,7 @@ def config(opts: Options, loss: str, loss_params: dict[str, Any]) -> TrainConfig
         lr=opts["lr_mse"] if loss == "mse" else opts["lr"], weight_decay=WEIGHT_DECAY, schedule="step",
         schedule_params={"milestones": MILESTONES, "gamma": 0.1}, epochs=opts["epochs"],
         batch_size=opts["batch_size"], checkpoints=f"log:{opts['checkpoints']}")
-    if opts.scale == "full":
-        sizes = {k: opts[k] for k in ("n_train", "n_test") if opts[k] is not None}
-        dataset, params = full_dataset(**sizes)
-        train_size = opts["train_size"] if dataset == "cifar10" else None
-        return TrainConfig(model="resnet20", model_params={"width": opts["width"]}, dataset=dataset,
-                           dataset_params=params, train_size=train_size, **common)
-    return TrainConfig(model="mlp", model_params={"width": opts["width"], "depth": 2}, dataset="digits",
-                       train_size=opts["train_size"], **common)
+    return TrainConfig(**model_and_data(opts), **common)
 
 
 def train_curve(run_dir) -> tuple[np.ndarray, np.ndarray]:

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from common import Options, full_dataset, main, probe, save, say, train_run
+from common import Options, main, model_and_data, probe, save, say, train_run
 from landscape.checkpoints import RunDir
 from landscape.train.config import TrainConfig
 
@@ -75,14 +75,7 @@ def config(opts: Options, random_labels: bool) -> TrainConfig:
     common: dict[str, Any] = dict(
         random_labels=random_labels, optimizer="sgd", optimizer_params={"momentum": 0.9}, lr=opts["lr"],
         epochs=opts["epochs"], batch_size=opts["batch_size"], checkpoints=f"log:{opts['checkpoints']}")
-    if opts.scale == "full":
-        sizes = {k: opts[k] for k in ("n_train", "n_test") if opts[k] is not None}
-        dataset, params = full_dataset(**sizes)
-        train_size = opts["train_size"] if dataset == "cifar10" else None
-        return TrainConfig(model="resnet20", model_params={"width": opts["width"]}, dataset=dataset,
-                           dataset_params=params, train_size=train_size, **common)
-    return TrainConfig(model="mlp", model_params={"width": opts["width"], "depth": 2}, dataset="digits",
-                       train_size=opts["train_size"], **common)
+    return TrainConfig(**model_and_data(opts), **common)
 
 
 def nearest_epoch(epochs: np.ndarray, target: float) -> int:
