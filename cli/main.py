@@ -16,7 +16,9 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from landscape.errors import ConfigError, LandscapeError
 
@@ -28,8 +30,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# User text (paths, names, settings) is printed literally: no emoji codes anywhere, and every
+# piece of it inside a markup string goes through _lit (rich.markup.escape).
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
+
+
+def _lit(value: Any) -> str:
+    """``value`` as text that rich prints literally inside a markup string."""
+    return escape(str(value))
 
 
 def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
@@ -134,7 +143,7 @@ def train(
     result = run_training(cfg, out, resume=resume, overwrite=overwrite, device=device, progress=progress)
     final = result.final
     console.print(
-        f"run directory: [bold]{result.run_dir}[/]  steps {result.steps}  "
+        f"run directory: [bold]{_lit(result.run_dir)}[/]  steps {result.steps}  "
         f"train acc {final.get('train_acc', float('nan')):.4f}  test acc {final.get('test_acc', float('nan')):.4f}"
     )
 
@@ -152,7 +161,7 @@ def demo(
 
     result = run_demo(out, device=device, epochs=epochs, progress=progress)
     run_dir = result.training.run_dir
-    table = Table(title=f"training: {run_dir}")
+    table = Table(title=f"training: {_lit(run_dir)}")
     for col in ("epoch", "train loss", "train acc", "test loss", "test acc"):
         table.add_column(col, justify="right")
     for r in RunDir(run_dir).metrics():
@@ -165,15 +174,24 @@ def demo(
     for probe, records in result.results.items():
         _print_summary(probe, records)
     for probe, error in result.failures.items():
-        err_console.print(f"[bold red]{probe} failed:[/] {error}", highlight=False, soft_wrap=True)
-    console.print(f"run directory: [bold]{run_dir}[/]  results: {run_dir / 'analysis.h5'}  "
-                  f"figures: {run_dir / 'plots'} ({len(result.figures)} files)")
+        err_console.print(f"[bold red]{_lit(probe)} failed:[/] {_lit(error)}", highlight=False, soft_wrap=True)
+    console.print(f"run directory: [bold]{_lit(run_dir)}[/]  results: {_lit(run_dir / 'analysis.h5')}  "
+                  f"figures: {_lit(run_dir / 'plots')} ({len(result.figures)} files)")
 
 
 # ---- probes ------------------------------------------------------------------------------------
 
 TARGET = typer.Argument(..., help="RUN_DIR, one of its checkpoint files, or a foreign checkpoint file/folder.")
-CHECKPOINTS = typer.Option("last", "--checkpoints", help="last, first, all, every:N, or steps S1,S2,…")
+CHECKPOINTS_HELP = ("last, first, all, every:N, a step (or epoch), step:S, epoch:E, a name or a glob (epoch_1*); "
+                    "comma lists mix them. Checkpoints are in training order (epoch_5 before epoch_10).")
+CHECKPOINTS = typer.Option("last", "--checkpoints", help=CHECKPOINTS_HELP)
+STRIP_PREFIX = typer.Option(None, "--strip-prefix", help="Load the weights under this key prefix, without it "
+                            "(e.g. model. for a Lightning module's self.model); a prefix every key shares and the "
+                            "model lacks is stripped by itself.")
+OUTSIDE_LINKS = typer.Option(False, "--allow-outside-links", help="Follow checkpoints of a run that are symlinks "
+                             "to files outside it (refused by default).")
+WEIGHTS = typer.Option("auto", "--weights", help="ema, raw, or auto (EMA weights where the checkpoint has them); "
+                       "the choice is recorded with the results.")
 OUT = typer.Option(None, "--out", "-o", help="Results file (default RUN_DIR/analysis.h5).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N.")
 MODEL = typer.Option(None, "--model", help="Model name, for a checkpoint outside a RUN_DIR.")
@@ -181,7 +199,8 @@ MODEL_PARAM = typer.Option(None, "--model-param", help="KEY=VALUE for --model, r
 NUM_CLASSES = typer.Option(None, "--num-classes", help="Class count, for --model.")
 INPUT_SHAPE = typer.Option(None, "--input-shape", help="Input shape C,H,W (or D), for --model.")
 FACTORY = typer.Option(None, "--model-factory", help="pkg.module:function building the model.")
-DATASET = typer.Option(None, "--dataset", help="Dataset, for a checkpoint outside a RUN_DIR (default digits).")
+DATASET = typer.Option(None, "--dataset", help="Dataset, required for a checkpoint outside a RUN_DIR, e.g. "
+                       "npz with --dataset-param path=FILE.npz (used as given; normalize=standardize to standardize).")
 DATASET_PARAM = typer.Option(None, "--dataset-param", help="KEY=VALUE for --dataset, repeatable.")
 LOSS = typer.Option(None, "--loss", help="Loss, for a checkpoint outside a RUN_DIR (default ce).")
 FORCE = typer.Option(False, "--force", help="Recompute results already stored with the same settings.")
@@ -204,9 +223,11 @@ def _foreign_specs(model, model_param, num_classes, input_shape, factory, datase
     if model or factory:
         model_spec = ModelSpec(name=model, input_shape=shape, num_classes=num_classes,
                                params=parse_key_values(model_param, "--model-param"), factory=factory)
-    data_spec = DataSpec(dataset=dataset or "digits", dataset_params=parse_key_values(dataset_param, "--dataset-param"),
+    data_spec = DataSpec(dataset=dataset, dataset_params=parse_key_values(dataset_param, "--dataset-param"),
                          loss=loss or "ce")
-    if model_spec is not None and model_spec.factory is None and (shape is None or num_classes is None):
+    # without --dataset the spec stays incomplete: a RUN_DIR ignores it, a foreign checkpoint is refused
+    if (model_spec is not None and model_spec.factory is None and (shape is None or num_classes is None)
+            and dataset is not None):
         from landscape.datasets import load_dataset
 
         data = load_dataset(data_spec.dataset, **data_spec.dataset_params)
@@ -216,7 +237,9 @@ def _foreign_specs(model, model_param, num_classes, input_shape, factory, datase
 
 
 def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | None, device: str, foreign,
-                   force: bool, plots: bool, progress: bool, unit: str = "", work_per_target: int = 0) -> None:
+                   force: bool, plots: bool, progress: bool, unit: str = "", work_per_target: int = 0,
+                   weights: str = "auto", strip_prefix: str | None = None,
+                   allow_outside_links: bool = False) -> None:
     """Run a probe with a progress bar: over checkpoints, or over units of work (``work_per_target``
     per checkpoint, e.g. grid points) with an ETA; then a summary table and the figures."""
     from rich.progress import (
@@ -229,14 +252,16 @@ def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | 
         TimeRemainingColumn,
     )
 
-    from landscape.analyze import default_output, run_probe
+    from landscape.analyze import check_model_specs, default_output, run_probe
     from landscape.targets import resolve_targets
 
     model_spec, data_spec = foreign
-    n_targets = len(resolve_targets(target, checkpoints))  # a missing or empty target fails first
+    targets = resolve_targets(target, checkpoints, weights=weights, strip_prefix=strip_prefix)  # fails first
+    n_targets = len(targets)
     out_path = out if out is not None else default_output(target)
-    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[work]}"), TimeElapsedColumn()]
+    check_model_specs(targets, model_spec)  # so does a factory that cannot (or may not) be used
+    columns = [SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[work]}", markup=False), TimeElapsedColumn()]
     if work_per_target:
         columns.append(TimeRemainingColumn())
     bar = Progress(*columns, console=err_console, disable=not progress)
@@ -244,9 +269,13 @@ def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | 
         total = n_targets * work_per_target if work_per_target else n_targets
         task = bar.add_task(probe, total=total, work="")
         finished = {"targets": 0}
+        failures: dict[str, str] = {}
+
+        def on_failure(t, error):
+            failures[t.name] = error
 
         def on_target(t, state):
-            if state in ("done", "stored"):
+            if state in ("done", "stored", "failed"):
                 finished["targets"] += 1
                 bar.update(task, completed=finished["targets"] * (work_per_target or 1))
             bar.update(task, description=f"{probe} {t.name}", work="(stored)" if state == "stored" else "")
@@ -259,16 +288,25 @@ def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | 
 
         records = run_probe(target, probe, cfg, checkpoints=checkpoints, out=out_path, device=device,
                             model_spec=model_spec, data_spec=data_spec, force=force,
+                            weights=weights, strip_prefix=strip_prefix,
+                            allow_outside_links=allow_outside_links, on_failure=on_failure,
                             on_progress=on_progress, on_target=on_target)
+    if failures and not records:  # nothing could be loaded: the error itself, one line, exit 2
+        errors = set(failures.values())
+        if len(errors) == 1:
+            raise LandscapeError(errors.pop())
+        _print_failures({f"{probe} {name}": error for name, error in failures.items()})
+        raise typer.Exit(2)
     _print_summary(probe, records)
-    console.print(f"results: [bold]{out_path}[/]")
+    _print_failures({f"{probe} {name}": error for name, error in failures.items()})
+    console.print(f"results: [bold]{_lit(out_path)}[/]")
     if plots:
         from landscape.figures import plots_dir_for, probe_figures
 
         folder = plots_dir_for(out_path)
         written = probe_figures(out_path, probe, folder)
         if written:
-            console.print(f"figures: [bold]{folder}[/] ({len(written)} files)")
+            console.print(f"figures: [bold]{_lit(folder)}[/] ({len(written)} files)")
 
 
 def _print_summary(probe: str, records) -> None:
@@ -278,7 +316,7 @@ def _print_summary(probe: str, records) -> None:
     from landscape.probes import PROBES
 
     keys = PROBES[probe].summary
-    table = Table(title=probe)
+    table = Table(title=_lit(probe))
     table.add_column("checkpoint", style="bold", no_wrap=True)
     has_splits = any(isinstance(r.result.get("train"), dict) or isinstance(r.result.get("test"), dict) for r in records)
     if has_splits:
@@ -294,7 +332,7 @@ def _print_summary(probe: str, records) -> None:
                 arr = None if v is None else np.atleast_1d(np.asarray(v, dtype=float))
                 cells.append("–" if arr is None else ", ".join(f"{a:.4g}" for a in arr[:5]))
             name = r.target.name + (" (stored)" if r.skipped else "")
-            table.add_row(name, *([split] if has_splits else []), *cells)
+            table.add_row(_lit(name), *([split] if has_splits else []), *cells)
     console.print(table)
 
 
@@ -307,12 +345,14 @@ def probe_command(probe: str, *, checkpoints: str = "last", unit: str = "",
     --plots, --progress) are declared here once and handled by :func:`_run_probe_cli`.
     """
     shared = [
-        ("checkpoints", str, typer.Option(checkpoints, "--checkpoints", help="last, first, all, every:N, or steps S1,S2,…")),
+        ("checkpoints", str, typer.Option(checkpoints, "--checkpoints", help=CHECKPOINTS_HELP)),
         ("out", Optional[Path], OUT), ("device", str, DEVICE), ("model", Optional[str], MODEL),
         ("model_param", Optional[list[str]], MODEL_PARAM), ("num_classes", Optional[int], NUM_CLASSES),
         ("input_shape", Optional[str], INPUT_SHAPE), ("model_factory", Optional[str], FACTORY),
         ("dataset", Optional[str], DATASET), ("dataset_param", Optional[list[str]], DATASET_PARAM),
         ("loss", Optional[str], LOSS), ("force", bool, FORCE), ("plots", bool, PLOTS), ("progress", bool, PROGRESS),
+        ("weights", str, WEIGHTS), ("strip_prefix", Optional[str], STRIP_PREFIX),
+        ("allow_outside_links", bool, OUTSIDE_LINKS),
     ]
 
     def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
@@ -326,7 +366,8 @@ def probe_command(probe: str, *, checkpoints: str = "last", unit: str = "",
                                      opts["model_factory"], opts["dataset"], opts["dataset_param"], opts["loss"])
             _run_probe_cli(probe, cfg, target, opts["checkpoints"], opts["out"], opts["device"], foreign,
                            opts["force"], opts["plots"], opts["progress"], unit=unit,
-                           work_per_target=work(cfg) if work else 0)
+                           work_per_target=work(cfg) if work else 0, weights=opts["weights"],
+                           strip_prefix=opts["strip_prefix"], allow_outside_links=opts["allow_outside_links"])
 
         command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [inspect.Parameter("target", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=TARGET, annotation=Path),
@@ -477,6 +518,8 @@ def analyze(
     input_shape: Optional[str] = INPUT_SHAPE, model_factory: Optional[str] = FACTORY, dataset: Optional[str] = DATASET,
     dataset_param: Optional[list[str]] = DATASET_PARAM, loss: Optional[str] = LOSS,
     force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
+    weights: str = WEIGHTS, strip_prefix: Optional[str] = STRIP_PREFIX,
+    allow_outside_links: bool = OUTSIDE_LINKS,
 ) -> None:
     """Run several probes on a run's checkpoints into one results file; a failing probe is reported and the others go on.
 
@@ -491,45 +534,87 @@ def analyze(
         if not dot or not name:
             raise ConfigError(f"--setting takes PROBE.KEY=VALUE, got {key!r}")
         settings.setdefault(probe, {})[name] = value
-    from landscape.analyze import parse_probes
+    from landscape.analyze import check_model_specs, parse_probes
     from landscape.probes import make_config
     from landscape.targets import resolve_targets
 
-    resolve_targets(target, checkpoints)  # a missing or empty target fails first
+    targets = resolve_targets(target, checkpoints, weights=weights, strip_prefix=strip_prefix)  # fails first
     out_path = out if out is not None else default_output(target)
-
-    for name in parse_probes(probes):  # argument mistakes fail here, before any progress output
+    names = parse_probes(probes)
+    for name in names:  # argument mistakes fail here, before any progress output
         make_config(name, **settings.get(name, {}))
     if executor not in ("local", "process", "ray"):
         raise ConfigError(f"unknown executor {executor!r}; valid: local, process, ray")
-    with _progress_bar(progress) as bar:
-        task = bar.add_task("analyze", total=None, work="")
+    model_spec, data_spec = _foreign_specs(model, model_param, num_classes, input_shape, model_factory,
+                                           dataset, dataset_param, loss)
+    check_model_specs(targets, model_spec)  # a factory that cannot (or may not) be used: one line, once
+    with _analysis_progress(progress) as bar:
+        task = bar.add_task("analyze", total=len(names) * len(targets), work="")
+        now = {"probe": names[0], "finished": 0}
+
+        def on_probe(name):
+            now["probe"] = name
+            bar.update(task, description=f"{name} ({names.index(name) + 1}/{len(names)})", work="")
 
         def on_target(t, state):
-            bar.update(task, description=f"{t.name}", work="(stored)" if state == "stored" else state)
+            if state in ("done", "stored", "failed"):
+                now["finished"] += 1
+                bar.update(task, completed=now["finished"])
+            shown = {"start": "", "done": "done", "stored": "(stored)", "failed": "failed"}.get(state, state)
+            bar.update(task, description=f"{now['probe']} ({names.index(now['probe']) + 1}/{len(names)}) {t.name}",
+                       work=shown)
 
-        model_spec, data_spec = _foreign_specs(model, model_param, num_classes, input_shape, model_factory,
-                                               dataset, dataset_param, loss)
-        report = run_analysis(target, probes, settings=settings, checkpoints=checkpoints, out=out_path,
-                              device=device, force=force, on_target=on_target, executor=executor,
-                              workers=workers, address=address, model_spec=model_spec, data_spec=data_spec)
+        def on_progress(t, n):
+            bar.update(task, work=f"{n}")
+
+        report = run_analysis(target, names, settings=settings, checkpoints=checkpoints, out=out_path,
+                              device=device, force=force, on_target=on_target, on_progress=on_progress,
+                              on_probe=on_probe, executor=executor, workers=workers, address=address,
+                              model_spec=model_spec, data_spec=data_spec, weights=weights,
+                              strip_prefix=strip_prefix, allow_outside_links=allow_outside_links)
     for probe, records in report.results.items():
         _print_summary(probe, records)
-    for probe, error in report.failures.items():
-        err_console.print(f"[bold red]{probe} failed:[/] {error}", highlight=False, soft_wrap=True)
-    console.print(f"results: [bold]{out_path}[/]")
+    _print_failures(report.failures)
+    console.print(f"results: [bold]{_lit(out_path)}[/]")
     if plots:
         folder = plots_dir_for(out_path)
         written = [p for probe in report.results for p in probe_figures(out_path, probe, folder)]
-        console.print(f"figures: [bold]{folder}[/] ({len(written)} files)")
+        console.print(f"figures: [bold]{_lit(folder)}[/] ({len(written)} files)")
     if report.failures and not report.results:
         raise typer.Exit(2)
+
+
+def _print_failures(failures: dict[str, str]) -> None:
+    """One line per failure; the same error for several checkpoints is printed once, with their names."""
+    by_error: dict[str, list[str]] = {}
+    for what, error in failures.items():
+        by_error.setdefault(error, []).append(what)
+    for error, whats in by_error.items():
+        shown = ", ".join(whats[:3]) + (f" and {len(whats) - 3} more" if len(whats) > 3 else "")
+        err_console.print(f"[bold red]{_lit(shown)} failed:[/] {_lit(error)}", highlight=False, soft_wrap=True)
+
+
+def _analysis_progress(enabled: bool):
+    """Progress over (probe × checkpoint) tasks: the probe, the checkpoint, its work, elapsed and ETA."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
+                    MofNCompleteColumn(), TextColumn("{task.fields[work]}", markup=False), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), console=err_console, disable=not enabled)
 
 
 def _progress_bar(enabled: bool):
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TextColumn("{task.fields[work]}"),
+    return Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TextColumn("{task.fields[work]}", markup=False),
                     TimeElapsedColumn(), console=err_console, disable=not enabled)
 
 
@@ -558,22 +643,25 @@ def correlate(
     rows = correlation_table(records, gap=gap, axes=axis_list, cmi=cmi)
     if not rows:
         raise ConfigError("no measure is stored for every run; run `landscape analyze` on each RUN_DIR first")
-    table = Table(title=f"measures vs generalization gap ({gap}), {len(records)} runs, axes: {', '.join(axis_list) or '–'}")
+    table = Table(title=f"measures vs generalization gap ({_lit(gap)}), {len(records)} runs, "
+                        f"axes: {_lit(', '.join(axis_list) or '–')}")
     extra = [c for c in rows[0] if c.startswith("psi") or c == "cmi"]
     for c in ["measure", "τ", "τ 95% CI", "Spearman", *extra]:
         table.add_column(c.replace("psi", "Ψ"), justify="left" if c == "measure" else "right", overflow="fold")
     for row in rows:
-        table.add_row(row["measure"], f"{row['tau']:+.2f}", f"[{row['tau_low']:+.2f}, {row['tau_high']:+.2f}]",
+        table.add_row(_lit(row["measure"]), f"{row['tau']:+.2f}", _lit(f"[{row['tau_low']:+.2f}, {row['tau_high']:+.2f}]"),
                       f"{row['spearman']:+.2f}", *(f"{row[c]:+.2f}" for c in extra))
     console.print(table)
     if out is not None:
+        runs_table = _runs_table(records)
         try:
-            if out.suffix == ".csv":
-                columns = list(dict.fromkeys(k for row in rows for k in row))
-                text = ",".join(columns) + "\n" + "".join(",".join(str(row.get(c, "")) for c in columns) + "\n" for row in rows)
-                atomic_write(out, lambda fh: fh.write(text))
+            if out.suffix == ".csv":  # the correlations, and beside them the per-run measures and gaps
+                runs_out = out.with_name(f"{out.stem}_runs.csv")
+                atomic_write(out, lambda fh: _write_csv(fh, rows))
+                atomic_write(runs_out, lambda fh: _write_csv(fh, runs_table))
             else:
-                atomic_write_json(out, {"gap": gap, "axes": axis_list, "runs": [str(r) for r in run_dirs], "rows": rows})
+                atomic_write_json(out, {"gap": gap, "axes": axis_list, "runs": [str(r) for r in run_dirs], "rows": rows,
+                                        "runs_table": runs_table})
         except OSError as exc:
             raise ConfigError(f"cannot write {out} ({exc.strerror}); choose another --out") from exc
         g = generalization_gap(records, kind=gap)
@@ -585,7 +673,34 @@ def correlate(
                                        ylabel=f"gap ({gap})", group_label=color or "",
                                        title=f"τ = {row['tau']:+.2f}")
             save_figure(fig, folder / row["measure"].replace("@", "_at_"))
-        console.print(f"table: [bold]{out}[/]  scatter plots: [bold]{folder}[/]")
+        beside = f"  per-run table: [bold]{_lit(runs_out)}[/]" if out.suffix == ".csv" else ""
+        console.print(f"table: [bold]{_lit(out)}[/]{beside}  scatter plots: [bold]{_lit(folder)}[/]")
+
+
+def _runs_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run: what :func:`landscape.analyze.collect_runs` found (hyper-parameters, metrics,
+    measures) plus ``gap_acc`` = train − test accuracy and ``gap_loss`` = test − train loss."""
+    table = []
+    for r in records:
+        row = dict(r)
+        for name, (a, b) in {"gap_acc": ("train_acc", "test_acc"), "gap_loss": ("test_loss", "train_loss")}.items():
+            if isinstance(r.get(a), int | float) and isinstance(r.get(b), int | float):
+                row[name] = float(r[a]) - float(r[b])
+        table.append(row)
+    return table
+
+
+def _write_csv(fh, rows: list[dict[str, Any]]) -> None:
+    """Rows (dicts) as CSV: the union of their keys as columns, empty cells where a row has none,
+    lists and dicts as JSON."""
+    import csv
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.writer(fh, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        cells = (row.get(c) for c in columns)
+        writer.writerow(["" if v is None else json.dumps(v) if isinstance(v, list | dict) else v for v in cells])
 
 
 @app.command()
@@ -607,12 +722,35 @@ def sweep(
     with _progress_bar(progress) as bar:
         bar.add_task(f"sweep: {n} runs", total=None, work=f"executor {executor}")
         results = run_sweep(spec, out, device=device, executor=executor, workers=workers, address=address)
-    table = Table(title=f"sweep {grid} → {out}")
+    table = Table(title=f"sweep {_lit(grid)} → {_lit(out)}")
     for c in ("run", "status", "test acc"):
         table.add_column(c, justify="left" if c == "run" else "right")
     for r in results:
-        table.add_row(r.name, r.status, "–" if r.test_acc is None else f"{r.test_acc:.4f}")
+        table.add_row(_lit(r.name), _lit(r.status), "–" if r.test_acc is None else f"{r.test_acc:.4f}")
     console.print(table)
+
+
+@app.command()
+def export(
+    results: Path = typer.Argument(..., help="A results file (analysis.h5)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write the tidy table here as CSV (needs no pandas)."),
+    parquet: Optional[Path] = typer.Option(None, "--parquet", help="Write it here as Parquet (needs pandas and pyarrow)."),
+    max_vector: int = typer.Option(32, "--max-vector", help="1-D arrays up to this length become rows (0: all)."),
+    metrics: bool = typer.Option(True, "--metrics/--no-metrics", help="Include the training metrics of each checkpoint."),
+) -> None:
+    """One row per checkpoint × probe × measure (× split, × index): step, epoch, value, settings hash (docs/schema.md)."""
+    from landscape.results import load_results
+
+    if csv is None and parquet is None:
+        raise ConfigError("name the output: --csv OUT.csv and/or --parquet OUT.parquet")
+    if max_vector < 0:
+        raise ConfigError(f"--max-vector must be ≥ 0, got {max_vector}")
+    res = load_results(results)
+    options = {"max_vector": max_vector or None, "metrics": metrics}
+    for path, write in ((csv, res.to_csv), (parquet, res.to_parquet)):
+        if path is not None:
+            n = write(path, **options)
+            console.print(f"table: [bold]{_lit(path)}[/] ({n} rows)")
 
 
 @app.command()
@@ -633,7 +771,19 @@ def plot(
     written = all_figures(results, folder, ("png", "pdf") if pdf else ("png",))
     if vtp:
         written += surface_vtps(results, folder)
-    console.print(f"figures: [bold]{folder}[/] ({len(written)} files)")
+    console.print(f"figures: [bold]{_lit(folder)}[/] ({len(written)} files)")
+
+
+@app.command()
+def repack(
+    results: Path = typer.Argument(..., help="A results file (analysis.h5)."),
+    allow_symlink: bool = typer.Option(False, "--allow-symlink", help="Compact the file a symlink points to."),
+) -> None:
+    """Compact a results file: rewrite it without the space earlier writes left unused (same contents)."""
+    from landscape.store import Store
+
+    before, after = Store(results, allow_symlink=allow_symlink).repack()
+    console.print(f"repacked [bold]{_lit(results)}[/]: {before:,} → {after:,} bytes")
 
 
 def _list_registry(kind: str, entries: list[tuple[str, str, str]]) -> None:
@@ -699,10 +849,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except LandscapeError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        message = " ".join(str(exc).splitlines())  # one line, printed literally (no markup, no emoji)
+        err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        err_console.print("interrupted; `landscape train --out RUN_DIR --resume` continues a run")
+        err_console.print("interrupted: rerun the same command to resume (`landscape train`: add --resume)",
+                          markup=False, highlight=False, soft_wrap=True)
         return 130
     return 0
 

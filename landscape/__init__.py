@@ -2,3 +2,14 @@
 literature studies, then measure the geometry of what was trained."""
 
 __version__ = "0.1.0"
+
+# the façade: each name is imported on first use, so `import landscape` stays light
+_LAZY = {"load_results": "landscape.results"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'landscape' has no attribute {name!r}")

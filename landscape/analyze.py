@@ -19,12 +19,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from landscape.checkpoints import ModelSpec, file_sha256
-from landscape.errors import ConfigError, LandscapeError
+from landscape.checkpoints import ModelSpec, checkpoint_matches, file_fingerprint, file_sha256
+from landscape.errors import CheckpointError, ConfigError, LandscapeError
 from landscape.executors import map_tasks
 from landscape.probes import PROBES, ProbeContext
-from landscape.store import Store, settings_hash
-from landscape.targets import DataSpec, Target, load_data_and_loss, load_model, resolve_targets
+from landscape.store import Store, checkpoint_name, group_name, settings_hash
+from landscape.targets import (
+    DataSpec,
+    Target,
+    load_data_and_loss,
+    load_model_and_record,
+    resolve_targets,
+)
 from landscape.utils import resolve_device, versions
 
 
@@ -64,8 +70,20 @@ def run_probe(
     executor: str = "local",
     workers: int | None = None,
     address: str | None = None,
+    on_failure: Callable[[Target, str], None] | None = None,
+    allow_outside_links: bool = False,
+    weights: str = "auto",
+    strip_prefix: str | None = None,
 ) -> list[ProbeRecord]:
     """Run ``probe`` with config ``cfg`` on the selected checkpoints of ``path``; store and return the results.
+
+    A checkpoint that cannot be loaded (unreadable, wrong architecture) is told to
+    ``on_failure(target, message)`` and the others go on; without ``on_failure`` it raises.
+    A factory recorded in a run's ``config.json`` runs only when ``model_spec`` names one
+    (the trust boundary of :class:`landscape.checkpoints.ModelSpec`). ``weights`` (``auto`` | ``ema``
+    | ``raw``) and ``strip_prefix`` say which tensors of a checkpoint are the model's
+    (:func:`landscape.checkpoints.load_state_dict`, :func:`~landscape.checkpoints.fit_state_dict`);
+    what was used is stored beside the results (``checkpoint_load``).
 
     ``on_target(target, state)`` is told ``"start"``/``"done"``/``"stored"`` per checkpoint and
     ``on_progress(target, n)`` the probe's units of work (HVPs for the Hessian). ``executor``
@@ -78,15 +96,16 @@ def run_probe(
     if not isinstance(cfg, spec.config):
         raise ConfigError(f"probe {probe!r} takes a {spec.config.__name__}, got {type(cfg).__name__}")
     dev = resolve_device(device)
-    targets = resolve_targets(path, checkpoints)
+    targets = resolve_targets(path, checkpoints, weights=weights, strip_prefix=strip_prefix)
     store = Store(out if out is not None else default_output(path))
+    check_model_specs(targets, model_spec)
     store.check_writable()
     settings = dataclasses.asdict(cfg)
     stored = _check_stored(store, targets, spec.name, settings, force)
     records: list[ProbeRecord] = []
     todo: list[tuple[Target, str]] = []
     for target in targets:
-        group = f"{target.name}/{spec.name}"
+        group = f"{group_name(target.name)}/{spec.name}"
         if stored.get(group) == "complete":
             if on_target:
                 on_target(target, "stored")
@@ -97,35 +116,53 @@ def run_probe(
     def write(target: Target, group: str, result: dict[str, Any], info: dict[str, Any], complete: bool) -> None:
         attrs = {"probe": spec.name, "settings": settings, "settings_hash": settings_hash(settings),
                  "versions": versions(), "device": str(dev), **info, "complete": complete}
+        binding = {"checkpoint": str(target.path), "checkpoint_sha256": file_sha256(target.path),
+                   **file_fingerprint(target.path)}  # results are bound to the file they came from
+        attrs.update(binding)
         parent = {
-            "checkpoint": str(target.path),
-            "checkpoint_sha256": file_sha256(target.path),
-            **({"step": target.step} if target.step is not None else {}),
+            **binding,
+            **target.attrs(),
             **{k: v for k, v in target.metrics().items() if isinstance(v, int | float)},
         }
         store.write(group, _storable(result), attrs, parent)
 
-    tasks = [ProbeTask(target, spec.name, cfg, str(dev), model_spec, data_spec) for target, _ in todo]
+    def failed(target: Target, exc: CheckpointError) -> None:
+        if on_failure is None:
+            raise exc
+        on_failure(target, str(exc))
+        if on_target:
+            on_target(target, "failed")
+
+    tasks = [ProbeTask(target, spec.name, cfg, str(dev), model_spec, data_spec, allow_outside_links)
+             for target, _ in todo]
     if executor == "local":
         caches: dict[str, Any] = {}
         for task, (target, group) in zip(tasks, todo, strict=True):
             if on_target:
                 on_target(target, "start")
             partial = store.read(group)[0] if stored.get(group) == "partial" else None
-            result, info = compute_probe(
-                task, caches=caches, partial=partial,
-                advance=(lambda n, t=target: on_progress(t, n)) if on_progress else None,
-                save_partial=lambda arrays, t=target, g=group, c=caches: write(t, g, arrays, c["info"], False),
-            )
+            try:
+                result, info = compute_probe(
+                    task, caches=caches, partial=partial,
+                    advance=(lambda n, t=target: on_progress(t, n)) if on_progress else None,
+                    save_partial=lambda arrays, t=target, g=group, c=caches: write(t, g, arrays, c["info"], False),
+                )
+            except CheckpointError as exc:
+                failed(target, exc)
+                continue
             write(target, group, result, info, True)
             records.append(ProbeRecord(target, group, result, False, info["seconds"]))
             if on_target:
                 on_target(target, "done")
     else:  # workers compute, this process alone writes
         gpus = 1.0 if dev.type == "cuda" else 0.0
-        outputs = map_tasks(compute_probe, tasks, executor=executor, workers=workers, address=address,
+        outputs = map_tasks(_compute_or_fail, tasks, executor=executor, workers=workers, address=address,
                             gpus_per_task=gpus)
-        for (target, group), (result, info) in zip(todo, outputs, strict=True):
+        for (target, group), output in zip(todo, outputs, strict=True):
+            if isinstance(output, CheckpointError):
+                failed(target, output)
+                continue
+            result, info = output
             write(target, group, result, info, True)
             records.append(ProbeRecord(target, group, result, False, info["seconds"]))
             if on_target:
@@ -144,6 +181,29 @@ class ProbeTask:
     device: str
     model_spec: ModelSpec | None = None
     data_spec: DataSpec | None = None
+    allow_outside_links: bool = False
+
+
+def check_model_specs(targets: list[Target], model_spec: ModelSpec | None) -> None:
+    """Fail once, before any work, when a target's model cannot be built: a factory that cannot be
+    imported, or one recorded in a run's config.json that the user has not named."""
+    from landscape.targets import model_spec_for
+
+    seen: set[Any] = set()
+    for target in targets:
+        key = target.run_dir
+        if key in seen:
+            continue
+        seen.add(key)
+        model_spec_for(target, model_spec).check()
+
+
+def _compute_or_fail(task: ProbeTask) -> tuple[dict[str, Any], dict[str, Any]] | CheckpointError:
+    """:func:`compute_probe` for workers: a checkpoint that cannot be loaded comes back as its error."""
+    try:
+        return compute_probe(task)
+    except CheckpointError as exc:
+        return exc
 
 
 _WORKER_CACHES: dict[str, Any] = {}
@@ -165,9 +225,13 @@ def compute_probe(
     if key not in caches:
         caches[key] = load_data_and_loss(target, task.data_spec)
     data, loss = caches[key]
-    caches["info"] = {"data": {"dataset": data.name, "n_train": len(data.train), "n_test": len(data.test)},
+    caches["info"] = {"data": {"dataset": data.name, "n_train": len(data.train), "n_test": len(data.test),
+                               "input_dtype": str(data.train.x.dtype).removeprefix("torch."),
+                               "normalization": data.normalization,
+                               "source": (data.info or {}).get("source", {})},
                       "loss": getattr(loss, "spec", lambda: {})()}
-    model = load_model(target, task.model_spec, dev)
+    model, caches["info"]["checkpoint_load"] = load_model_and_record(target, task.model_spec, dev,
+                                                                     allow_outside=task.allow_outside_links)
     ctx = ProbeContext(model=model, loss=loss.per_sample, data=data, device=dev,
                        run_cache=caches.setdefault(f"run:{target.run_dir}", {}),
                        advance=advance or (lambda n: None), run_dir=target.run_dir,
@@ -190,10 +254,27 @@ def _check_stored(store: Store, targets: list[Target], probe: str, settings: dic
     wanted = settings_hash(settings)
     found: dict[str, str] = {}
     for target in targets:
-        group = f"{target.name}/{probe}"
+        group = f"{group_name(target.name)}/{probe}"
         attrs = store.attrs(group) if store.exists() else {}
         if not attrs:
             continue
+        bound = attrs if attrs.get("checkpoint_sha256") else store.attrs(group_name(target.name))
+        if not checkpoint_matches(target.path, bound):
+            raise ConfigError(
+                f"{store.path} already holds {probe} results for {target.name}, computed from another "
+                f"checkpoint file (sha256 {str(bound.get('checkpoint_sha256') or 'unknown')[:12]}…, "
+                f"{bound.get('checkpoint') or 'unrecorded path'}), not {target.path}; "
+                "pass --force to recompute them, or write to another --out"
+            )
+        asked = {"weights": target.weights, "strip_prefix": target.strip_prefix}
+        was = (attrs.get("checkpoint_load") or {}).get("requested", asked)
+        if was != asked:
+            raise ConfigError(
+                f"{store.path} already holds {probe} results for {target.name} read with --weights "
+                f"{was.get('weights')} --strip-prefix {was.get('strip_prefix')}, not --weights "
+                f"{asked['weights']} --strip-prefix {asked['strip_prefix']}; pass --force to replace "
+                "them, or write to another --out"
+            )
         if attrs.get("settings_hash") != wanted:
             old = attrs.get("settings") or {}
             diff = ", ".join(f"{k} {old.get(k)!r} → {v!r}" for k, v in settings.items() if old.get(k) != v)
@@ -234,10 +315,14 @@ def _storable(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def collect_series(store_path: str | Path, probe: str, keys: list[str]) -> dict[str, Any]:
-    """Scalars of ``probe`` across the stored checkpoints, ordered by step: ``{"step", "epoch", key…}``.
+    """Scalars of ``probe`` across the stored checkpoints: ``{"name", "step", "epoch", key…}``.
 
-    A key may be a path into subgroups (``"train/nc1"``).
+    In training order: by step where every checkpoint has one, else by epoch where every one has
+    one, else by name in natural order (``epoch_5`` before ``epoch_10``); a missing step or epoch
+    is NaN. A key may be a path into subgroups (``"train/nc1"``).
     """
+    from landscape.checkpoints import natural_key
+
     store = Store(store_path)
     rows = []
     for group in store.groups():
@@ -246,15 +331,18 @@ def collect_series(store_path: str | Path, probe: str, keys: list[str]) -> dict[
             continue
         arrays, _ = store.read(group)
         parent_attrs = store.attrs(ckpt)
-        row = {"step": parent_attrs.get("step", np.nan), "epoch": parent_attrs.get("epoch", np.nan)}
+        row: dict[str, Any] = {"name": checkpoint_name(ckpt), "step": float(parent_attrs.get("step", np.nan)),
+                               "epoch": float(parent_attrs.get("epoch", np.nan))}
         for key in keys:
             value: Any = arrays
             for part in key.split("/"):
                 value = value.get(part, np.nan) if isinstance(value, dict) else np.nan
             row[key] = float(np.asarray(value).reshape(-1)[0]) if np.size(value) else np.nan
         rows.append(row)
-    rows.sort(key=lambda r: (np.nan_to_num(r["step"], nan=np.inf)))
-    return {k: np.array([r[k] for r in rows]) for k in ["step", "epoch", *keys]}
+    by = next((k for k in ("step", "epoch") if rows and all(np.isfinite(r[k]) for r in rows)), None)
+    rows.sort(key=lambda r: ((r[by],) if by else ()) + (natural_key(r["name"]),))
+    out = {k: np.array([r[k] for r in rows], dtype=float) for k in ["step", "epoch", *keys]}
+    return {"name": np.array([r["name"] for r in rows], dtype=str), **out}
 
 
 # ---- many probes at once ---------------------------------------------------------------------
@@ -297,27 +385,43 @@ def analyze(
     address: str | None = None,
     model_spec: ModelSpec | None = None,
     data_spec: DataSpec | None = None,
+    on_probe: Callable[[str], None] | None = None,
+    allow_outside_links: bool = False,
+    weights: str = "auto",
+    strip_prefix: str | None = None,
 ) -> AnalysisReport:
     """Run several probes (each with its default config, updated by ``settings[probe]``) on the
     selected checkpoints, all into one results file. A probe that fails is reported and recorded
-    (``/failures/<probe>`` in the file) and the others go on; a mistake in the arguments themselves
-    (an unknown probe, a bad setting) fails before anything runs."""
+    (``/failures/<probe>`` in the file) and the others go on, and so does a checkpoint that cannot be
+    loaded (``failures["<probe> <checkpoint>"]``, ``/failures/<probe>/<checkpoint>``); a mistake in
+    the arguments themselves (an unknown probe, a bad setting, a model factory that cannot be
+    imported or is not trusted) fails before anything runs. ``on_probe(name)`` is told each probe
+    as it starts."""
     from landscape.probes import make_config
 
     names = parse_probes(probes)
     configs = {name: make_config(name, **(settings or {}).get(name, {})) for name in names}
     store = Store(out if out is not None else default_output(path))
+    check_model_specs(resolve_targets(path, checkpoints, weights=weights, strip_prefix=strip_prefix), model_spec)
     results: dict[str, list[ProbeRecord]] = {}
     failures: dict[str, str] = {}
+
+    def record_failure(group: str, key: str, error: str) -> None:
+        failures[key] = error
+        store.write(group, {}, {"error": error, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
     for name, cfg in configs.items():
+        if on_probe:
+            on_probe(name)
         try:
-            results[name] = run_probe(path, name, cfg, checkpoints=checkpoints, out=store.path, device=device,
-                                      force=force, on_progress=on_progress, on_target=on_target,
-                                      executor=executor, workers=workers, address=address,
-                                      model_spec=model_spec, data_spec=data_spec)
+            results[name] = run_probe(
+                path, name, cfg, checkpoints=checkpoints, out=store.path, device=device, force=force,
+                on_progress=on_progress, on_target=on_target, executor=executor, workers=workers,
+                address=address, model_spec=model_spec, data_spec=data_spec,
+                allow_outside_links=allow_outside_links, weights=weights, strip_prefix=strip_prefix,
+                on_failure=lambda t, e, n=name: record_failure(f"failures/{n}/{group_name(t.name)}", f"{n} {t.name}", e))
         except LandscapeError as exc:
-            failures[name] = str(exc)
-            store.write(f"failures/{name}", {}, {"error": str(exc), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            record_failure(f"failures/{name}", name, str(exc))
     return AnalysisReport(results, failures)
 
 
@@ -360,15 +464,15 @@ def collect_runs(run_dirs: list[str | Path], checkpoint: str = "last") -> list[d
         store = Store(Path(run_dir) / "analysis.h5")
         stored = set(store.groups())
         for name, (probe, key) in MEASURES.items():
-            group = f"{target.name}/{probe}"
+            group = f"{group_name(target.name)}/{probe}"
             if group in stored:
                 value: Any = store.read(group)[0]
                 for part in key.split("/"):
                     value = value.get(part) if isinstance(value, dict) else None
                 if value is not None:
                     record[name] = float(np.asarray(value).reshape(-1)[0])
-        if f"{target.name}/sharpness" in stored:
-            r = store.read(f"{target.name}/sharpness")[0]
+        if f"{group_name(target.name)}/sharpness" in stored:
+            r = store.read(f"{group_name(target.name)}/sharpness")[0]
             for rho, delta in zip(np.atleast_1d(r["rhos"]), np.atleast_1d(r["delta_loss"]), strict=True):
                 record[f"sharpness@{rho:g}"] = float(delta)
         records.append(record)

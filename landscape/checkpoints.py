@@ -8,11 +8,11 @@ read with ``torch.load(weights_only=True)``. Nothing here unpickles code.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
+import os
 import pickle
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,15 @@ from landscape.models import build_model
 
 CHECKPOINT_DIR = "checkpoints"
 _STEP_RE = re.compile(r"^step_(\d+)\.safetensors$")
-_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+_EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")
+_RAW_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
 _PREFIXES = ("module.", "_orig_mod.")
+WEIGHT_CHOICES = ("auto", "ema", "raw")
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_HF_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+# files beside weights that hold no weights: optimizer/trainer state (ours: step_N.state.pt; HF Trainer's)
+_NOT_WEIGHTS = re.compile(r"^(optimizer|scheduler|scaler|rng_state.*|training_args|.*\.state)\.(pt|pth|bin)$")
 
 
 # ---- model specs ------------------------------------------------------------------------------
@@ -34,10 +41,16 @@ _PREFIXES = ("module.", "_orig_mod.")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to rebuild a model: a registered ``name`` or a ``factory`` ``"pkg.module:fn"``.
+    """How to rebuild a model: a registered ``name`` or a ``factory`` the user names.
 
     A registered model is built as ``build_model(name, input_shape, num_classes, **params)``;
-    a factory is called as ``fn(**params)`` (plus ``num_classes``/``input_shape`` if it accepts them).
+    a factory (``"pkg.module:fn"``, ``"module:fn"`` found from the current directory, or
+    ``"path/to/file.py:fn"``) is called as ``fn(**params)`` (plus ``num_classes``/``input_shape``
+    if it accepts them).
+
+    Trust boundary: a spec read from a file (:meth:`from_dict`, e.g. a run's ``config.json``) is
+    ``trusted=False`` and never imports or calls its factory; only a spec the user constructs
+    (command line, Python) does. ``trusted`` is not part of the spec's identity.
     """
 
     name: str | None = None
@@ -45,9 +58,12 @@ class ModelSpec:
     num_classes: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
     factory: str | None = None
+    trusted: bool = field(default=True, compare=False, repr=False)
 
     def build(self) -> nn.Module:
         if self.factory:
+            if not self.trusted:
+                raise ConfigError(untrusted_factory_message(self.factory))
             return _call_factory(self.factory, self)
         if self.name is None or self.input_shape is None or self.num_classes is None:
             raise ConfigError(
@@ -55,6 +71,13 @@ class ModelSpec:
                 "(e.g. --model resnet20 --input-shape 3,32,32 --num-classes 10) or a --model-factory"
             )
         return build_model(self.name, self.input_shape, self.num_classes, **self.params)
+
+    def check(self) -> None:
+        """Fail now, with one line, if the factory cannot be found (before any work starts)."""
+        if self.factory:
+            if not self.trusted:
+                raise ConfigError(untrusted_factory_message(self.factory))
+            resolve_factory(self.factory)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +90,7 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
+        """A spec read from a file: data only, so its factory (if any) is not trusted."""
         shape = d.get("input_shape")
         return cls(
             name=d.get("name"),
@@ -74,26 +98,95 @@ class ModelSpec:
             num_classes=d.get("num_classes"),
             params=dict(d.get("params") or {}),
             factory=d.get("factory"),
+            trusted=False,
         )
 
 
-def _call_factory(spec: str, model_spec: ModelSpec) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"model factory {spec!r} must look like 'package.module:function'")
+def untrusted_factory_message(factory: str) -> str:
+    return (
+        f"this run's config.json names the model factory {factory!r}; landscape runs no code named "
+        "in a file it reads. If you trust it, name it yourself: --model-factory "
+        f"{factory} (Python: model_spec=ModelSpec(factory={factory!r}))"
+    )
+
+
+def resolve_factory(spec: str) -> Callable[..., nn.Module]:
+    """The callable named by ``spec``: ``pkg.module:fn``, ``module:fn`` (the current directory is
+    searched too, like ``python -m``) or ``path/to/file.py:fn``."""
+    import importlib.util
+    import os
+    import sys
+
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(
+            f"model factory {spec!r} must look like 'package.module:function' or 'path/to/file.py:function'"
+        )
     try:
-        fn: Callable[..., nn.Module] = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import model factory {spec!r}: {exc}") from exc
+        if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
+            path = Path(module_name).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"model factory {spec!r}: file {module_name!r} does not exist")
+            key = f"landscape_user_factory_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+            module = sys.modules.get(key)
+            if module is None:
+                module_spec = importlib.util.spec_from_file_location(key, path)
+                if module_spec is None or module_spec.loader is None:
+                    raise ConfigError(f"model factory {spec!r}: {str(path)!r} is not a Python file")
+                module = importlib.util.module_from_spec(module_spec)
+                sys.path.insert(0, str(path.resolve().parent))  # its own sibling imports
+                try:
+                    sys.modules[key] = module
+                    module_spec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(key, None)
+                    raise
+                finally:
+                    sys.path.remove(str(path.resolve().parent))
+        else:
+            cwd = os.getcwd()
+            added = cwd not in sys.path and "" not in sys.path
+            if added:
+                sys.path.append(cwd)
+            try:
+                module = importlib.import_module(module_name)
+            finally:
+                if added:
+                    sys.path.remove(cwd)
+        fn = getattr(module, attr)
+    except ConfigError:
+        raise
+    except AttributeError:
+        raise ConfigError(f"model factory {spec!r}: module {module_name!r} has no {attr!r}") from None
+    except ImportError as exc:
+        raise ConfigError(
+            f"cannot import model factory {spec!r} ({exc}); run from the folder that holds the module, "
+            "or name the file: --model-factory path/to/file.py:function"
+        ) from None
+    except Exception as exc:  # the user's module raised while being imported
+        raise ConfigError(f"importing model factory {spec!r} failed: {type(exc).__name__}: {exc}") from None
+    if not callable(fn):
+        raise ConfigError(f"model factory {spec!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def _call_factory(spec: str, model_spec: ModelSpec) -> nn.Module:
     import inspect
 
+    fn = resolve_factory(spec)
     kwargs = dict(model_spec.params)
-    accepted = inspect.signature(fn).parameters
+    try:
+        accepted = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        accepted = {}
     for key in ("num_classes", "input_shape"):
         value = getattr(model_spec, key)
         if value is not None and key in accepted and key not in kwargs:
             kwargs[key] = value
-    model = fn(**kwargs)
+    try:
+        model = fn(**kwargs)
+    except Exception as exc:
+        raise ConfigError(f"model factory {spec!r} failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -102,15 +195,54 @@ def _call_factory(spec: str, model_spec: ModelSpec) -> nn.Module:
 # ---- reading weights safely ------------------------------------------------------------------
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or ``.pt``/``.pth``/``.bin`` without unpickling code.
+class CheckpointReadError(CheckpointError):
+    """A checkpoint file that cannot be read as weights; ``path`` names it (a folder's other
+    checkpoints can still be analyzed)."""
 
-    Unwraps ``{"state_dict_ema"|"model_ema"|"state_dict"|"model": ...}`` (first found) and strips
-    ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes.
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+
+    def __reduce__(self):  # picklable across worker processes, path included
+        return (type(self), (str(self), self.path))
+
+
+class LoadedState(dict):
+    """A state dict (name → tensor) as read from a checkpoint, with ``info`` on how it was read.
+
+    ``info``: ``format`` (safetensors | torch | lightning), ``weights`` (ema | raw), ``state_key``
+    (the key of the wrapper dict the tensors came from, ``""`` for a bare state dict),
+    ``other_weights`` (wrapper keys holding weights that were not used), ``stripped_prefixes``
+    (``module.``/``_orig_mod.`` removed). A plain ``dict`` everywhere else.
     """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor] = (), info: Mapping[str, Any] | None = None) -> None:
+        super().__init__(tensors)
+        self.info: dict[str, Any] = dict(info or {})
+
+
+def load_state_dict(path: str | Path, *, weights: str = "auto") -> LoadedState:
+    """Read a state dict from ``.safetensors`` or ``.pt``/``.pth``/``.bin``/``.ckpt`` (Lightning)
+    without unpickling code (``torch.load(weights_only=True)``).
+
+    A wrapper dict is unwrapped: EMA weights under one of ``state_dict_ema``, ``model_ema``,
+    ``ema_state_dict``, ``ema``; raw weights under ``state_dict`` (Lightning), ``model_state_dict``,
+    ``model``, ``net``, ``network``. ``weights`` chooses: ``ema``, ``raw``, or ``auto`` (EMA when
+    present, as timm does; the choice is in ``info["weights"]``). ``module.`` (DDP) and
+    ``_orig_mod.`` (torch.compile) prefixes are stripped. Errors are :class:`CheckpointReadError`.
+    """
+    if weights not in WEIGHT_CHOICES:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
     path = Path(path)
+    if path.is_dir() and hf_weight_file(path) is not None:
+        path = hf_weight_file(path)  # type: ignore[assignment]
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path (or list the run's checkpoints/)")
+        raise CheckpointReadError(
+            f"checkpoint {path} does not exist; check the path (or list the run's checkpoints/)", path)
+    if path.name.endswith(".index.json"):
+        raise CheckpointReadError(
+            f"checkpoint {path} is sharded (an index of several files), which is not supported; "
+            "save it as one file (save_pretrained(..., max_shard_size='100GB'))", path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -118,48 +250,136 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state: Any = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(
+            raise CheckpointReadError(
                 f"checkpoint {path} is not a readable safetensors file (corrupt or truncated: {exc}); "
-                "use another checkpoint or re-save it"
+                "use another checkpoint or re-save it", path
             ) from exc
+        fmt = "safetensors"
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            blocked = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln]
-            if not blocked:
-                raise CheckpointError(
-                    f"checkpoint {path} cannot be read (not a torch checkpoint, or corrupt/truncated); "
-                    "use another checkpoint or re-save it"
-                ) from exc
-            raise CheckpointError(
-                f"checkpoint {path} holds pickled objects that safe loading refuses ({blocked[0]}); "
-                "if you trust it, load it yourself and save model.state_dict() with "
-                "safetensors.torch.save_file or torch.save"
-            ) from exc
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"checkpoint {path} cannot be read (corrupt or truncated: {str(exc).splitlines()[0]}); "
-                "use another checkpoint or re-save it"
-            ) from exc
-    return _unwrap(state, path)
+        state = _torch_load(path)
+        fmt = "lightning" if isinstance(state, Mapping) and _is_lightning(state) else "torch"
+    return _unwrap(state, path, weights, fmt)
 
 
-def _unwrap(state: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(state, Mapping):
-        for key in _WRAPPER_KEYS:
-            if key in state and isinstance(state[key], Mapping):
-                state = state[key]
-                break
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        blocked = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln]
+        if not blocked:
+            raise CheckpointReadError(
+                f"checkpoint {path} cannot be read (not a torch checkpoint, or corrupt/truncated); "
+                "use another checkpoint or re-save it", path
+            ) from exc
+        raise CheckpointReadError(
+            f"checkpoint {path} holds pickled objects that safe loading refuses ({blocked[0]}); "
+            "if you trust it, load it yourself and save model.state_dict() with "
+            "safetensors.torch.save_file or torch.save", path
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointReadError(
+            f"checkpoint {path} cannot be read (corrupt or truncated: {str(exc).splitlines()[0]}); "
+            "use another checkpoint or re-save it", path
+        ) from exc
+
+
+def _is_lightning(state: Mapping[str, Any]) -> bool:
+    return any(k in state for k in ("pytorch-lightning_version", "optimizer_states", "lr_schedulers"))
+
+
+def _is_tensor_dict(value: Any) -> bool:
+    return isinstance(value, Mapping) and bool(value) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def _shorten(items: list[str], n: int = 8) -> str:
+    """``a, b, c, … , y, z (30 in all)`` for long lists."""
+    if len(items) <= n:
+        return ", ".join(items)
+    return ", ".join(items[: n - 2]) + ", …, " + ", ".join(items[-2:]) + f" ({len(items)} in all)"
+
+
+def _unwrap(state: Any, path: Path, weights: str = "auto", fmt: str = "torch") -> LoadedState:
+    """The tensors of ``state`` (bare, or under a wrapper key chosen by ``weights``), prefixes stripped."""
+    if not isinstance(state, Mapping):
+        raise CheckpointReadError(
+            f"checkpoint {path} holds a {type(state).__name__}, not a state dict; "
+            "re-save it with torch.save(model.state_dict(), path)", path)
+    if _is_tensor_dict(state):
+        found, kind = {"": state}, {"": "raw"}
+    else:
+        found = {k: state[k] for k in (*_EMA_KEYS, *_RAW_KEYS) if k in state and _is_tensor_dict(state[k])}
+        kind = {k: "ema" if k in _EMA_KEYS else "raw" for k in found}
+    if not found:
+        keys = [str(k) for k in state]
+        raise CheckpointReadError(
+            f"checkpoint {path} does not hold a state dict of tensors (top-level keys: "
+            f"{_shorten(keys) or 'none'}); landscape reads a name → tensor dict, or one under "
+            f"{', '.join((*_RAW_KEYS, *_EMA_KEYS))}: re-save it with torch.save(model.state_dict(), path)",
+            path)
+    wanted = [k for k in found if weights == "auto" or kind[k] == weights]  # EMA keys come first
+    if not wanted:
+        has = ", ".join(f"{k or 'a bare state dict'} ({kind[k]})" for k in found)
+        other = "raw" if weights == "ema" else "ema"
+        raise CheckpointReadError(
+            f"checkpoint {path} holds no {weights.upper() if weights == 'ema' else weights} weights "
+            f"(it has {has}); use --weights {other} or auto", path)
+    key = wanted[0]
     out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        for prefix in _PREFIXES:
-            while key.startswith(prefix):
-                key = key[len(prefix) :]
-        out[key] = value
-    return out
+    stripped: set[str] = set()
+    for name, value in found[key].items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if name.startswith(prefix):
+                    name, changed = name[len(prefix):], True
+                    stripped.add(prefix)
+        out[name] = value
+    info = {"format": fmt, "weights": kind[key], "state_key": key,
+            "other_weights": [k for k in found if k != key], "stripped_prefixes": sorted(stripped)}
+    return LoadedState(out, info)
+
+
+def fit_state_dict(state: Mapping[str, torch.Tensor], model_keys: Iterable[str],
+                   strip_prefix: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """``(state, applied_prefix)``: ``state`` with a key prefix removed so that it fits a model
+    whose state-dict keys are ``model_keys``.
+
+    With ``strip_prefix`` (``"model."``), only the keys under it are kept, without it (the
+    submodule's weights; the rest, e.g. a loss's buffers, is left out). Without it, a prefix is
+    stripped automatically while every key shares one first component (``model.``) that no model
+    key has (a Lightning module's ``self.model``). Where the model's weights are found under one
+    prefix beside other keys, a :class:`CheckpointError` says which ``--strip-prefix`` to pass.
+    ``applied_prefix`` is ``""`` when nothing was stripped.
+    """
+    expected = set(model_keys)
+    if strip_prefix:
+        prefix = strip_prefix if strip_prefix.endswith(".") else strip_prefix + "."
+        under = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not under:
+            heads = sorted({k.split(".", 1)[0] + "." for k in state if "." in k})
+            raise CheckpointError(
+                f"no key of the checkpoint starts with {prefix!r} (--strip-prefix); its keys start with "
+                f"{_shorten(heads) or 'no prefix'}")
+        return under, prefix
+    out, applied = dict(state), ""
+    while out and set(out) != expected:
+        heads = {k.split(".", 1)[0] for k in out}
+        if len(heads) != 1 or any("." not in k for k in out):
+            break
+        head = heads.pop() + "."
+        if any(k.startswith(head) for k in expected):
+            break
+        out, applied = {k[len(head):]: v for k, v in out.items()}, applied + head
+    if set(out) != expected:
+        for head in sorted({k.split(".", 1)[0] + "." for k in out if "." in k}):
+            if {k[len(head):] for k in out if k.startswith(head)} == expected:
+                others = sorted(k for k in out if not k.startswith(head))
+                raise CheckpointError(
+                    f"the model's weights are under {applied + head!r} in the checkpoint, beside other "
+                    f"keys ({_shorten(others, 4)}); pass --strip-prefix {applied + head} to load them")
+    return out, applied
 
 
 def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> nn.Module:
@@ -186,12 +406,62 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
     return model
 
 
+_SHA_CACHE: dict[tuple[str, int, int, int], str] = {}
+
+
+def file_fingerprint(path: str | Path) -> dict[str, int]:
+    """``{"checkpoint_size", "checkpoint_mtime_ns"}``: the fast path of :func:`checkpoint_matches`."""
+    st = os.stat(path)
+    return {"checkpoint_size": int(st.st_size), "checkpoint_mtime_ns": int(st.st_mtime_ns)}
+
+
+def check_finite_weights(model: nn.Module, source: str = "checkpoint") -> nn.Module:
+    """Refuse a model with NaN/inf in any floating-point parameter or buffer: every probe is
+    undefined there. ``source`` names it in the one-line :class:`CheckpointError`."""
+    bad, first = 0, None
+    seen: set[int] = set()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if id(tensor) in seen or not tensor.is_floating_point():
+            continue
+        seen.add(id(tensor))
+        n = int((~torch.isfinite(tensor.detach())).sum())
+        if n and first is None:
+            first = name
+        bad += n
+    if bad:
+        raise CheckpointError(
+            f"{source} has {bad:,} non-finite weight{'s' if bad != 1 else ''} (first: {first}); the probe is "
+            "undefined there: probe an earlier checkpoint, or retrain (e.g. with a lower learning rate)"
+        )
+    return model
+
+
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """SHA-256 of a file's bytes (cached per process by path, inode, size and mtime)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def checkpoint_matches(path: str | Path, stored: Mapping[str, Any]) -> bool:
+    """Whether results stored with attributes ``stored`` were computed from the file at ``path``.
+
+    The stored sha256 must equal the file's; when size and mtime also match the stored ones the
+    hash is taken as known (the fast path), otherwise the file is hashed. No stored hash: False.
+    """
+    sha = stored.get("checkpoint_sha256")
+    if not sha:
+        return False
+    fp = file_fingerprint(path)
+    if all(stored.get(k) == v for k, v in fp.items()):
+        return True
+    return file_sha256(path) == sha
 
 
 # ---- writing ----------------------------------------------------------------------------------
@@ -203,18 +473,18 @@ def checkpoint_name(step: int) -> str:
 
 def save_weights(path: str | Path, model: nn.Module, metadata: Mapping[str, Any]) -> None:
     """Write ``model.state_dict()`` to a safetensors file atomically (temp file + rename)."""
-    import os
-    import tempfile
-
     from safetensors.torch import save_file
+
+    from landscape.utils import make_temp_file, new_file_mode
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = make_temp_file(path)
     os.close(fd)
     try:
         save_file(state, tmp, metadata={k: json.dumps(v) for k, v in metadata.items()})
+        os.chmod(tmp, new_file_mode())  # safetensors writes a new file: give it the umask's mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -241,18 +511,143 @@ def load_state(path: str | Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One checkpoint file, with its step when it comes from a RUN_DIR."""
+    """One checkpoint file, with the step and epoch its name (or its RUN_DIR) gives.
+
+    ``label`` names it where the file name does not (``checkpoint-500/model.safetensors``).
+    """
 
     path: Path
     step: int | None = None
+    epoch: int | None = None
+    label: str | None = None
+
+    @classmethod
+    def from_name(cls, path: str | Path, label: str | None = None) -> Checkpoint:
+        """A foreign checkpoint, its step/epoch parsed from its name (:func:`parse_position`)."""
+        cp = cls(Path(path), label=label)
+        step, epoch = parse_position(cp.name)
+        return cls(cp.path, step, epoch, label)
 
     @property
     def name(self) -> str:
-        return self.path.name.removesuffix(".safetensors").removesuffix(".pt").removesuffix(".pth")
+        if self.label:
+            return self.label
+        for suffix in WEIGHT_SUFFIXES:
+            if self.path.name.endswith(suffix) and self.path.name != suffix:
+                return self.path.name[: -len(suffix)]
+        return self.path.name
 
     @property
     def state_path(self) -> Path:
         return self.path.with_name(f"{self.name}.state.pt")
+
+
+_EPOCH_IN_NAME = re.compile(r"(?<![a-z])(?:epochs?|ep)[_=-]?(\d+)", re.IGNORECASE)
+_STEP_IN_NAME = re.compile(r"(?<![a-z])(?:global_step|steps?|iter(?:ation)?s?)[_=-]?(\d+)", re.IGNORECASE)
+_NUMBER_NAME = re.compile(r"^(?:[a-z][a-z_-]*[_-])?(\d+)$", re.IGNORECASE)
+
+
+def parse_position(name: str) -> tuple[int | None, int | None]:
+    """``(step, epoch)`` from a checkpoint name, ``None`` where it says nothing.
+
+    ``epoch_15``, ``epoch=3``, ``ep7`` give an epoch; ``step_000500``, ``step-1200``,
+    ``global_step=9``, ``iter100`` a step; Lightning's ``epoch=3-step=1200`` both. A name that is
+    one word and a number (``ckpt_000300``, ``checkpoint-500`` as the Hugging Face Trainer names
+    its folders, ``model_10``, ``300``) gives a step.
+    """
+    epoch = _EPOCH_IN_NAME.search(name)
+    step = _STEP_IN_NAME.search(name)
+    if epoch is None and step is None:
+        step = _NUMBER_NAME.match(name)
+    return (int(step.group(1)) if step else None, int(epoch.group(1)) if epoch else None)
+
+
+def natural_key(name: str) -> tuple[tuple[int, Any], ...]:
+    """Sort key putting ``epoch_5`` before ``epoch_10`` (numbers compared as numbers)."""
+    return tuple((1, int(part)) if part.isdigit() else (0, part.lower())
+                 for part in re.split(r"(\d+)", name) if part)
+
+
+def hf_weight_file(folder: str | Path) -> Path | None:
+    """The weights of a Hugging Face checkpoint folder (``model.safetensors``,
+    ``pytorch_model.bin``, or the index of sharded ones), or ``None`` if it has none."""
+    folder = Path(folder)
+    for name in (*HF_WEIGHT_FILES, *_HF_INDEX_FILES):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def folder_checkpoints(folder: str | Path) -> list[Checkpoint]:
+    """The checkpoints in a folder of foreign weights, in natural order (:func:`order_checkpoints`):
+    its ``.safetensors``/``.pt``/``.pth``/``.bin``/``.ckpt`` files (not optimizer or trainer
+    state) and its Hugging Face checkpoint subfolders (``checkpoint-500/``). Reads no weights."""
+    folder = Path(folder)
+    entries = sorted(folder.iterdir())
+    found = [Checkpoint.from_name(p) for p in entries
+             if p.is_file() and p.suffix in WEIGHT_SUFFIXES and not p.name.startswith(".")
+             and not _NOT_WEIGHTS.match(p.name)]
+    found += [Checkpoint.from_name(w, label=d.name) for d in entries
+              if d.is_dir() and not d.name.startswith(".") and (w := hf_weight_file(d)) is not None]
+    names = [c.name for c in found]
+    # two files differing only in extension (epoch_5.pt, epoch_5.safetensors) keep their file names
+    found = [c if names.count(c.name) == 1 else Checkpoint(c.path, c.step, c.epoch, c.path.name) for c in found]
+    return order_checkpoints(found)
+
+
+def order_checkpoints(checkpoints: Iterable[Checkpoint]) -> list[Checkpoint]:
+    """By step where every checkpoint has one, else by epoch where every one has one, else by name;
+    names in natural order (``epoch_5`` < ``epoch_10``) break ties."""
+    cps = list(checkpoints)
+    for attr in ("step", "epoch"):
+        if cps and all(getattr(c, attr) is not None for c in cps):
+            return sorted(cps, key=lambda c, a=attr: (getattr(c, a), natural_key(c.name)))
+    return sorted(cps, key=lambda c: natural_key(c.name))
+
+
+_DAMAGED = "the run directory is damaged: restore config.json (or retrain)"
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {dict: "object", list: "array", str: "string", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_model_spec(d: Mapping[str, Any], file: Path) -> None:
+    """A ``model_spec`` read from ``file``: the types :meth:`ModelSpec.from_dict` expects, and the
+    keys a registered model needs; anything else is one :class:`CheckpointError` naming the key."""
+
+    def bad(key: str, want: str) -> CheckpointError:
+        return CheckpointError(
+            f"{file}: model_spec.{key} must be {want}, got {json.dumps(d[key])[:60]}; {_DAMAGED}"
+        )
+
+    def positive_int(v: Any) -> bool:
+        return _is_number(v) and isinstance(v, int) and v >= 1
+
+    for key in ("name", "factory"):
+        if d.get(key) is not None and not (isinstance(d[key], str) and d[key].strip()):
+            raise bad(key, "a non-empty string or null")
+    shape = d.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and shape and all(positive_int(v) for v in shape)):
+        raise bad("input_shape", "a list of positive integers or null")
+    if d.get("num_classes") is not None and not positive_int(d["num_classes"]):
+        raise bad("num_classes", "a positive integer or null")
+    if d.get("params") is not None and not isinstance(d["params"], dict):
+        raise bad("params", "an object or null")
+    if d.get("factory") is None:
+        missing = [k for k in ("name", "input_shape", "num_classes") if d.get(k) is None]
+        if missing:
+            raise CheckpointError(
+                f"{file}: model_spec has no {', '.join(missing)} (and no factory); {_DAMAGED}"
+            )
 
 
 class RunDir:
@@ -265,19 +660,39 @@ class RunDir:
                 f"{self.path} is not a landscape run directory (no config.json); "
                 "pass a RUN_DIR written by `landscape train`, or a checkpoint file with a model spec"
             )
+        file = self.path / "config.json"
         try:
-            self.meta: dict[str, Any] = json.loads((self.path / "config.json").read_text())
+            meta = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{self.path / 'config.json'} is not valid JSON ({exc.msg}); the run directory is damaged") from exc
+            raise CheckpointError(f"{file} is not valid JSON ({exc.msg}); the run directory is damaged") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            raise CheckpointError(f"cannot read {file} ({reason}); the run directory is damaged") from exc
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{file} holds a JSON {_json_type(meta)}, not an object; {_DAMAGED}")
+        for key in ("config", "model_spec"):
+            if key in meta and not isinstance(meta[key], dict):
+                raise CheckpointError(f"{file}: {key!r} must be an object, got a {_json_type(meta[key])}; {_DAMAGED}")
+        if "model_spec" in meta:
+            _check_model_spec(meta["model_spec"], file)
+        self.meta: dict[str, Any] = meta
 
     @property
     def config(self):  # -> TrainConfig (import here: config imports registries)
         from landscape.train.config import TrainConfig
 
-        return TrainConfig.from_dict(self.meta["config"])
+        file = self.path / "config.json"
+        if "config" not in self.meta:
+            raise CheckpointError(f"{file} has no 'config' (the training config); {_DAMAGED}")
+        try:
+            return TrainConfig.from_dict(self.meta["config"])
+        except ConfigError as exc:
+            raise CheckpointError(f"{file}: 'config': {exc}; {_DAMAGED}") from None
 
     @property
     def model_spec(self) -> ModelSpec:
+        if "model_spec" not in self.meta:
+            raise CheckpointError(f"{self.path / 'config.json'} has no 'model_spec'; {_DAMAGED}")
         return ModelSpec.from_dict(self.meta["model_spec"])
 
     @property
@@ -311,10 +726,22 @@ class RunDir:
         )
 
     def metrics(self) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl`` in order; a half-written last line (a training run
+        killed mid-write) is skipped, any other damage is one :class:`CheckpointError`."""
+        from landscape.utils import read_jsonl
+
         path = self.path / "metrics.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for number, (_, record) in enumerate(read_jsonl(path), start=1):
+            step = record.get("step") if isinstance(record, dict) else None
+            if not isinstance(record, dict) or not (step is None or _is_number(step)):
+                what = "a step that is not a number" if isinstance(record, dict) else f"a JSON {_json_type(record)}"
+                raise CheckpointError(f"{path}: record {number} holds {what}, not a metrics object; "
+                                      "the file is damaged: delete that line (or the file) and rerun")
+            records.append(record)
+        return records
 
     def load_model(self, which: str | int = "last", device: str | torch.device = "cpu") -> nn.Module:
         cp = self.checkpoint(which)
@@ -327,13 +754,19 @@ def load_model(
     checkpoint: str | Path,
     spec: ModelSpec | None = None,
     device: str | torch.device = "cpu",
+    *,
+    weights: str = "auto",
+    strip_prefix: str | None = None,
 ) -> nn.Module:
     """Rebuild a model and load its weights from a RUN_DIR, a RUN_DIR checkpoint, or a foreign file.
 
-    For a file outside a RUN_DIR, ``spec`` says how to build the model.
+    For a file outside a RUN_DIR, ``spec`` says how to build the model; ``weights`` (ema | raw |
+    auto) and ``strip_prefix`` are as in :func:`load_state_dict` and :func:`fit_state_dict`.
     """
     path = Path(checkpoint)
-    if path.is_dir():
+    if path.is_dir() and spec is not None and hf_weight_file(path) is not None:
+        path = hf_weight_file(path)  # a Hugging Face checkpoint folder
+    elif path.is_dir():
         return RunDir(path).load_model("last", device)
     if spec is None:
         run = path.parent.parent
@@ -345,5 +778,6 @@ def load_model(
                 "(--model NAME --num-classes C --input-shape C,H,W, or --model-factory pkg.module:fn)"
             )
     model = spec.build()
-    load_weights(model, load_state_dict(path), source=f"checkpoint {path}")
+    state, _ = fit_state_dict(load_state_dict(path, weights=weights), model.state_dict().keys(), strip_prefix)
+    load_weights(model, state, source=f"checkpoint {path}")
     return model.to(device)

@@ -17,12 +17,23 @@ changing one option never reshuffles what another one chose):
    *different* class (symmetric noise), or ``random_labels``: every train label
    is drawn uniformly from the :math:`C` classes (Zhang et al., 2017).
    Test labels are never corrupted.
-4. Standardization with the train set's per-channel mean and (population) std;
-   the channel axis is axis 1 of ``x`` (the feature axis for vector inputs).
+4. ``normalize``: ``"standardize"`` gives float32 inputs minus the train set's
+   per-channel mean, divided by its (population) std, the channel axis being
+   axis 1 of ``x`` (the feature axis for vector inputs); ``"none"`` keeps the
+   values as given: floating inputs and ``uint8`` pixels as float32 (the record
+   says so when the dtype changed), other integer inputs in their own dtype.
+   The default is the loader's own (:attr:`RawData.normalize`): ``"standardize"``
+   for the registered datasets, ``"none"`` for ``npz`` (a user's arrays).
+   Integer inputs other than ``uint8`` pixels, e.g. token ids, are never
+   standardized: for them the default is ``"none"`` and asking for
+   ``"standardize"`` is a ``ConfigError``. ``normalize`` may also be passed
+   among a dataset's parameters (``--dataset-param normalize=none``).
 
 Everything needed to repeat the draw (resolved parameters, sizes, class counts,
-number of flipped labels, normalization statistics, source files) is in
-:attr:`Dataset.info`, which is JSON-serializable.
+number of flipped labels, the normalization applied and its statistics, source
+files) is in :attr:`Dataset.info`, which is JSON-serializable;
+:attr:`Dataset.normalization` is the normalization record and :func:`describe_data`
+a one-line description for humans.
 
 Registering a loader::
 
@@ -31,6 +42,9 @@ Registering a loader::
         '''One docstring line shown in listings.'''
         ...
         return RawData(x_train, y_train, x_test, y_test, num_classes=10, info={...})
+
+A loader whose arrays should be used as given by default returns
+``RawData(..., normalize="none")``.
 
 Loader keyword parameters (other than ``seed`` and ``root``) are the ones
 :func:`load_dataset` accepts as ``**params``; anything else is a ``ConfigError``.
@@ -58,11 +72,13 @@ from landscape.registry import Registry
 
 __all__ = [
     "DATASETS",
+    "NORMALIZATIONS",
     "Dataset",
     "RawData",
     "Split",
     "dataset_names",
     "dataset_params",
+    "describe_data",
     "iterate_batches",
     "load_dataset",
     "load_pickle_restricted",
@@ -71,6 +87,9 @@ __all__ = [
 
 DATA_ENV = "LANDSCAPE_DATA"
 """Environment variable naming the data root (default ``data`` in the current directory)."""
+
+NORMALIZATIONS = ("standardize", "none")
+"""The values of ``load_dataset(normalize=...)``; ``None`` there means the loader's default."""
 
 # Independent random streams of ``load_dataset``: np.random.default_rng([seed, STREAM]).
 _STREAM_TRAIN_SUBSET = 1
@@ -84,7 +103,11 @@ _STREAM_LABELS = 4
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """One split: ``x`` float32 of shape ``(N, *input_shape)``, ``y`` int64 of shape ``(N,)``."""
+    """One split: ``x`` of shape ``(N, *input_shape)``, ``y`` int64 of shape ``(N,)``.
+
+    ``x`` is float32 after standardization, else the dtype the data came in (float, or
+    integer such as token ids for an ``nn.Embedding``).
+    """
 
     x: torch.Tensor
     y: torch.Tensor
@@ -105,7 +128,7 @@ class Split:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A loaded dataset: standardized train and test splits plus how they were made.
+    """A loaded dataset: train and test splits plus how they were made (:attr:`info`).
 
     ``clean_train_y`` holds the train labels before ``label_noise`` /
     ``random_labels`` (``None`` when the labels were not touched), so that
@@ -120,6 +143,12 @@ class Dataset:
     info: dict
     clean_train_y: torch.Tensor | None = None
 
+    @property
+    def normalization(self) -> dict[str, Any]:
+        """What was applied to the inputs, JSON-able: ``{"method": "none"}`` or
+        ``{"method": "standardize", "axis": 1, "mean": [...], "std": [...], "fit_on": "train"}``."""
+        return dict(self.info.get("normalization") or {"method": "none"})
+
 
 class RawData(NamedTuple):
     """What a registered loader returns: arrays of shape ``(N, *input_shape)`` and ``(N,)``."""
@@ -130,6 +159,7 @@ class RawData(NamedTuple):
     y_test: np.ndarray
     num_classes: int
     info: dict
+    normalize: str = "standardize"  # the default of load_dataset(normalize=None) for this loader
 
 
 Loader = Callable[..., RawData]
@@ -157,12 +187,15 @@ def load_dataset(
     label_noise: float = 0.0,
     random_labels: bool = False,
     imbalance_ratio: float = 1.0,
+    normalize: str | None = None,
     seed: int = 0,
     root: str | Path | None = None,
     **params: Any,
 ) -> Dataset:
     """Load dataset ``name`` and apply the shared options (see the module docstring).
 
+    ``normalize`` is ``"standardize"``, ``"none"`` or ``None`` (the loader's default:
+    ``"none"`` for ``npz``, ``"standardize"`` for the registered datasets).
     ``root`` is the folder a file-based loader reads (default: the dataset's
     folder under ``$LANDSCAPE_DATA`` or ``data/``); ``params`` go to the loader.
     """
@@ -175,6 +208,10 @@ def load_dataset(
     test_size = None if test_size is None else _check_int("test_size", test_size, minimum=1)
     label_noise = _check_float("label_noise", label_noise, low=0.0, high=1.0)
     imbalance_ratio = _check_float("imbalance_ratio", imbalance_ratio, low=1.0)
+    if normalize is not None and normalize not in NORMALIZATIONS:
+        raise ConfigError(
+            f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}"
+        )
     if not isinstance(random_labels, bool):
         raise ConfigError(f"random_labels must be true or false, got {random_labels!r}")
     if random_labels and label_noise > 0:
@@ -254,8 +291,27 @@ def load_dataset(
             "fraction_applied": changed / max(len(y_train), 1),
         }
 
-    # 4. standardization
-    x_train, x_test, norm = _standardize(x_train, x_test)
+    # 4. normalization
+    if raw.normalize not in NORMALIZATIONS:
+        raise DataError(
+            f"dataset {canonical!r}: its loader's default normalize={raw.normalize!r} is not one "
+            f"of {', '.join(NORMALIZATIONS)}"
+        )
+    ids = _is_index_dtype(x_train.dtype)
+    method = normalize or ("none" if ids else raw.normalize)
+    if method == "standardize" and ids:
+        raise ConfigError(
+            f"dataset {canonical!r} has integer inputs ({x_train.dtype}, e.g. token ids), which "
+            "cannot be standardized; use normalize=none (the default for integer inputs)"
+        )
+    info["options"]["normalize"] = normalize
+    if method == "standardize":
+        x_train, x_test, norm = _standardize(x_train, x_test)
+    else:
+        norm = {"method": "none", "dtype": str(x_train.dtype)}
+        x_train, x_test = _as_given(x_train), _as_given(x_test)
+        if str(x_train.dtype) != norm["dtype"]:
+            norm["cast_to"] = str(x_train.dtype)
     info["normalization"] = norm
     info["sizes"] = {"train": len(y_train), "test": len(y_test)}
     info["class_counts"] = {
@@ -452,7 +508,46 @@ def _standardize(
     for arr in (xtr, xte):
         arr -= mean.reshape(shape).astype(np.float32)
         arr /= scale.reshape(shape).astype(np.float32)
-    return xtr, xte, {"axis": 1, "mean": mean.tolist(), "std": std.tolist()}
+    record = {"method": "standardize", "axis": 1, "fit_on": "train"}
+    return xtr, xte, {**record, "mean": mean.tolist(), "std": std.tolist()}
+
+
+def _is_index_dtype(dtype: np.dtype) -> bool:
+    """Integer inputs other than 8-bit pixels (``uint8``): indices such as token ids, which
+    keep their dtype and are never standardized."""
+    return bool(np.issubdtype(dtype, np.integer)) and dtype != np.uint8
+
+
+def _as_given(x: np.ndarray) -> np.ndarray:
+    """``x`` with its values unchanged, in a dtype a model takes: floating inputs, 8-bit pixels
+    (``uint8``) and booleans as float32 (the dtype of a model's weights; float64 is rounded
+    once), index integers as they are (unsigned 16/32/64-bit ones, which torch lacks, as int64)."""
+    if np.issubdtype(x.dtype, np.floating) or x.dtype in (np.uint8, np.bool_):
+        return np.array(x, dtype=np.float32, order="C", copy=True)
+    if x.dtype in (np.uint16, np.uint32, np.uint64):
+        if x.size and int(x.max()) > np.iinfo(np.int64).max:
+            raise DataError(f"inputs of dtype {x.dtype} exceed the int64 range torch can hold")
+        return np.array(x, dtype=np.int64, order="C", copy=True)
+    return np.array(x, dtype=x.dtype.newbyteorder("="), order="C", copy=True)
+
+
+def describe_data(dataset: Dataset) -> str:
+    """One line saying what data a probe sees, e.g.
+    ``npz digits_mine.npz, 1347 train / 450 test, inputs as given (no normalization)``."""
+    source = dataset.info.get("source") or {}
+    where = f" {Path(source['path']).name}" if isinstance(source.get("path"), str) else ""
+    norm = dataset.normalization
+    shape = "x".join(map(str, dataset.input_shape))
+    if norm.get("method") == "standardize":
+        channels = len(norm.get("mean") or [])
+        how = (
+            f"inputs {shape} standardized with the train mean/std of each of "
+            f"{channels} channel{'s' if channels != 1 else ''} (axis 1)"
+        )
+    else:
+        cast = f", cast {norm['dtype']} → {norm['cast_to']}" if norm.get("cast_to") else ""
+        how = f"inputs {shape} as given (no normalization{cast})"
+    return f"data: {dataset.name}{where}, {len(dataset.train)} train / {len(dataset.test)} test, {how}"
 
 
 def _jsonable(obj: Any) -> Any:
@@ -978,7 +1073,8 @@ def _npz(
 
     ``path`` is taken relative to ``root`` when ``root`` is given, else to the
     current directory and then ``$LANDSCAPE_DATA``. ``num_classes`` defaults to
-    the largest label + 1. Image inputs should be channels-first.
+    the largest label + 1. Image inputs should be channels-first. The inputs are used
+    as given (``normalize="none"``) unless ``normalize="standardize"`` is asked for.
     """
     if path is None:
         raise ConfigError(
@@ -1031,4 +1127,5 @@ def _npz(
         arrays["y_test"],
         num_classes,
         {"path": str(file)},
+        normalize="none",
     )

@@ -54,6 +54,18 @@ def probe_figures(store_path: str | Path, probe: str, plots_dir: str | Path,
     return drawers[probe](Store(store_path), Path(plots_dir), formats)
 
 
+def training_axis(series: dict[str, np.ndarray]) -> tuple[np.ndarray, str, list[str] | None]:
+    """``(x, xlabel, tick labels)`` for a figure over training from :func:`collect_series`: the
+    epochs where every checkpoint has a distinct one, else the steps, else positions 0, 1, … with
+    the checkpoint names as tick labels."""
+    n = len(series["name"])
+    for key in ("epoch", "step"):
+        x = np.asarray(series[key], dtype=float)
+        if n and np.isfinite(x).all() and len(np.unique(x)) == n:
+            return x, key, None
+    return np.arange(n, dtype=float), "checkpoint", [str(name) for name in series["name"]]
+
+
 def _stored(store: Store, probe: str):
     """``(checkpoint, arrays, attrs)`` of every stored result of ``probe``."""
     for group in store.groups():
@@ -121,6 +133,8 @@ def _sharpness_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) 
     from landscape.plots import plot_curves, save_figure
 
     results = {ckpt: r for ckpt, r, _ in _stored(store, "sharpness")}
+    order = list(collect_series(store.path, "sharpness", [])["name"])  # lines in training order
+    results = {ckpt: results[ckpt] for ckpt in order}
     if not results:
         return []
     rhos = next(iter(results.values()))["rhos"]
@@ -141,14 +155,12 @@ def _coherence_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) 
     series = collect_series(store.path, "coherence", keys)
     if not len(series["step"]):
         return []
-    x, xlabel = series["epoch"], "epoch"
-    if np.isnan(x).any():
-        x, xlabel = np.arange(len(x), dtype=float), "checkpoint"
+    x, xlabel, names = training_axis(series)
     panels = {"coherence m·α (1 = orthogonal)": series["m_alpha"], "α = ‖E g‖² / E‖g‖²": series["alpha"],
               "GSNR mean": series["gsnr_mean"], "GSNR median": series["gsnr_median"]}
-    written = save_figure(plot_curves(x, panels, xlabel=xlabel, logy=["GSNR mean", "GSNR median"],
+    written = save_figure(plot_curves(x, panels, xlabel=xlabel, logy=["GSNR mean", "GSNR median"], xticklabels=names,
                                       title="Gradient coherence over training"), plots_dir / "coherence", formats)
-    last = [g for g in store.groups() if g.endswith("/coherence")][-1]
+    last = f"{series['name'][-1]}/coherence"  # the last in training order
     r, _ = store.read(last)
     edges, counts = np.asarray(r["gsnr_bin_edges"]), np.asarray(r["gsnr_hist"])
     if counts.size:
@@ -189,11 +201,7 @@ def _curve_figures(store: Store, probe: str, plots_dir: Path, formats: tuple[str
     series = collect_series(store.path, probe, keys)
     if not len(series["step"]):
         return []
-    x, xlabel = series["epoch"], "epoch"
-    if np.isnan(x).any():
-        x, xlabel = series["step"].astype(float), "step"
-    if np.isnan(x).any():
-        x, xlabel = np.arange(len(x), dtype=float), "checkpoint"
+    x, xlabel, names = training_axis(series)
     data = {}
     for title, key, _ in panels:
         lines = {s: series[f"{s}/{key}"] for s in splits if np.isfinite(series[f"{s}/{key}"]).any()}
@@ -201,7 +209,7 @@ def _curve_figures(store: Store, probe: str, plots_dir: Path, formats: tuple[str
             data[title] = lines
     logy = [title for title, _, log in panels if log]
     logx = xlabel == "epoch" and probe == "collapse" and (x > 0).sum() >= 2
-    fig = plot_curves(x, data, xlabel=xlabel, logx=logx, logy=logy, title=_TITLES[probe])
+    fig = plot_curves(x, data, xlabel=xlabel, logx=logx, logy=logy, title=_TITLES[probe], xticklabels=names)
     return save_figure(fig, plots_dir / probe, formats)
 
 

@@ -57,7 +57,7 @@ from matplotlib.transforms import blended_transform_factory
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
 from landscape.errors import LandscapeError
-from landscape.utils import atomic_write
+from landscape.utils import atomic_write, disk_full_error, is_disk_full
 
 __all__ = [
     "FORMATS",
@@ -461,7 +461,8 @@ def plot_layer_spectrum(names: Sequence[Any], top_eigenvalue: Any, trace: Any = 
 def plot_curves(x: Any, series: Mapping[str, Any], *, xlabel: str = "epoch",
                 logx: bool | Collection[str] = False, logy: bool | Collection[str] = False,
                 title: str | None = None, ncols: int | None = None,
-                ylabels: Mapping[str, str] | None = None) -> Figure:
+                ylabels: Mapping[str, str] | None = None,
+                xticklabels: Sequence[str] | None = None) -> Figure:
     """Small multiples: one panel per measure, over training (or any shared x).
 
     Args:
@@ -478,6 +479,9 @@ def plot_curves(x: Any, series: Mapping[str, Any], *, xlabel: str = "epoch",
         ylabels: y labels by panel name; by default known measures (``nc1``, ``nc2_equinorm``,
             ``equiangular_means``, ``self_duality``, ``rankme``, ``dse``, …, case-insensitive)
             get their formula or unit, others none (the panel title names them).
+        xticklabels: a label per x (checkpoint names, where no step or epoch is known): the
+            ticks sit at ``x`` (at most :data:`MAX_XTICKLABELS` of them, evenly spaced, the last
+            always) with these labels on the lowest panel of each column.
 
     Returns:
         A figure with exactly one axes per panel; each axes' ``lines`` are its series in order,
@@ -486,6 +490,8 @@ def plot_curves(x: Any, series: Mapping[str, Any], *, xlabel: str = "epoch",
     xs = _vector("x", x)
     if not series:
         raise LandscapeError("no series to plot")
+    if xticklabels is not None and len(xticklabels) != len(xs):
+        raise LandscapeError(f"xticklabels has {len(xticklabels)} labels for {len(xs)} x values")
     n = len(series)
     ncols = min(3, n) if ncols is None else int(ncols)
     if ncols < 1:
@@ -517,9 +523,27 @@ def plot_curves(x: Any, series: Mapping[str, Any], *, xlabel: str = "epoch",
         ylabel = (ylabels or {}).get(name, _YLABELS.get(str(name).lower()))
         below_empty = i + ncols >= n
         _labels(ax, xlabel if below_empty else None, ylabel, str(name))
+        if xticklabels is not None:
+            _name_ticks(ax, xs, [str(t) for t in xticklabels], shown=below_empty)
         _legend(ax)
     _suptitle(fig, title)
     return fig
+
+
+MAX_XTICKLABELS = 12
+
+
+def _name_ticks(ax: Any, xs: np.ndarray, labels: list[str], shown: bool) -> None:
+    """Ticks at ``xs`` labelled by name (thinned to :data:`MAX_XTICKLABELS`, the last kept)."""
+    keep = sorted({*range(0, len(xs), max(1, math.ceil(len(xs) / MAX_XTICKLABELS))), len(xs) - 1}) if len(xs) else []
+    ax.set_xticks(xs[keep])
+    if not shown:
+        ax.tick_params(axis="x", labelbottom=False)
+        return
+    texts = [labels[i] for i in keep]
+    long = len(texts) > 3 or any(len(t) > 8 for t in texts)
+    ax.set_xticklabels(texts, rotation=30 if long else 0, ha="right" if long else "center",
+                       rotation_mode="anchor")
 
 
 def plot_training_curves(records: Iterable[Mapping[str, Any]], *, title: str | None = None) -> Figure:
@@ -1113,7 +1137,11 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], formats: Sequence[str
         try:
             atomic_write(out, lambda fh, fmt=fmt, metadata=metadata: fig.savefig(
                 fh, format=fmt, dpi=DPI, metadata=metadata), mode="wb")
-        except OSError as exc:
+        except Exception as exc:
+            if is_disk_full(exc):  # a full disk may surface as another error raised while writing
+                raise disk_full_error(out, "free space and rerun (the figures are drawn from the stored results)") from exc
+            if not isinstance(exc, OSError):
+                raise
             reason = exc.strerror or str(exc).splitlines()[0]
             raise LandscapeError(f"cannot write figure {out}: {reason}") from exc
         written.append(out)

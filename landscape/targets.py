@@ -3,6 +3,7 @@ with their model, loss and data."""
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,15 @@ import torch
 
 from landscape.checkpoints import (
     CHECKPOINT_DIR,
+    HF_WEIGHT_FILES,
+    WEIGHT_CHOICES,
     Checkpoint,
     ModelSpec,
     RunDir,
+    check_finite_weights,
+    fit_state_dict,
+    folder_checkpoints,
+    hf_weight_file,
     load_state_dict,
     load_weights,
 )
@@ -22,9 +29,14 @@ from landscape.errors import ConfigError
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Data and loss for checkpoints from outside a RUN_DIR (a RUN_DIR brings its own)."""
+    """Data and loss for checkpoints from outside a RUN_DIR (a RUN_DIR brings its own).
 
-    dataset: str = "digits"
+    ``dataset`` has no default: a foreign checkpoint's data must be named. ``dataset_params``
+    go to :func:`~landscape.datasets.load_dataset` (``normalize`` among them: a registered
+    dataset keeps its documented preprocessing, ``npz`` arrays are used as given).
+    """
+
+    dataset: str | None = None
     dataset_params: dict[str, Any] = field(default_factory=dict)
     loss: str = "ce"
     loss_params: dict[str, Any] = field(default_factory=dict)
@@ -32,12 +44,31 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class Target:
-    """One checkpoint to probe; ``name`` is its HDF5 group."""
+    """One checkpoint to probe; ``name`` is its HDF5 group.
+
+    ``step``/``epoch`` come from the RUN_DIR or are parsed from a foreign file's name (``None``
+    where the name gives none); ``weights`` (ema | raw | auto) and ``strip_prefix`` say how its
+    weights are read (:func:`~landscape.checkpoints.load_state_dict`,
+    :func:`~landscape.checkpoints.fit_state_dict`).
+    """
 
     name: str
     path: Path
     step: int | None = None
     run_dir: Path | None = None
+    epoch: int | None = None
+    weights: str = "auto"
+    strip_prefix: str | None = None
+
+    def attrs(self) -> dict[str, Any]:
+        """Where this checkpoint sits in training, for its results group: ``name`` and the
+        ``step``/``epoch`` that are known."""
+        out: dict[str, Any] = {"name": self.name}
+        if self.step is not None:
+            out["step"] = self.step
+        if self.epoch is not None:
+            out["epoch"] = self.epoch
+        return out
 
     def metrics(self) -> dict[str, Any]:
         """The training metrics logged at this checkpoint's step (empty outside a RUN_DIR)."""
@@ -47,88 +78,215 @@ class Target:
         return {k: v for k, v in rows[-1].items() if k != "time"} if rows else {}
 
 
+SELECTION_HELP = ("last, first, all, every:N, a step (or epoch) S, step:S, epoch:E, a name or a glob "
+                  "(epoch_1*); comma lists mix them")
+
+
+def _available(checkpoints: list[Checkpoint]) -> str:
+    def label(c: Checkpoint) -> str:  # the step/epoch where the name does not show it
+        extra = [f"{k} {v}" for k, v in (("step", c.step), ("epoch", c.epoch)) if v is not None and str(v) not in c.name]
+        return f"{c.name} ({', '.join(extra)})" if extra else c.name
+
+    names = [label(c) for c in checkpoints]
+    return ", ".join(names) if len(names) <= 6 else \
+        ", ".join(names[:3]) + ", …, " + ", ".join(names[-2:]) + f" ({len(names)} in all)"
+
+
+def _match(item: str, checkpoints: list[Checkpoint]) -> list[int]:
+    """Indices of the checkpoints one selection item names (empty: none)."""
+    n = len(checkpoints)
+    if item == "last":
+        return [n - 1]
+    if item == "first":
+        return [0]
+    if item == "all":
+        return list(range(n))
+    if item.startswith("every:"):
+        try:
+            k = int(item.split(":", 1)[1])
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise ConfigError(f"bad checkpoint selection {item!r}; every:N needs an integer N ≥ 1")
+        return sorted({*range(0, n, k), n - 1})
+    kind, sep, number = item.partition(":")
+    if sep and kind in ("step", "epoch"):
+        try:
+            value = int(number)
+        except ValueError:
+            raise ConfigError(f"bad checkpoint selection {item!r}; {kind}:N needs an integer N") from None
+        return [i for i, c in enumerate(checkpoints) if getattr(c, kind) == value]
+    if any(ch in item for ch in "*?["):
+        return [i for i, c in enumerate(checkpoints)
+                if fnmatch.fnmatchcase(c.name, item) or fnmatch.fnmatchcase(c.path.name, item)]
+    by_name = [i for i, c in enumerate(checkpoints) if item in (c.name, c.path.name)]
+    if by_name or not item.lstrip("-").isdigit():
+        return by_name
+    value = int(item)
+    for kind in ("step", "epoch"):
+        hits = [i for i, c in enumerate(checkpoints) if getattr(c, kind) == value]
+        if hits:
+            return hits
+    return []
+
+
 def select_checkpoints(checkpoints: list[Checkpoint], which: str) -> list[Checkpoint]:
-    """``last``, ``first``, ``all``, ``every:N`` (every N-th, always the last) or ``S1,S2,…`` (steps)."""
+    """The checkpoints ``which`` names, in the given order, each once.
+
+    ``which`` is a comma list of: ``last``, ``first``, ``all``, ``every:N`` (every N-th, always the
+    last), an integer (the checkpoint at that step, else at that epoch), ``step:S``, ``epoch:E``, a
+    name (with or without its file extension) or a glob over names (``epoch_1*``). An item that
+    names nothing is a :class:`ConfigError` listing what there is.
+    """
     if not checkpoints:
         return []
-    which = str(which).strip()
-    if which == "last":
-        return checkpoints[-1:]
-    if which == "first":
-        return checkpoints[:1]
-    if which == "all":
-        return checkpoints
-    if which.startswith("every:"):
-        try:
-            n = int(which.split(":", 1)[1])
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ConfigError(f"bad checkpoint selection {which!r}; every:N needs N ≥ 1")
-        chosen = checkpoints[::n]
-        return chosen if chosen[-1] is checkpoints[-1] else [*chosen, checkpoints[-1]]
-    try:
-        steps = [int(s) for s in which.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(
-            f"bad checkpoint selection {which!r}; use last, first, all, every:N or a list of steps"
-        ) from None
-    by_step = {c.step: c for c in checkpoints}
-    missing = [s for s in steps if s not in by_step]
-    if missing:
-        raise ConfigError(
-            f"no checkpoint at step(s) {', '.join(map(str, missing))}; available: "
-            + ", ".join(str(c.step) for c in checkpoints)
-        )
-    return [by_step[s] for s in steps]
+    items = [s.strip() for s in str(which).split(",") if s.strip()]
+    if not items:
+        raise ConfigError(f"empty checkpoint selection {which!r}; use {SELECTION_HELP}")
+    chosen: set[int] = set()
+    for item in items:
+        hits = _match(item, checkpoints)
+        if not hits:
+            what = f"at step(s) {item}" if item.lstrip("-").isdigit() else f"matches {item!r}"
+            raise ConfigError(f"no checkpoint {what}; available: {_available(checkpoints)}")
+        chosen.update(hits)
+    return [checkpoints[i] for i in sorted(chosen)]
 
 
-def resolve_targets(path: str | Path, checkpoints: str = "last") -> list[Target]:
-    """The checkpoints named by ``path``: a RUN_DIR (selected by ``checkpoints``), one of its
-    checkpoint files, a directory of foreign ``.safetensors``/``.pt``/``.pth`` files, or one such file."""
+def _is_run_dir(path: Path) -> bool:
+    """A landscape RUN_DIR (a Hugging Face checkpoint folder has a config.json too, beside its weights)."""
+    return path.is_dir() and (path / "config.json").is_file() and hf_weight_file(path) is None
+
+
+def resolve_targets(path: str | Path, checkpoints: str = "last", *, weights: str = "auto",
+                    strip_prefix: str | None = None) -> list[Target]:
+    """The checkpoints named by ``path``, selected by ``checkpoints`` (:func:`select_checkpoints`).
+
+    ``path`` is a RUN_DIR, one of its checkpoint files, a folder of foreign weights
+    (``.safetensors``/``.pt``/``.pth``/``.bin``/``.ckpt`` files and Hugging Face
+    ``checkpoint-N/`` folders, in natural order: ``epoch_5`` before ``epoch_10``), a Hugging Face
+    checkpoint folder, or one weights file. Lists files; reads none of them. ``weights`` and
+    ``strip_prefix`` travel with each target to where it is loaded.
+    """
+    if weights not in WEIGHT_CHOICES:
+        raise ConfigError(f"--weights takes {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
+    how = {"weights": weights, "strip_prefix": strip_prefix or None}
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path} does not exist; give a RUN_DIR or a checkpoint file")
-    if path.is_dir() and (path / "config.json").is_file():
+    if _is_run_dir(path):
         run = RunDir(path)
         chosen = select_checkpoints(run.checkpoints(), checkpoints)
         if not chosen:
             raise ConfigError(f"run {path} has no checkpoints yet")
-        return [Target(c.name, c.path, c.step, path) for c in chosen]
-    if path.is_file() and path.parent.name == CHECKPOINT_DIR and (path.parent.parent / "config.json").is_file():
+        return [Target(c.name, c.path, c.step, path, **how) for c in chosen]
+    if path.is_file() and path.parent.name == CHECKPOINT_DIR and _is_run_dir(path.parent.parent):
         cp = RunDir(path.parent.parent).checkpoint(path.name.removesuffix(".safetensors"))
-        return [Target(cp.name, cp.path, cp.step, path.parent.parent)]
+        return [Target(cp.name, cp.path, cp.step, path.parent.parent, **how)]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".pt", ".pth", ".bin"))
-        if not files:
-            raise ConfigError(f"{path} holds no config.json and no .safetensors/.pt/.pth checkpoint files")
-        cps = [Checkpoint(p, i) for i, p in enumerate(files)]
-        return [Target(c.name, c.path, None, None) for c in select_checkpoints(cps, checkpoints)]
-    return [Target(Checkpoint(path).name, path, None, None)]
+        cps = folder_checkpoints(path)
+        own = hf_weight_file(path)
+        if own is not None and all(c.path.parent == path for c in cps):  # one Hugging Face checkpoint
+            cps = [Checkpoint.from_name(own, label=path.name)]
+        if not cps:
+            raise ConfigError(
+                f"{path} holds no config.json and no .safetensors/.pt/.pth/.bin/.ckpt checkpoint files "
+                "(nor checkpoint-N/ folders holding model.safetensors or pytorch_model.bin)")
+        chosen = select_checkpoints(cps, checkpoints)
+    else:
+        chosen = [Checkpoint.from_name(path, label=path.parent.name if path.name in HF_WEIGHT_FILES else None)]
+    return [Target(c.name, c.path, c.step, None, c.epoch, **how) for c in chosen]
 
 
-def load_model(target: Target, spec: ModelSpec | None, device: torch.device) -> torch.nn.Module:
-    """The target's model with its weights, in eval mode on ``device``."""
+def model_spec_for(target: Target, spec: ModelSpec | None) -> ModelSpec:
+    """The spec that builds ``target``'s model.
+
+    A RUN_DIR brings its own spec; a factory recorded in its ``config.json`` is used only when the
+    user names a factory again (``spec.factory``, which then replaces it, with the run's
+    parameters, shape and class count unless the user gave their own).
+    """
     if target.run_dir is not None:
-        spec = RunDir(target.run_dir).model_spec
-    elif spec is None:
+        run_spec = RunDir(target.run_dir).model_spec
+        if spec is not None and spec.factory and spec.trusted:
+            return ModelSpec(name=run_spec.name, input_shape=spec.input_shape or run_spec.input_shape,
+                             num_classes=spec.num_classes or run_spec.num_classes,
+                             params=spec.params or run_spec.params, factory=spec.factory)
+        return run_spec
+    if spec is None:
         raise ConfigError(
             f"{target.path} is not inside a run directory; give a model spec "
             "(--model NAME --num-classes C --input-shape C,H,W, or --model-factory pkg.module:fn)"
         )
-    model = spec.build()
-    load_weights(model, load_state_dict(target.path), source=f"checkpoint {target.path}")
-    return model.to(device).eval()
+    return spec
+
+
+def check_inside_run(target: Target, allow_outside: bool = False) -> None:
+    """A RUN_DIR checkpoint that is a symlink to a file outside the run is refused unless asked for."""
+    if target.run_dir is None or allow_outside:
+        return
+    real, run = target.path.resolve(), Path(target.run_dir).resolve()
+    if not real.is_relative_to(run):
+        raise ConfigError(
+            f"checkpoint {target.path} links to {real}, outside the run directory {target.run_dir}; "
+            "copy the file into the run, or allow it with --allow-outside-links"
+        )
+
+
+def load_model(target: Target, spec: ModelSpec | None, device: torch.device,
+               allow_outside: bool = False) -> torch.nn.Module:
+    """The target's model with its weights, in eval mode on ``device``."""
+    return load_model_and_record(target, spec, device, allow_outside)[0]
+
+
+def load_model_and_record(target: Target, spec: ModelSpec | None, device: torch.device,
+                          allow_outside: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``(model, record)``: the target's model in eval mode on ``device``, and how its weights were
+    read (``weights`` and ``strip_prefix`` as asked, the file's format, the wrapper key used, EMA or
+    raw, the prefix stripped), to be stored beside the results."""
+    check_inside_run(target, allow_outside)
+    model = model_spec_for(target, spec).build()
+    loaded = load_state_dict(target.path, weights=target.weights)
+    state, prefix = fit_state_dict(loaded, model.state_dict().keys(), target.strip_prefix)
+    load_weights(model, state, source=f"checkpoint {target.path}")
+    check_finite_weights(model, source=f"checkpoint {target.path}")
+    record = {"requested": {"weights": target.weights, "strip_prefix": target.strip_prefix},
+              **loaded.info, "applied_prefix": prefix}
+    return model.to(device).eval(), record
+
+
+def check_data_spec(targets: list[Target], data_spec: DataSpec | None) -> None:
+    """Fail before any work (and before a results file is opened) when a foreign target's data
+    are not named: the error :func:`load_data_and_loss` would raise for it."""
+    foreign = next((t for t in targets if t.run_dir is None), None)
+    if foreign is not None and (data_spec is None or data_spec.dataset is None):
+        raise ConfigError(_no_dataset_message(foreign))
+
+
+def _no_dataset_message(target: Target) -> str:
+    return (f"{target.path} is not inside a run directory; name its data with --dataset NAME "
+            "[--dataset-param path=FILE.npz] (e.g. --dataset npz --dataset-param path=mine.npz; "
+            "see `landscape datasets`)")
 
 
 def load_data_and_loss(target: Target, data_spec: DataSpec | None):
     """``(Dataset, Loss)`` the target was trained with (RUN_DIR) or that ``data_spec`` names."""
+    from dataclasses import replace
+
     from landscape.datasets import load_dataset
     from landscape.train.losses import build_loss
     from landscape.train.trainer import load_data
 
     if target.run_dir is not None:
-        cfg = RunDir(target.run_dir).config
-        return load_data(cfg), build_loss(cfg.loss, z_loss=cfg.z_loss, **cfg.loss_params)
-    spec = data_spec or DataSpec()
+        run = RunDir(target.run_dir)
+        cfg = run.config
+        data = load_data(cfg)
+        recorded = ((run.meta.get("dataset") or {}).get("info") or {}).get("normalization") or {}
+        if "mean" in recorded and data.normalization["method"] == "none":
+            # a run trained when npz inputs were always standardized: analyze the data it saw
+            params = {**cfg.dataset_params, "normalize": "standardize"}
+            data = load_data(replace(cfg, dataset_params=params))
+        return data, build_loss(cfg.loss, z_loss=cfg.z_loss, **cfg.loss_params)
+    if data_spec is None or data_spec.dataset is None:
+        raise ConfigError(_no_dataset_message(target))
+    spec = data_spec
     return load_dataset(spec.dataset, **spec.dataset_params), build_loss(spec.loss, **spec.loss_params)

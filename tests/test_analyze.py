@@ -69,7 +69,7 @@ def test_results_are_the_same_whichever_way_the_checkpoint_is_named(run_copy, tm
     foreign.write_bytes(last.path.read_bytes())
     spec = ModelSpec(name="mlp", input_shape=(1, 8, 8), num_classes=10, params={"width": 16, "depth": 1})
     by_foreign = run_probe(foreign, "hessian", cfg, device="cpu", out=tmp_path / "c.h5", model_spec=spec,
-                           data_spec=DataSpec(dataset_params={"train_size": 300}))[0].result
+                           data_spec=DataSpec(dataset="digits", dataset_params={"train_size": 300}))[0].result
     for r in (by_file, by_foreign):
         np.testing.assert_array_equal(r["eigenvalues"], by_run["eigenvalues"])
 
@@ -113,7 +113,8 @@ def test_bad_targets_fail_before_anything_is_written(run_copy, tmp_path):
         run_probe(tmp_path / "w.pt", "hessian", cfg, device="cpu")
     with pytest.raises(CheckpointError, match="cannot be read"):
         run_probe(tmp_path / "w.pt", "hessian", cfg, device="cpu", out=tmp_path / "x.h5",
-                  model_spec=ModelSpec(name="mlp", input_shape=(1, 8, 8), num_classes=10))
+                  model_spec=ModelSpec(name="mlp", input_shape=(1, 8, 8), num_classes=10),
+                  data_spec=DataSpec(dataset="digits"))
     # a corrupt checkpoint inside a run: a clear error, and the stored results survive
     run_probe(run_copy, "hessian", cfg, device="cpu")
     before = Store(run_copy / "analysis.h5").read(f"{RunDir(run_copy).checkpoints()[-1].name}/hessian")[0]

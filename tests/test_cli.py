@@ -148,11 +148,15 @@ def test_foreign_checkpoint_needs_a_spec_and_an_output(run_copy, tmp_path, capsy
     assert "name the results file with --out" in _error_line(capsys)
     assert main(["hessian", str(weights), *HESS, "--out", str(tmp_path / "r.h5")]) == 2
     assert "give a model spec" in _error_line(capsys)
-    assert main(["hessian", str(weights), *HESS, "--out", str(tmp_path / "r.h5"), "--model", "mlp",
-                 "--model-param", "width=32", "--model-param", "depth=1"]) == 2
+    mlp = ["--model", "mlp", "--model-param", "depth=1"]
+    assert main(["hessian", str(weights), *HESS, "--out", str(tmp_path / "r.h5"), *mlp,
+                 "--model-param", "width=16"]) == 2
+    assert "not inside a run directory; name its data with --dataset NAME" in _error_line(capsys)
+    assert main(["hessian", str(weights), *HESS, "--out", str(tmp_path / "r.h5"), *mlp,
+                 "--model-param", "width=32", "--dataset", "digits"]) == 2
     assert "shape mismatch: features.1.weight (16, 64) vs model (32, 64)" in _error_line(capsys)
-    assert main(["hessian", str(weights), *HESS, "--out", str(tmp_path / "r.h5"), "--model", "mlp",
-                 "--model-param", "width=16", "--model-param", "depth=1"]) == 0
+    assert main(["hessian", str(weights), *HESS, "--out", str(tmp_path / "r.h5"), *mlp,
+                 "--model-param", "width=16", "--dataset", "digits"]) == 0
 
 
 @pytest.mark.parametrize("argv, message", [

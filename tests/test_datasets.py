@@ -395,9 +395,17 @@ def test_npz_round_trip_images(tmp_path):
     np.savez(tmp_path / "d.npz", **arrays)
     ds = load_dataset("npz", path=tmp_path / "d.npz")
     assert ds.input_shape == (2, 4, 4) and ds.num_classes == 3
-    np.testing.assert_allclose(unstandardize(ds, ds.train.x), arrays["x_train"], atol=1e-5)
-    np.testing.assert_allclose(unstandardize(ds, ds.test.x), arrays["x_test"], atol=1e-5)
+    # used as given: bit for bit, and the record says nothing was applied
+    np.testing.assert_array_equal(ds.train.x.numpy(), arrays["x_train"])
+    np.testing.assert_array_equal(ds.test.x.numpy(), arrays["x_test"])
+    assert ds.normalization == {"method": "none", "dtype": "float32"}
     assert ds.test.y.tolist() == arrays["y_test"].tolist()
+    # standardization on request, with the train statistics per channel
+    std = load_dataset("npz", path=tmp_path / "d.npz", normalize="standardize")
+    mean = arrays["x_train"].astype(np.float64).mean(axis=(0, 2, 3))
+    np.testing.assert_allclose(std.normalization["mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(unstandardize(std, std.train.x), arrays["x_train"], atol=1e-5)
+    np.testing.assert_allclose(unstandardize(std, std.test.x), arrays["x_test"], atol=1e-5)
     # relative to root; an explicit num_classes
     assert load_dataset("npz", path="d.npz", root=tmp_path, num_classes=5).num_classes == 5
 
@@ -413,7 +421,12 @@ def test_npz_2d_inputs_and_errors(tmp_path):
     )
     ds = load_dataset("npz", path=str(tmp_path / "v.npz"))
     assert ds.input_shape == (4,) and ds.train.x.shape == (10, 4) and ds.num_classes == 2
-    np.testing.assert_allclose(unstandardize(ds, ds.train.x), x, atol=1e-4)
+    # float64 inputs become float32 (the models' dtype), values otherwise as given; recorded
+    assert ds.train.x.dtype == torch.float32
+    np.testing.assert_array_equal(ds.train.x.numpy(), x.astype(np.float32))
+    assert ds.normalization == {"method": "none", "dtype": "float64", "cast_to": "float32"}
+    std = load_dataset("npz", path=str(tmp_path / "v.npz"), normalize="standardize")
+    np.testing.assert_allclose(unstandardize(std, std.train.x), x, atol=1e-4)
 
     np.savez(
         tmp_path / "obj.npz",
@@ -580,3 +593,35 @@ def test_iterate_batches():
         assert torch.equal(x[:, 0].long(), y)
     with pytest.raises(ConfigError):
         next(iterate_batches(split, 0, shuffle=False))
+
+
+def test_npz_uint8_pixels_and_integer_ids(tmp_path):
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(20, 3, 4, 4)).astype(np.uint8)
+    labels = np.arange(20) % 4
+    np.savez(tmp_path / "u8.npz", x_train=pixels, y_train=labels, x_test=pixels[:8], y_test=labels[:8])
+    ds = load_dataset("npz", path=tmp_path / "u8.npz")
+    # pixels: float32 with the values unchanged, the cast recorded
+    assert ds.train.x.dtype == torch.float32
+    np.testing.assert_array_equal(ds.train.x.numpy(), pixels.astype(np.float32))
+    assert ds.normalization == {"method": "none", "dtype": "uint8", "cast_to": "float32"}
+    std = load_dataset("npz", path=tmp_path / "u8.npz", normalize="standardize")
+    ref = pixels.astype(np.float64)
+    mean, sd = ref.mean(axis=(0, 2, 3)), ref.std(axis=(0, 2, 3))
+    np.testing.assert_allclose(std.normalization["mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(
+        std.train.x.double().numpy(), (ref - mean[:, None, None]) / sd[:, None, None], atol=1e-5
+    )
+    # ids: dtype kept (unsigned wider than 8 bits as int64), standardization refused
+    for dtype, kept in ((np.int64, torch.int64), (np.int16, torch.int16), (np.uint32, torch.int64)):
+        ids = rng.integers(0, 50, size=(20, 7)).astype(dtype)
+        np.savez(tmp_path / "ids.npz", x_train=ids, y_train=labels, x_test=ids[:8], y_test=labels[:8])
+        tok = load_dataset("npz", path=tmp_path / "ids.npz")
+        assert tok.train.x.dtype == kept and tok.train.x.tolist() == ids.tolist()
+        with pytest.raises(ConfigError, match="integer inputs .* cannot be standardized") as err:
+            load_dataset("npz", path=tmp_path / "ids.npz", normalize="standardize")
+        assert "\n" not in str(err.value)
+    # the registered datasets take the option too; an unknown value is one line
+    assert load_dataset("digits", normalize="none").train.x.max() == 16
+    with pytest.raises(ConfigError, match="normalize must be one of standardize, none"):
+        load_dataset("npz", path=tmp_path / "u8.npz", normalize="minmax")

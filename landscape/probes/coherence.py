@@ -68,7 +68,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from landscape.errors import ConfigError
+from landscape.errors import ConfigError, LandscapeError
 from landscape.params import model_state, select_parameters
 from landscape.probes.base import ProbeContext, fixed_subset, register_probe
 
@@ -482,6 +482,14 @@ def coherence(
     idx = fixed_subset(len(x), cfg.subset, cfg.seed)
     stats = gradient_statistics(model, loss, x[idx], y[idx], method=cfg.method, chunk=cfg.chunk,
                                 batch_size=cfg.batch_size, dtype=DTYPES[cfg.dtype], device=device)
+    bad = [n for n in stats.sum if not (bool(torch.isfinite(stats.sum[n]).all())
+                                        and bool(torch.isfinite(stats.sum_sq[n]).all()))]
+    if bad:
+        raise LandscapeError(
+            f"per-example gradients are NaN/inf in {len(bad)} of {len(stats.sum)} parameter tensors (first: "
+            f"{bad[0]}) on the {stats.count} examples; coherence is undefined at these weights "
+            "(check the data and the loss, or probe another checkpoint)"
+        )
     out = summarize(stats, per_layer=cfg.per_layer, histogram_bins=cfg.histogram_bins,
                     histogram_range=cfg.histogram_range, ddof=cfg.ddof)
     out["method"] = cfg.method

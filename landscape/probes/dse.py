@@ -68,9 +68,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.errors import ConfigError
+from landscape.errors import ConfigError, LandscapeError
 from landscape.features import FeatureSettings, split_features
 from landscape.probes.base import ProbeContext, register_probe
+from landscape.utils import check_allocation
 
 __all__ = ["DSEConfig", "diffusion_spectral_entropy", "diffusion_spectral_mutual_information"]
 
@@ -279,6 +280,22 @@ def diffusion_spectral_mutual_information(
     }
 
 
+def _check_finite_features(feats: Tensor, split: str, probe: str) -> None:
+    """One line when the features of ``split`` hold NaN/inf: ``probe`` is undefined there."""
+    bad = int((~torch.isfinite(feats)).sum())
+    if bad:
+        raise LandscapeError(
+            f"the {split} features hold {bad:,} NaN/inf values (of {feats.numel():,}); {probe} is undefined "
+            "at these weights (probe another checkpoint or layer)"
+        )
+
+
+def _kernel_bytes(n: int) -> int:
+    """Peak memory of one kernel of ``n`` points: distances, Gaussian, normalized and symmetrized
+    copies, float64."""
+    return 4 * n * n * 8
+
+
 @dataclass(frozen=True)
 class DSEProbeConfig(FeatureSettings, DSEConfig):
     """The DSE/DSMI probe: :class:`DSEConfig` on the features of :class:`FeatureSettings`.
@@ -296,7 +313,18 @@ def run_dse(ctx: ProbeContext, cfg: DSEProbeConfig) -> dict[str, Any]:
     The input clustering is the same at every checkpoint of a run, so it is computed once.
     """
     out: dict[str, Any] = {}
+    inputs = ctx.data.train.x
+    if cfg.dsmi_inputs and not inputs.is_floating_point() and inputs.dtype != torch.uint8:
+        raise ConfigError(
+            f"dse: DSMI(Z; X) clusters the inputs by Euclidean distance, which has no meaning for "
+            f"integer inputs ({str(inputs.dtype).removeprefix('torch.')}, e.g. token ids); "
+            "set dsmi_inputs=false (--setting dsmi_inputs=false; in analyze, dse.dsmi_inputs=false)"
+        )
     for split, (feats, _, y, x) in split_features(ctx, cfg).items():
+        _check_finite_features(feats, split, "DSE")
+        n = min(len(feats), cfg.max_n)
+        check_allocation(f"a diffusion kernel of {n:,} × {n:,} points", _kernel_bytes(n),
+                         "use fewer --samples (or a smaller max_n)", feats.device)
         res = diffusion_spectral_entropy(feats, cfg)
         mi_y = diffusion_spectral_mutual_information(feats, y, cfg)
         group = {"dse": res["dse"], "eigenvalues": res["eigenvalues"], "n_used": res["n_used"],

@@ -30,6 +30,7 @@ from landscape.linalg import (
 )
 from landscape.params import layer_blocks, select_parameters
 from landscape.probes.base import ProbeContext, fixed_subset, register_probe
+from landscape.utils import check_allocation
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TRACE_METHODS = ("hutchinson", "hutch++")
@@ -128,6 +129,11 @@ def hessian(
 
         def counted(v: torch.Tensor) -> torch.Tensor:
             out = inner(v)
+            if not bool(torch.isfinite(out).all()):
+                raise LandscapeError(
+                    f"a Hessian-vector product became NaN/inf (HVP {counter['n'] + 1}) although the loss is "
+                    "finite: the curvature overflows here; try dtype=float64, or another checkpoint"
+                )
             counter["n"] += 1
             if on_hvp is not None:
                 on_hvp(counter["n"])
@@ -141,8 +147,15 @@ def hessian(
         raise ConfigError(
             f"top_k={cfg.top_k} / bottom_k={cfg.bottom_k} exceed the {op.size} parameters of the model; ask for fewer"
         )
+    _check_sizes(op.size, cfg, dtype, dev)
     out: dict[str, Any] = {"num_params": op.size, "num_samples": len(x), "hvp_method": op.method}
     loss_value, grad = op.loss_and_gradient()
+    if not (np.isfinite(loss_value) and bool(torch.isfinite(grad).all())):
+        what = "loss" if not np.isfinite(loss_value) else "gradient"
+        raise LandscapeError(
+            f"the {what} is NaN/inf at these weights on the {len(x)} samples; the Hessian is undefined there "
+            "(check the data and the loss, or probe another checkpoint)"
+        )
     out["loss"] = loss_value
     out["grad_norm"] = float(grad.norm())
     res = lanczos(op.matvec, op.size, max_steps=cfg.lanczos_steps, top_k=cfg.top_k, bottom_k=cfg.bottom_k,
@@ -175,6 +188,21 @@ def hessian(
         out["layers"] = _per_layer(model, make_op, cfg, dtype, dev)
     out["num_hvps"] = counter["n"]
     return out
+
+
+def _check_sizes(size: int, cfg: HessianConfig, dtype: torch.dtype, dev: torch.device) -> None:
+    """Refuse, before allocating them, a Lanczos basis (``min(steps, P) × P``) or a density grid
+    larger than the memory that would hold it."""
+    item = torch.finfo(dtype).bits // 8
+    basis_dev = torch.device(cfg.basis_device) if cfg.basis_device else dev
+    check_allocation(f"a Lanczos basis of {min(cfg.lanczos_steps, size):,} × {size:,} values",
+                     min(cfg.lanczos_steps, size) * size * item, "use fewer --lanczos-steps (or --basis-device cpu)",
+                     basis_dev)
+    if cfg.density:
+        check_allocation(f"an SLQ basis of {min(cfg.density_steps, size):,} × {size:,} values",
+                         min(cfg.density_steps, size) * size * item, "use fewer --density-steps", dev)
+        check_allocation(f"a density grid of {cfg.density_bins:,} bins", cfg.density_bins * 8 * 4,
+                         "use fewer density_bins")
 
 
 def _trace(op: HessianOperator, cfg: HessianConfig, dtype: torch.dtype, dev: torch.device):

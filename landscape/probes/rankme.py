@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.errors import ConfigError
+from landscape.errors import ConfigError, LandscapeError
 from landscape.features import FeatureSettings, split_features
 from landscape.probes.base import ProbeContext, register_probe
 
@@ -135,6 +135,8 @@ def rankme(Z: Tensor, cfg: RankMeConfig = RankMeConfig()) -> dict[str, Any]:
     if Z.ndim < 2 or Z.shape[0] < 1:
         raise ConfigError(f"Z must be N × K with N ≥ 1, got shape {tuple(Z.shape)}")
     z = Z.reshape(Z.shape[0], -1).to(torch.float64)
+    if not bool(torch.isfinite(z).all()):
+        raise LandscapeError("Z contains NaN or inf; RankMe, effective rank and α-ReQ are undefined")
     if cfg.center:
         z = z - z.mean(0)
     s = torch.linalg.svdvals(z)
@@ -161,6 +163,16 @@ def rankme(Z: Tensor, cfg: RankMeConfig = RankMeConfig()) -> dict[str, Any]:
     }
 
 
+def _check_finite_features(feats: Tensor, split: str, probe: str) -> None:
+    """One line when the features of ``split`` hold NaN/inf: ``probe`` is undefined there."""
+    bad = int((~torch.isfinite(feats)).sum())
+    if bad:
+        raise LandscapeError(
+            f"the {split} features hold {bad:,} NaN/inf values (of {feats.numel():,}); {probe} is undefined "
+            "at these weights (probe another checkpoint or layer)"
+        )
+
+
 @dataclass(frozen=True)
 class RankMeProbeConfig(FeatureSettings, RankMeConfig):
     """The RankMe probe: :class:`RankMeConfig` on the features of :class:`FeatureSettings`."""
@@ -169,4 +181,8 @@ class RankMeProbeConfig(FeatureSettings, RankMeConfig):
 @register_probe("rankme", RankMeProbeConfig, summary=("rankme", "effective_rank", "alpha_req"))
 def run_rankme(ctx: ProbeContext, cfg: RankMeProbeConfig) -> dict[str, Any]:
     """RankMe, effective rank and α-ReQ of the features on each split; one subgroup per split."""
-    return {split: rankme(feats, cfg) for split, (feats, _, _, _) in split_features(ctx, cfg).items()}
+    out = {}
+    for split, (feats, _, _, _) in split_features(ctx, cfg).items():
+        _check_finite_features(feats, split, "rankme")
+        out[split] = rankme(feats, cfg)
+    return out

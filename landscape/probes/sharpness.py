@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape.errors import ConfigError
+from landscape.errors import ConfigError, LandscapeError
 from landscape.params import ParamLayout, call, model_state, select_parameters
 from landscape.probes.base import ProbeContext, fixed_subset, register_probe
 
@@ -296,6 +296,8 @@ def worst_case_ascent(
     best value, or when neither the step nor the best value changed. ``F`` is evaluated at every
     iterate (``iters`` gradients, one final forward pass); the best iterate wins, and the clean
     point ``δ = 0`` (``clean = (F(0), err(0))``) is a candidate too, as in the reference.
+    A NaN ``F`` (a perturbation where the loss overflows) is never the maximum; if every
+    candidate is NaN the result is ``(nan, nan, δ)``.
 
     ``ellipsoid="euclidean"`` (adaptive l2 only) reproduces the reference's update instead: a step
     ``η·s⊙g/‖g‖`` in δ and the Euclidean projection onto the ellipsoid (:func:`project_ellipsoid`).
@@ -345,7 +347,8 @@ def worst_case_ascent(
             prev_cp, prev_eta, prev_best, n_updates = i, eta, best_f, 0
             if stalled or unchanged:
                 eta *= 0.5
-                u, u_prev, g = best_u, best_u, best_g  # restart from the best point (gradient stored)
+                if best_g is not None:  # None: every iterate so far was NaN; go on from where we are
+                    u, u_prev, g = best_u, best_u, best_g  # restart from the best point (gradient stored)
         z = proj(u + eta * step_dir(g))
         if i == 0:
             u_new = z
@@ -356,6 +359,8 @@ def worst_case_ascent(
             on_iterate(to_delta(u))
     if clean is not None and clean[0] >= best_f:  # δ = 0 is feasible (the reference starts from it)
         return clean[0], clean[1], torch.zeros_like(s)
+    if best_f == -math.inf:  # every iterate NaN (a NaN F is never a maximum): the maximum is unknown
+        return math.nan, math.nan, to_delta(u)
     return best_f, best_err, to_delta(best_u)
 
 
@@ -537,6 +542,11 @@ def _sharpness(model, loss, x, y, cfg: SharpnessConfig, dev, dtype, on_step) -> 
 
     clean = [obj.value(torch.zeros_like(obj.theta), xb, yb) for xb, yb in batches]
     loss_clean = np.array([c[0] for c in clean])
+    if not np.isfinite(loss_clean).all():
+        raise LandscapeError(
+            f"the loss is NaN/inf at these weights on {int((~np.isfinite(loss_clean)).sum())} of {n_batches} "
+            "batches; sharpness is undefined there (check the data and the loss, or probe another checkpoint)"
+        )
     err_clean = np.array([c[1] for c in clean])
     R = len(cfg.rhos)  # type: ignore[arg-type]
     out_loss = np.zeros((R, n_batches))

@@ -27,12 +27,13 @@ from torch import nn
 from landscape.errors import ConfigError
 from landscape.params import call
 from landscape.probes.base import ProbeContext, fixed_subset, parse_splits, register_probe
+from landscape.utils import check_allocation
 
 DIRECTIONS = ("random", "pca", "interpolate:<checkpoint>")
 
 
-def parse_grid(spec: str) -> np.ndarray:
-    """``"min:max:num"`` (the reference's syntax) → ``np.linspace(min, max, num)``."""
+def grid_spec(spec: str) -> tuple[float, float, int]:
+    """``"min:max:num"`` → ``(min, max, num)``, validated, nothing allocated."""
     parts = str(spec).split(":")
     try:
         lo, hi, num = float(parts[0]), float(parts[1]), int(parts[2])
@@ -40,7 +41,19 @@ def parse_grid(spec: str) -> np.ndarray:
             raise ValueError
     except (ValueError, IndexError):
         raise ConfigError(f"bad grid {spec!r}; use MIN:MAX:NUM with MIN < MAX and NUM ≥ 1, e.g. -1:1:51") from None
+    return lo, hi, num
+
+
+def parse_grid(spec: str) -> np.ndarray:
+    """``"min:max:num"`` (the reference's syntax) → ``np.linspace(min, max, num)``."""
+    lo, hi, num = grid_spec(spec)
     return np.linspace(lo, hi, num)
+
+
+def grid_bytes(points: int, n_splits: int) -> int:
+    """Host memory of a surface's results over ``points`` grid points: the coordinates (and their
+    meshgrid), loss and accuracy (float64) per split, and the done mask."""
+    return points * (2 * 2 * 8 + n_splits * 2 * 8 + 1)
 
 
 @dataclass(frozen=True)
@@ -79,9 +92,11 @@ class SurfaceConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "splits", ",".join(parse_splits(self.splits)))
-        parse_grid(self.x)
-        if self.dim == 2:
-            parse_grid(self.y)
+        nums = [grid_spec(self.x)[2], *([grid_spec(self.y)[2]] if self.dim == 2 else [])]
+        points = math.prod(nums)
+        check_allocation(f"a grid of {' × '.join(f'{n:,}' for n in nums)} points",
+                         grid_bytes(points, len(parse_splits(self.splits))),
+                         "use fewer points (e.g. --x -1:1:51 --y -1:1:51)")
         checks = [
             (self.dim in (1, 2), f"dim must be 1 or 2, got {self.dim}"),
             (self.direction in ("random", "pca") or self.direction.startswith("interpolate:"),
@@ -101,8 +116,8 @@ class SurfaceConfig:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        nx = len(parse_grid(self.x))
-        return (nx,) if self.dim == 1 else (nx, len(parse_grid(self.y)))
+        nx = grid_spec(self.x)[2]
+        return (nx,) if self.dim == 1 else (nx, grid_spec(self.y)[2])
 
 
 # ---- evaluation -------------------------------------------------------------------------------

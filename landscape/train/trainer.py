@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import tempfile
 import time
@@ -46,10 +47,15 @@ from landscape.train.schedules import build_schedule
 from landscape.utils import (
     atomic_write,
     atomic_write_json,
+    disk_full_error,
+    is_disk_full,
+    read_jsonl,
     resolve_device,
     seed_everything,
     versions,
 )
+
+RESUME_HINT = "free space and rerun with --resume"
 
 
 @dataclass(frozen=True)
@@ -132,18 +138,37 @@ def _latest_resumable(run: RunDir) -> Checkpoint | None:
 
 
 def _read_metrics(path: Path, up_to_step: int) -> list[str]:
-    """Lines of metrics.jsonl with ``step ≤ up_to_step`` (unparsable, half-written lines dropped)."""
+    """Lines of metrics.jsonl with ``step ≤ up_to_step``; a half-written last line is dropped, a
+    damaged line elsewhere is an error (:func:`landscape.utils.read_jsonl`)."""
     if not path.is_file():
         return []
     keep = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and record.get("step", math.inf) <= up_to_step:
+    for line, record in read_jsonl(path):
+        step = record.get("step", math.inf) if isinstance(record, dict) else None
+        if isinstance(step, int | float) and not isinstance(step, bool) and step <= up_to_step:
             keep.append(line)
     return keep
+
+
+_STATE_RE = re.compile(r"^(step_\d+)\.state\.pt$")
+
+
+def _clean_after_disk_full(out: Path) -> None:
+    """Leave ``out`` as a kill would, minus the debris: a trainer state whose weights were never
+    written is removed, and a half-written last line of metrics.jsonl is cut off (truncating
+    needs no free space). The run then resumes from its newest complete checkpoint."""
+    ckpt_dir = out / "checkpoints"
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.iterdir():
+            m = _STATE_RE.match(p.name)
+            if m and not (ckpt_dir / f"{m.group(1)}.safetensors").exists():
+                p.unlink(missing_ok=True)
+    metrics = out / "metrics.jsonl"
+    if metrics.is_file():
+        with open(metrics, "rb+") as fh:
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
+                fh.truncate(data.rfind(b"\n") + 1)
 
 
 class _Progress:
@@ -231,7 +256,25 @@ def train(
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(out, "free space and rerun") from exc
         raise ConfigError(f"cannot write to {out} ({exc.strerror}); choose another --out") from exc
+    writing = {"path": out}  # what is being written: named by a disk-full error
+    try:
+        return _train_into(out, config, dev, data, model, loss_fn, optimizer, scheduler, spe, total, save_at,
+                           resuming, progress, stop_after, writing)
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        _clean_after_disk_full(out)
+        raise disk_full_error(writing["path"], RESUME_HINT) from exc
+
+
+def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset, model: torch.nn.Module,
+                loss_fn: Loss, optimizer: Any, scheduler: Any, spe: int, total: int, save_at: set[int],
+                resuming: bool, progress: bool, stop_after: int | None, writing: dict[str, Path]) -> TrainResult:
+    """The loop of :func:`train`, into a prepared ``out``; ``writing["path"]`` names each file as it is written."""
+    n_train = len(data.train)
 
     ckpt_dir = out / "checkpoints"
     metrics_path = out / "metrics.jsonl"
@@ -251,9 +294,11 @@ def train(
             step, running = int(state["step"]), dict(state["running"])
             resumed_from = step
         kept = _read_metrics(metrics_path, step if cp is not None else -1)
+        writing["path"] = metrics_path
         atomic_write(metrics_path, lambda fh: fh.write("".join(line + "\n" for line in kept)))
     else:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        # config.json first: if it cannot be written, ``out`` holds nothing and a rerun starts afresh
+        writing["path"] = out / "config.json"
         atomic_write_json(
             out / "config.json",
             {
@@ -272,7 +317,10 @@ def train(
                 "versions": versions(),
             },
         )
+        writing["path"] = metrics_path
         metrics_path.touch()
+        writing["path"] = ckpt_dir
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     x_train, y_train = data.train.x.to(dev), data.train.y.to(dev)
     x_test, y_test = data.test.x.to(dev), data.test.y.to(dev)
@@ -289,6 +337,7 @@ def train(
         record["time"] = time.time()
         if not all(math.isfinite(v) for k, v in record.items() if k.endswith("loss")):
             _diverged(step, "evaluation loss")
+        writing["path"] = metrics_path
         with open(metrics_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         return record
@@ -304,11 +353,14 @@ def train(
         }
         if dev.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(dev)
-        save_state(ckpt_dir / f"{name}.state.pt", state)
+        writing["path"] = ckpt_dir / f"{name}.state.pt"
+        save_state(writing["path"], state)
         # Weights last: a .safetensors file is the mark of a complete checkpoint.
-        save_weights(ckpt_dir / f"{name}.safetensors", model, {"step": step, "epoch": step / spe})
+        writing["path"] = ckpt_dir / f"{name}.safetensors"
+        save_weights(writing["path"], model, {"step": step, "epoch": step / spe})
 
     def _diverged(step: int, what: str) -> None:
+        writing["path"] = metrics_path
         with open(metrics_path, "a") as fh:
             fh.write(json.dumps({"step": step, "event": "diverged", "what": what}) + "\n")
         last = RunDir(out).checkpoints()
