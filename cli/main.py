@@ -270,6 +270,7 @@ def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | 
         task = bar.add_task(probe, total=total, work="")
         finished = {"targets": 0}
         failures: dict[str, str] = {}
+        data_lines: list[str] = []
 
         def on_failure(t, error):
             failures[t.name] = error
@@ -290,13 +291,14 @@ def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | 
                             model_spec=model_spec, data_spec=data_spec, force=force,
                             weights=weights, strip_prefix=strip_prefix,
                             allow_outside_links=allow_outside_links, on_failure=on_failure,
-                            on_progress=on_progress, on_target=on_target)
+                            on_progress=on_progress, on_target=on_target, on_data=data_lines.append)
     if failures and not records:  # nothing could be loaded: the error itself, one line, exit 2
         errors = set(failures.values())
         if len(errors) == 1:
             raise LandscapeError(errors.pop())
         _print_failures({f"{probe} {name}": error for name, error in failures.items()})
         raise typer.Exit(2)
+    _print_data(data_lines)
     _print_summary(probe, records)
     _print_failures({f"{probe} {name}": error for name, error in failures.items()})
     console.print(f"results: [bold]{_lit(out_path)}[/]")
@@ -548,6 +550,7 @@ def analyze(
     model_spec, data_spec = _foreign_specs(model, model_param, num_classes, input_shape, model_factory,
                                            dataset, dataset_param, loss)
     check_model_specs(targets, model_spec)  # a factory that cannot (or may not) be used: one line, once
+    data_lines: list[str] = []
     with _analysis_progress(progress) as bar:
         task = bar.add_task("analyze", total=len(names) * len(targets), work="")
         now = {"probe": names[0], "finished": 0}
@@ -571,7 +574,9 @@ def analyze(
                               device=device, force=force, on_target=on_target, on_progress=on_progress,
                               on_probe=on_probe, executor=executor, workers=workers, address=address,
                               model_spec=model_spec, data_spec=data_spec, weights=weights,
-                              strip_prefix=strip_prefix, allow_outside_links=allow_outside_links)
+                              strip_prefix=strip_prefix, allow_outside_links=allow_outside_links,
+                              on_data=data_lines.append)
+    _print_data(data_lines)
     for probe, records in report.results.items():
         _print_summary(probe, records)
     _print_failures(report.failures)
@@ -582,6 +587,13 @@ def analyze(
         console.print(f"figures: [bold]{_lit(folder)}[/] ({len(written)} files)")
     if report.failures and not report.results:
         raise typer.Exit(2)
+
+
+def _print_data(lines: list[str]) -> None:
+    """Each data description once (what the data are and what was done to them), after the work, so
+    that a run ending in an error prints that one line only."""
+    for line in dict.fromkeys(lines):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_failures(failures: dict[str, str]) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from landscape.checkpoints import ModelSpec, checkpoint_matches, file_fingerprint, file_sha256
+from landscape.datasets import describe_data
 from landscape.errors import CheckpointError, ConfigError, LandscapeError
 from landscape.executors import map_tasks
 from landscape.probes import PROBES, ProbeContext
@@ -27,6 +28,7 @@ from landscape.store import Store, checkpoint_name, group_name, settings_hash
 from landscape.targets import (
     DataSpec,
     Target,
+    check_data_spec,
     load_data_and_loss,
     load_model_and_record,
     resolve_targets,
@@ -74,6 +76,7 @@ def run_probe(
     allow_outside_links: bool = False,
     weights: str = "auto",
     strip_prefix: str | None = None,
+    on_data: Callable[[str], None] | None = None,
 ) -> list[ProbeRecord]:
     """Run ``probe`` with config ``cfg`` on the selected checkpoints of ``path``; store and return the results.
 
@@ -83,7 +86,9 @@ def run_probe(
     (the trust boundary of :class:`landscape.checkpoints.ModelSpec`). ``weights`` (``auto`` | ``ema``
     | ``raw``) and ``strip_prefix`` say which tensors of a checkpoint are the model's
     (:func:`landscape.checkpoints.load_state_dict`, :func:`~landscape.checkpoints.fit_state_dict`);
-    what was used is stored beside the results (``checkpoint_load``).
+    what was used is stored beside the results (``checkpoint_load``). ``on_data(line)`` is told,
+    once per dataset loaded in this process, what the data are and what was done to them
+    (:func:`landscape.datasets.describe_data`).
 
     ``on_target(target, state)`` is told ``"start"``/``"done"``/``"stored"`` per checkpoint and
     ``on_progress(target, n)`` the probe's units of work (HVPs for the Hessian). ``executor``
@@ -99,6 +104,7 @@ def run_probe(
     targets = resolve_targets(path, checkpoints, weights=weights, strip_prefix=strip_prefix)
     store = Store(out if out is not None else default_output(path))
     check_model_specs(targets, model_spec)
+    check_data_spec(targets, data_spec)
     store.check_writable()
     settings = dataclasses.asdict(cfg)
     stored = _check_stored(store, targets, spec.name, settings, force)
@@ -137,6 +143,7 @@ def run_probe(
              for target, _ in todo]
     if executor == "local":
         caches: dict[str, Any] = {}
+        told: set[str] = set()
         for task, (target, group) in zip(tasks, todo, strict=True):
             if on_target:
                 on_target(target, "start")
@@ -150,6 +157,10 @@ def run_probe(
             except CheckpointError as exc:
                 failed(target, exc)
                 continue
+            if on_data:  # told once the data have served a result
+                for k in sorted({k for k in caches if k.startswith("data:")} - told):
+                    told.add(k)
+                    on_data(describe_data(caches[k][0]))
             write(target, group, result, info, True)
             records.append(ProbeRecord(target, group, result, False, info["seconds"]))
             if on_target:
@@ -221,7 +232,7 @@ def compute_probe(
     attributes need (data, loss, seconds). Runs anywhere: it reads files, it never writes them."""
     caches = _WORKER_CACHES if caches is None else caches
     spec, target, dev = PROBES[task.probe], task.target, torch.device(task.device)
-    key = f"data:{target.run_dir}"
+    key = f"data:{target.run_dir}:{task.data_spec if target.run_dir is None else ''}"
     if key not in caches:
         caches[key] = load_data_and_loss(target, task.data_spec)
     data, loss = caches[key]
@@ -389,6 +400,7 @@ def analyze(
     allow_outside_links: bool = False,
     weights: str = "auto",
     strip_prefix: str | None = None,
+    on_data: Callable[[str], None] | None = None,
 ) -> AnalysisReport:
     """Run several probes (each with its default config, updated by ``settings[probe]``) on the
     selected checkpoints, all into one results file. A probe that fails is reported and recorded
@@ -402,7 +414,9 @@ def analyze(
     names = parse_probes(probes)
     configs = {name: make_config(name, **(settings or {}).get(name, {})) for name in names}
     store = Store(out if out is not None else default_output(path))
-    check_model_specs(resolve_targets(path, checkpoints, weights=weights, strip_prefix=strip_prefix), model_spec)
+    targets = resolve_targets(path, checkpoints, weights=weights, strip_prefix=strip_prefix)
+    check_model_specs(targets, model_spec)
+    check_data_spec(targets, data_spec)
     results: dict[str, list[ProbeRecord]] = {}
     failures: dict[str, str] = {}
 
@@ -419,7 +433,7 @@ def analyze(
                 on_progress=on_progress, on_target=on_target, executor=executor, workers=workers,
                 address=address, model_spec=model_spec, data_spec=data_spec,
                 allow_outside_links=allow_outside_links, weights=weights, strip_prefix=strip_prefix,
-                on_failure=lambda t, e, n=name: record_failure(f"failures/{n}/{group_name(t.name)}", f"{n} {t.name}", e))
+                on_data=on_data, on_failure=lambda t, e, n=name: record_failure(f"failures/{n}/{group_name(t.name)}", f"{n} {t.name}", e))
         except LandscapeError as exc:
             record_failure(f"failures/{name}", name, str(exc))
     return AnalysisReport(results, failures)

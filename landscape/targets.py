@@ -270,8 +270,6 @@ def _no_dataset_message(target: Target) -> str:
 
 def load_data_and_loss(target: Target, data_spec: DataSpec | None):
     """``(Dataset, Loss)`` the target was trained with (RUN_DIR) or that ``data_spec`` names."""
-    from dataclasses import replace
-
     from landscape.datasets import load_dataset
     from landscape.train.losses import build_loss
     from landscape.train.trainer import load_data
@@ -279,12 +277,7 @@ def load_data_and_loss(target: Target, data_spec: DataSpec | None):
     if target.run_dir is not None:
         run = RunDir(target.run_dir)
         cfg = run.config
-        data = load_data(cfg)
-        recorded = ((run.meta.get("dataset") or {}).get("info") or {}).get("normalization") or {}
-        if "mean" in recorded and data.normalization["method"] == "none":
-            # a run trained when npz inputs were always standardized: analyze the data it saw
-            params = {**cfg.dataset_params, "normalize": "standardize"}
-            data = load_data(replace(cfg, dataset_params=params))
+        data = load_data(cfg, run.meta)  # the data the run saw, as its config.json records it
         return data, build_loss(cfg.loss, z_loss=cfg.z_loss, **cfg.loss_params)
     if data_spec is None or data_spec.dataset is None:
         raise ConfigError(_no_dataset_message(target))

@@ -66,16 +66,26 @@ class TrainResult:
     resumed_from: int | None = None
 
 
-def load_data(config: TrainConfig) -> Dataset:
-    return load_dataset(
-        config.dataset,
-        train_size=config.train_size,
-        label_noise=config.label_noise,
-        random_labels=config.random_labels,
-        imbalance_ratio=config.imbalance_ratio,
-        seed=config.data_seed,
-        **config.dataset_params,
-    )
+def load_data(config: TrainConfig, meta: dict[str, Any] | None = None) -> Dataset:
+    """The data ``config`` names. ``meta`` (a run's ``config.json``) keeps an old run on the data it
+    was trained on: a run whose record shows standardized inputs where the dataset's default is now
+    "as given" (``npz`` before inputs were used as given) is loaded standardized again."""
+    params = dict(config.dataset_params)
+
+    def load() -> Dataset:
+        return load_dataset(config.dataset, train_size=config.train_size, label_noise=config.label_noise,
+                            random_labels=config.random_labels, imbalance_ratio=config.imbalance_ratio,
+                            seed=config.data_seed, **params)
+
+    data = load()
+    dataset = (meta or {}).get("dataset")
+    info = dataset.get("info") if isinstance(dataset, dict) else None
+    recorded = info.get("normalization") if isinstance(info, dict) else None
+    if isinstance(recorded, dict) and "mean" in recorded and "normalize" not in params \
+            and data.normalization.get("method") == "none":
+        params["normalize"] = "standardize"
+        data = load()
+    return data
 
 
 def build_loss_from(config: TrainConfig) -> Loss:
@@ -224,7 +234,13 @@ def train(
     out = Path(out)
     dev = resolve_device(device)
 
-    data = load_data(config)
+    previous = None
+    if resume and (out / "config.json").is_file():
+        try:
+            previous = json.loads((out / "config.json").read_text())
+        except (OSError, ValueError):
+            previous = None  # _prepare_run_dir reports a damaged config.json
+    data = load_data(config, previous if isinstance(previous, dict) else None)
     seed_everything(config.seed)
     model = build_model(config.model, data.input_shape, data.num_classes, **config.model_params).to(dev)
     loss_fn = build_loss_from(config)
