@@ -188,6 +188,8 @@ CHECKPOINTS = typer.Option("last", "--checkpoints", help=CHECKPOINTS_HELP)
 STRIP_PREFIX = typer.Option(None, "--strip-prefix", help="Load the weights under this key prefix, without it "
                             "(e.g. model. for a Lightning module's self.model); a prefix every key shares and the "
                             "model lacks is stripped by itself.")
+DATA_FACTORY = typer.Option(None, "--data-factory", help="pkg.module:fn (or file.py:fn) returning your (train, test) "
+                            "data: (x, y) arrays, a Dataset or a DataLoader each; called with the --dataset-param values.")
 OUTSIDE_LINKS = typer.Option(False, "--allow-outside-links", help="Follow checkpoints of a run that are symlinks "
                              "to files outside it (refused by default).")
 WEIGHTS = typer.Option("auto", "--weights", help="ema, raw, or auto (EMA weights where the checkpoint has them); "
@@ -208,7 +210,8 @@ PLOTS = typer.Option(True, "--plots/--no-plots", help="Write figures to the plot
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress.")
 
 
-def _foreign_specs(model, model_param, num_classes, input_shape, factory, dataset, dataset_param, loss):
+def _foreign_specs(model, model_param, num_classes, input_shape, factory, dataset, dataset_param, loss,
+                   data_factory=None):
     """Model and data specs for checkpoints outside a RUN_DIR (ignored for a RUN_DIR)."""
     from landscape.checkpoints import ModelSpec
     from landscape.targets import DataSpec
@@ -223,8 +226,10 @@ def _foreign_specs(model, model_param, num_classes, input_shape, factory, datase
     if model or factory:
         model_spec = ModelSpec(name=model, input_shape=shape, num_classes=num_classes,
                                params=parse_key_values(model_param, "--model-param"), factory=factory)
+    if dataset is not None and data_factory is not None:
+        raise ConfigError("give --dataset or --data-factory, not both")
     data_spec = DataSpec(dataset=dataset, dataset_params=parse_key_values(dataset_param, "--dataset-param"),
-                         loss=loss or "ce")
+                         loss=loss or "ce", factory=data_factory)
     # without --dataset the spec stays incomplete: a RUN_DIR ignores it, a foreign checkpoint is refused
     if (model_spec is not None and model_spec.factory is None and (shape is None or num_classes is None)
             and dataset is not None):
@@ -242,16 +247,6 @@ def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | 
                    allow_outside_links: bool = False) -> None:
     """Run a probe with a progress bar: over checkpoints, or over units of work (``work_per_target``
     per checkpoint, e.g. grid points) with an ETA; then a summary table and the figures."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from landscape.analyze import check_model_specs, default_output, run_probe
     from landscape.targets import resolve_targets
 
@@ -260,12 +255,7 @@ def _run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | 
     n_targets = len(targets)
     out_path = out if out is not None else default_output(target)
     check_model_specs(targets, model_spec)  # so does a factory that cannot (or may not) be used
-    columns = [SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[work]}", markup=False), TimeElapsedColumn()]
-    if work_per_target:
-        columns.append(TimeRemainingColumn())
-    bar = Progress(*columns, console=err_console, disable=not progress)
-    with bar:
+    with _analysis_progress(progress) as bar:
         total = n_targets * work_per_target if work_per_target else n_targets
         task = bar.add_task(probe, total=total, work="")
         finished = {"targets": 0}
@@ -354,7 +344,7 @@ def probe_command(probe: str, *, checkpoints: str = "last", unit: str = "",
         ("dataset", Optional[str], DATASET), ("dataset_param", Optional[list[str]], DATASET_PARAM),
         ("loss", Optional[str], LOSS), ("force", bool, FORCE), ("plots", bool, PLOTS), ("progress", bool, PROGRESS),
         ("weights", str, WEIGHTS), ("strip_prefix", Optional[str], STRIP_PREFIX),
-        ("allow_outside_links", bool, OUTSIDE_LINKS),
+        ("allow_outside_links", bool, OUTSIDE_LINKS), ("data_factory", Optional[str], DATA_FACTORY),
     ]
 
     def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
@@ -365,7 +355,8 @@ def probe_command(probe: str, *, checkpoints: str = "last", unit: str = "",
             opts = {name: kwargs.pop(name) for name, _, _ in shared}
             cfg = build(**kwargs)
             foreign = _foreign_specs(opts["model"], opts["model_param"], opts["num_classes"], opts["input_shape"],
-                                     opts["model_factory"], opts["dataset"], opts["dataset_param"], opts["loss"])
+                                     opts["model_factory"], opts["dataset"], opts["dataset_param"], opts["loss"],
+                                     opts["data_factory"])
             _run_probe_cli(probe, cfg, target, opts["checkpoints"], opts["out"], opts["device"], foreign,
                            opts["force"], opts["plots"], opts["progress"], unit=unit,
                            work_per_target=work(cfg) if work else 0, weights=opts["weights"],
@@ -521,7 +512,9 @@ def analyze(
     dataset_param: Optional[list[str]] = DATASET_PARAM, loss: Optional[str] = LOSS,
     force: bool = FORCE, plots: bool = PLOTS, progress: bool = PROGRESS,
     weights: str = WEIGHTS, strip_prefix: Optional[str] = STRIP_PREFIX,
-    allow_outside_links: bool = OUTSIDE_LINKS,
+    allow_outside_links: bool = OUTSIDE_LINKS, data_factory: Optional[str] = typer.Option(
+        None, "--data-factory", help="pkg.module:fn (or file.py:fn) returning your (train, test) data: "
+        "(x, y) arrays, a Dataset or a DataLoader each; called with the --dataset-param values."),
 ) -> None:
     """Run several probes on a run's checkpoints into one results file; a failing probe is reported and the others go on.
 
@@ -548,7 +541,7 @@ def analyze(
     if executor not in ("local", "process", "ray"):
         raise ConfigError(f"unknown executor {executor!r}; valid: local, process, ray")
     model_spec, data_spec = _foreign_specs(model, model_param, num_classes, input_shape, model_factory,
-                                           dataset, dataset_param, loss)
+                                           dataset, dataset_param, loss, data_factory)
     check_model_specs(targets, model_spec)  # a factory that cannot (or may not) be used: one line, once
     data_lines: list[str] = []
     with _analysis_progress(progress) as bar:
@@ -607,7 +600,8 @@ def _print_failures(failures: dict[str, str]) -> None:
 
 
 def _analysis_progress(enabled: bool):
-    """Progress over (probe × checkpoint) tasks: the probe, the checkpoint, its work, elapsed and ETA."""
+    """A bar over units of work ((probe × checkpoint) tasks, or grid points): what runs now (probe,
+    checkpoint), its work, elapsed time and the ETA. User text is shown literally."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

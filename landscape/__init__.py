@@ -4,7 +4,14 @@ literature studies, then measure the geometry of what was trained."""
 __version__ = "0.1.0"
 
 # the façade: each name is imported on first use, so `import landscape` stays light
-_LAZY = {"load_results": "landscape.results"}
+_LAZY = {
+    "load_results": "landscape.results",
+    **{name: "landscape.facade" for name in
+       ("hessian", "surface", "sharpness", "coherence", "collapse", "rankme", "dse", "Result")},
+    "analyze": "landscape.analyze",
+    "ModelSpec": "landscape.checkpoints",
+}
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):

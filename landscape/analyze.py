@@ -105,7 +105,6 @@ def run_probe(
     store = Store(out if out is not None else default_output(path))
     check_model_specs(targets, model_spec)
     check_data_spec(targets, data_spec)
-    store.check_writable()
     settings = dataclasses.asdict(cfg)
     stored = _check_stored(store, targets, spec.name, settings, force)
     records: list[ProbeRecord] = []
@@ -118,6 +117,9 @@ def run_probe(
             records.append(ProbeRecord(target, group, store.read(group)[0], True, 0.0))
         else:
             todo.append((target, group))
+
+    if todo:  # fail now, not after an hour of work; a rerun with everything stored writes nothing
+        store.check_writable()
 
     def write(target: Target, group: str, result: dict[str, Any], info: dict[str, Any], complete: bool) -> None:
         attrs = {"probe": spec.name, "settings": settings, "settings_hash": settings_hash(settings),

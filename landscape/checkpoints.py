@@ -110,7 +110,7 @@ def untrusted_factory_message(factory: str) -> str:
     )
 
 
-def resolve_factory(spec: str) -> Callable[..., nn.Module]:
+def resolve_factory(spec: str, kind: str = "model factory") -> Callable[..., Any]:
     """The callable named by ``spec``: ``pkg.module:fn``, ``module:fn`` (the current directory is
     searched too, like ``python -m``) or ``path/to/file.py:fn``."""
     import importlib.util
@@ -120,19 +120,19 @@ def resolve_factory(spec: str) -> Callable[..., nn.Module]:
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(
-            f"model factory {spec!r} must look like 'package.module:function' or 'path/to/file.py:function'"
+            f"{kind} {spec!r} must look like 'package.module:function' or 'path/to/file.py:function'"
         )
     try:
         if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
             path = Path(module_name).expanduser()
             if not path.is_file():
-                raise ConfigError(f"model factory {spec!r}: file {module_name!r} does not exist")
+                raise ConfigError(f"{kind} {spec!r}: file {module_name!r} does not exist")
             key = f"landscape_user_factory_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
             module = sys.modules.get(key)
             if module is None:
                 module_spec = importlib.util.spec_from_file_location(key, path)
                 if module_spec is None or module_spec.loader is None:
-                    raise ConfigError(f"model factory {spec!r}: {str(path)!r} is not a Python file")
+                    raise ConfigError(f"{kind} {spec!r}: {str(path)!r} is not a Python file")
                 module = importlib.util.module_from_spec(module_spec)
                 sys.path.insert(0, str(path.resolve().parent))  # its own sibling imports
                 try:
@@ -157,16 +157,16 @@ def resolve_factory(spec: str) -> Callable[..., nn.Module]:
     except ConfigError:
         raise
     except AttributeError:
-        raise ConfigError(f"model factory {spec!r}: module {module_name!r} has no {attr!r}") from None
+        raise ConfigError(f"{kind} {spec!r}: module {module_name!r} has no {attr!r}") from None
     except ImportError as exc:
         raise ConfigError(
-            f"cannot import model factory {spec!r} ({exc}); run from the folder that holds the module, "
+            f"cannot import {kind} {spec!r} ({exc}); run from the folder that holds the module, "
             "or name the file: --model-factory path/to/file.py:function"
         ) from None
     except Exception as exc:  # the user's module raised while being imported
-        raise ConfigError(f"importing model factory {spec!r} failed: {type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"importing {kind} {spec!r} failed: {type(exc).__name__}: {exc}") from None
     if not callable(fn):
-        raise ConfigError(f"model factory {spec!r} is a {type(fn).__name__}, not a function")
+        raise ConfigError(f"{kind} {spec!r} is a {type(fn).__name__}, not a function")
     return fn
 
 

@@ -9,6 +9,7 @@ tensors it perturbs, in the same order. Which tensors those are is set by ``kind
 * ``"states"``: every floating-point tensor of ``model.state_dict()`` (parameters and the BN
   running mean/var). Integer buffers (``num_batches_tracked``) are never perturbed: they are not
   in a direction at all, and :func:`perturbed` passes them through unchanged.
+  A tensor shared under several names (tied weights) is in a direction once, under its first name.
 
 Everything here is a pure function: no model or input tensor is modified, and every random
 draw comes from a ``torch.Generator`` seeded by the caller, on the CPU (so a direction is the
@@ -91,13 +92,20 @@ def target_tensors(model: nn.Module, kind: str = "weights") -> dict[str, Tensor]
     """Detached copies of the tensors a direction of ``kind`` perturbs, on the model's device.
 
     ``weights``: ``model.named_parameters()``; ``states``: the floating-point entries of
-    ``model.state_dict()`` (parameters and BN running statistics, no integer buffers).
+    ``model.state_dict()`` (parameters and BN running statistics, no integer buffers). A tensor
+    the model shares under several names (tied embeddings) is one entry, under its first name:
+    perturbing it perturbs every use.
     """
     _check_choice("direction kind", kind, KINDS)
     if kind == "weights":
         items = [(n, p.detach()) for n, p in model.named_parameters()]
     else:
-        items = list(model.state_dict().items())
+        seen: set[int] = set()
+        items = []
+        for n, t in model.state_dict(keep_vars=True).items():  # state_dict repeats tied tensors
+            if id(t) not in seen:
+                seen.add(id(t))
+                items.append((n, t.detach()))
     out = {n: t.detach().clone() for n, t in items if t.is_floating_point()}
     if not out:
         raise ConfigError(f"the model has no floating-point {kind} to perturb")

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from landscape.outputs import OutputFn, logits_of
+
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -17,10 +19,12 @@ def evaluate(
     y: torch.Tensor,
     losses: dict[str, PerSampleLoss],
     batch_size: int = 1024,
+    output_fn: OutputFn | None = None,
 ) -> dict[str, float]:
     """Mean of each per-sample loss over ``(x, y)`` and the accuracy, in ``eval()`` mode.
 
     Returns ``{name: (1/N) Σ_n loss(f(x_n), y_n) for each loss} ∪ {"acc": (1/N) Σ_n 1[argmax f(x_n) = y_n]}``;
+    ``f(x)`` is :func:`landscape.outputs.logits_of` of the model's output (or ``output_fn``'s);
     the model's train/eval mode is restored afterwards.
     """
     was_training = model.training
@@ -30,7 +34,7 @@ def evaluate(
     try:
         for start in range(0, len(x), batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            logits = model(xb)
+            logits = logits_of(model(xb), output_fn)
             for name, fn in losses.items():
                 totals[name] += fn(logits, yb).double().sum()
             correct += (logits.argmax(dim=1) == yb).sum()

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.errors import ConfigError, LandscapeError
+from landscape.outputs import OutputFn, logits_of
 
 __all__ = ["extract_features", "find_classifier", "find_module"]
 
@@ -85,6 +86,7 @@ def extract_features(
     layer: str | None = None,
     batch_size: int = 1024,
     device: torch.device | str | None = None,
+    output_fn: OutputFn | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Features at the input of ``layer`` and the logits of ``model`` on inputs ``x``.
 
@@ -98,6 +100,8 @@ def extract_features(
         batch_size: inputs per forward pass.
         device: where to run; ``None`` → the device of the model's first parameter (CPU for
             a parameter-free model).
+        output_fn: model output → logits; ``None`` → :func:`landscape.outputs.logits_of`'s rule
+            (a tensor, a tuple's first element, or ``.logits`` / ``["logits"]``).
 
     Returns:
         ``(features, logits)``: ``features`` is ``N × D`` (the module input flattened per
@@ -106,7 +110,7 @@ def extract_features(
     Raises:
         ConfigError: unknown ``layer`` (the message lists valid module names) or bad ``batch_size``.
         LandscapeError: the module is not called exactly once per forward pass, or the model
-            does not return a tensor.
+            output holds no logits tensor (:class:`landscape.outputs.OutputError`).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}")
@@ -135,11 +139,7 @@ def extract_features(
             for start in range(0, x.shape[0], batch_size):
                 xb = x[start : start + batch_size].to(device)
                 captured.clear()
-                out = model(xb)
-                if not isinstance(out, Tensor):
-                    raise LandscapeError(
-                        f"{type(model).__name__} returned {type(out).__name__}, not a logit tensor"
-                    )
+                out = logits_of(model(xb), output_fn)
                 if len(captured) != 1:
                     raise LandscapeError(
                         f"layer {name!r} ran {len(captured)} times in one forward pass; "
@@ -194,7 +194,18 @@ def split_features(ctx, settings: FeatureSettings) -> dict[str, tuple[Tensor, Te
             idx = fixed_subset(len(data), settings.samples, settings.seed)
             x, y = data.x[idx], data.y[idx]
             feats, logits = extract_features(ctx.model, x, layer=settings.layer,
-                                             batch_size=settings.batch_size, device=ctx.device)
+                                             batch_size=settings.batch_size, device=ctx.device,
+                                             output_fn=getattr(ctx, "output_fn", None))
             ctx.cache[key] = (feats, logits, y.to(feats.device), x)
         out[split] = ctx.cache[key]
     return out
+
+
+def check_finite_features(feats: torch.Tensor, split: str, probe: str) -> None:
+    """One line when the features of ``split`` hold NaN/inf: ``probe`` is undefined there."""
+    bad = int((~torch.isfinite(feats)).sum())
+    if bad:
+        raise LandscapeError(
+            f"the {split} features hold {bad:,} NaN/inf values (of {feats.numel():,}); {probe} is undefined "
+            "at these weights (probe another checkpoint or layer)"
+        )

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from landscape.errors import ConfigError
-from landscape.params import ParamLayout, call, model_state, select_parameters
+from landscape.outputs import OutputFn, logits_of
+from landscape.params import ParamLayout, call, model_state, second_order, select_parameters
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,6 +47,10 @@ class HessianOperator:
     ``params`` restricts the operator to a block (the others stay fixed): the result is the
     diagonal block ``H[params, params]`` of the full Hessian. The model is never mutated: its
     parameters and buffers are copied (cast to ``dtype``) and used through ``functional_call``.
+    Parameters are as the model owns them (:mod:`landscape.params`): a tied tensor is one
+    coordinate block, and the HVP differentiates through every use of it. Every HVP runs under
+    :func:`landscape.params.second_order` (math SDPA backend, selected automatically), so
+    attention layers with default settings work on CPU and GPU.
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class HessianOperator:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         method: str = "auto",
+        output_fn: OutputFn | None = None,
     ) -> None:
         if bn_mode not in BN_MODES:
             raise ConfigError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
@@ -68,6 +74,7 @@ class HessianOperator:
             raise ConfigError(f"HVP method must be one of {', '.join(HVP_METHODS)}, got {method!r}")
         self.model = model
         self.loss = loss
+        self.output_fn = output_fn  # model output → logits (landscape.outputs.logits_of)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dtype = dtype
         self.bn_mode = bn_mode
@@ -100,7 +107,7 @@ class HessianOperator:
         was_training = self.model.training
         self.model.train(self.bn_mode == "train")
         try:
-            return self.loss(call(self.model, state, xb), yb).mean()
+            return self.loss(logits_of(call(self.model, state, xb), self.output_fn), yb).mean()
         finally:
             self.model.train(was_training)
 
@@ -133,6 +140,10 @@ class HessianOperator:
     __call__ = matvec
 
     def _batch_hvp(self, i: int, v: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with second_order():  # the graph (and its forward pass) must use differentiable attention
+            return self._batch_hvp_inner(i, v, xb, yb)
+
+    def _batch_hvp_inner(self, i: int, v: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         if self.method == "cached_graph":
             if i not in self._graphs:
                 theta = self.theta.detach().requires_grad_(True)

@@ -3,6 +3,7 @@ with their model, loss and data."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +34,21 @@ class DataSpec:
 
     ``dataset`` has no default: a foreign checkpoint's data must be named. ``dataset_params``
     go to :func:`~landscape.datasets.load_dataset` (``normalize`` among them: a registered
-    dataset keeps its documented preprocessing, ``npz`` arrays are used as given).
+    dataset keeps its documented preprocessing, ``npz`` arrays are used as given). Or ``factory``
+    (``--data-factory``): a callable of the user's, called as ``fn(**dataset_params)``, returning
+    ``(train, test)``, ``{"train": …, "test": …}`` or the train data alone, each in any form of
+    :mod:`landscape.user_data`, used as given.
     """
 
     dataset: str | None = None
     dataset_params: dict[str, Any] = field(default_factory=dict)
     loss: str = "ce"
     loss_params: dict[str, Any] = field(default_factory=dict)
+    factory: str | None = None  # "pkg.mod:fn" / "file.py:fn" the user names: fn(**dataset_params) → data
+
+    @property
+    def named(self) -> bool:
+        return self.dataset is not None or self.factory is not None
 
 
 @dataclass(frozen=True)
@@ -258,8 +267,12 @@ def check_data_spec(targets: list[Target], data_spec: DataSpec | None) -> None:
     """Fail before any work (and before a results file is opened) when a foreign target's data
     are not named: the error :func:`load_data_and_loss` would raise for it."""
     foreign = next((t for t in targets if t.run_dir is None), None)
-    if foreign is not None and (data_spec is None or data_spec.dataset is None):
+    if foreign is not None and (data_spec is None or not data_spec.named):
         raise ConfigError(_no_dataset_message(foreign))
+    if data_spec is not None and data_spec.factory:
+        from landscape.checkpoints import resolve_factory
+
+        resolve_factory(data_spec.factory, "data factory")
 
 
 def _no_dataset_message(target: Target) -> str:
@@ -279,7 +292,33 @@ def load_data_and_loss(target: Target, data_spec: DataSpec | None):
         cfg = run.config
         data = load_data(cfg, run.meta)  # the data the run saw, as its config.json records it
         return data, build_loss(cfg.loss, z_loss=cfg.z_loss, **cfg.loss_params)
-    if data_spec is None or data_spec.dataset is None:
+    if data_spec is None or not data_spec.named:
         raise ConfigError(_no_dataset_message(target))
     spec = data_spec
-    return load_dataset(spec.dataset, **spec.dataset_params), build_loss(spec.loss, **spec.loss_params)
+    data = factory_data(spec) if spec.factory else load_dataset(spec.dataset, **spec.dataset_params)
+    return data, build_loss(spec.loss, **spec.loss_params)
+
+
+def factory_data(spec: DataSpec):
+    """The data a user's ``--data-factory`` returns, as an in-memory Dataset used as given."""
+    from landscape.checkpoints import resolve_factory
+    from landscape.user_data import as_dataset
+
+    fn = resolve_factory(spec.factory, "data factory")
+    try:
+        out = fn(**spec.dataset_params)
+    except Exception as exc:
+        raise ConfigError(f"data factory {spec.factory!r} failed: {type(exc).__name__}: {exc}") from None
+    if isinstance(out, dict):
+        if "train" not in out:
+            raise ConfigError(f"data factory {spec.factory!r} returned a dict without 'train' "
+                              f"(keys: {', '.join(map(str, out))})")
+        train, test = out["train"], out.get("test")
+    elif isinstance(out, tuple) and len(out) == 2 and not isinstance(out[0], torch.Tensor) \
+            and not hasattr(out[0], "shape"):
+        train, test = out  # (train, test), each a loader / dataset / (x, y) pair
+    else:
+        train, test = out, None
+    data = as_dataset(train, test)
+    data.info["source"] = {**data.info["source"], "factory": spec.factory, "params": dict(spec.dataset_params)}
+    return dataclasses.replace(data, name=spec.factory)

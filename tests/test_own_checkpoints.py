@@ -116,3 +116,35 @@ def test_scenario_mistakes_are_one_line(user_folder, tmp_path):
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (args, proc.stderr)
         assert not out.exists()
+
+
+def test_a_data_factory_brings_the_users_own_loaders(user_folder, tmp_path):
+    root, truth = user_folder
+    (root / "myloaders.py").write_text(textwrap.dedent("""
+        import numpy as np
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        def loaders(batch_size=64):
+            d = np.load("digits_mine.npz")
+            train = TensorDataset(torch.tensor(d["x_train"], dtype=torch.float32), torch.tensor(d["y_train"]))
+            return DataLoader(train, batch_size=batch_size), (d["x_test"].astype(np.float32), d["y_test"])
+    """))
+    proc = _landscape("analyze", "ckpts/", "--model-factory", "mynets:build", "--data-factory", "myloaders:loaders",
+                      "--dataset-param", "batch_size=50", "--checkpoints", "last", "--out", "fac.h5",
+                      "--probes", "hessian,rankme", "--setting", "hessian.top_k=1", "--setting",
+                      "hessian.trace_samples=3", "--setting", "rankme.samples=64", "--no-progress", "--no-plots",
+                      cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    arrays, attrs = Store(root / "fac.h5").read("epoch_15/hessian")
+    assert abs(float(arrays["loss"]) - truth) < 1e-6
+    assert attrs["data"]["source"]["factory"] == "myloaders:loaders"
+    assert attrs["data"]["source"]["params"] == {"batch_size": 50}
+    assert attrs["data"]["n_test"] == 200
+    both = _landscape("analyze", "ckpts/", "--model-factory", "mynets:build", "--data-factory", "myloaders:loaders",
+                      "--dataset", "npz", "--out", str(tmp_path / "x.h5"), cwd=root)
+    assert both.returncode == 2 and "not both" in both.stderr
+    missing = _landscape("analyze", "ckpts/", "--model-factory", "mynets:build", "--data-factory", "myloaders:nope",
+                         "--out", str(tmp_path / "x.h5"), cwd=root)
+    assert missing.returncode == 2 and "data factory 'myloaders:nope'" in missing.stderr
+    assert not (tmp_path / "x.h5").exists()

@@ -23,7 +23,10 @@ from landscape.registry import Registry
 
 @dataclass
 class ProbeContext:
-    """A loaded checkpoint: the model (on ``device``), the per-sample loss, and the data."""
+    """A loaded checkpoint: the model (on ``device``), the per-sample loss, and the data.
+
+    ``loss(logits, y)`` receives :func:`landscape.outputs.logits_of` of the model's output (a
+    tensor, a tuple's first element, or ``.logits``), or ``output_fn(output)`` when given."""
 
     model: nn.Module
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -36,6 +39,7 @@ class ProbeContext:
     partial: dict[str, Any] | None = None  # results of an interrupted run with the same settings
     save_partial: Callable[[dict[str, Any]], None] = lambda arrays: None  # record work done so far
     resolve_checkpoint: Callable[[str], dict[str, torch.Tensor]] | None = None  # another checkpoint's tensors
+    output_fn: Callable[[Any], torch.Tensor] | None = None  # model output → logits (see landscape.outputs)
 
     def split(self, name: str) -> Split:
         table = {"train": self.data.train, "test": self.data.test}

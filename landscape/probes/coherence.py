@@ -69,6 +69,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from landscape.errors import ConfigError, LandscapeError
+from landscape.outputs import OutputFn, logits_of
 from landscape.params import model_state, select_parameters
 from landscape.probes.base import ProbeContext, fixed_subset, register_probe
 
@@ -168,9 +169,11 @@ def gradient_statistics(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     names: Sequence[str] | None = None,
+    output_fn: OutputFn | None = None,
 ) -> GradientStatistics:
     """Σ_i g_i and Σ_i g_i² (elementwise) of the per-example gradients g_i = ∇ℓ(f(x_i), y_i) of
-    the parameters ``names`` (default: all trainable ones), the model in eval mode."""
+    the parameters ``names`` (default: all trainable ones), the model in eval mode; ``f(x)`` is
+    :func:`landscape.outputs.logits_of` of the model's output (or ``output_fn``'s)."""
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if len(x) != len(y) or len(x) < 1:
@@ -184,10 +187,10 @@ def gradient_statistics(
     model.eval()
     try:
         if method == "vmap":
-            total, sq = _vmap_sums(model, loss, state, layout.names, x, y, chunk)
+            total, sq = _vmap_sums(model, loss, state, layout.names, x, y, chunk, output_fn=output_fn)
             tags = dict.fromkeys(layout.names, "vmap")
         else:
-            total, sq, tags = _hook_sums(model, loss, state, layout.names, x, y, chunk, batch_size)
+            total, sq, tags = _hook_sums(model, loss, state, layout.names, x, y, chunk, batch_size, output_fn)
     finally:
         for m, flag in flags.items():
             m.training = flag
@@ -195,14 +198,14 @@ def gradient_statistics(
     return GradientStatistics(len(x), total, sq, tags, eps)
 
 
-def _vmap_sums(model, loss, state, names, x, y, chunk, want_sum: bool = True):
+def _vmap_sums(model, loss, state, names, x, y, chunk, want_sum: bool = True, output_fn=None):
     """Σ g and Σ g² of ``names`` by ``vmap(grad)``, ``chunk`` examples per call, the rest fixed."""
     params = {n: state[n] for n in names}
     fixed = {k: v for k, v in state.items() if k not in params}
 
     def one(p, xi, yi):
         out = functional_call(model, {**fixed, **p}, (xi.unsqueeze(0),))
-        return loss(out, yi.unsqueeze(0)).sum()
+        return loss(logits_of(out, output_fn), yi.unsqueeze(0)).sum()
 
     per_example = vmap(grad(one), in_dims=(None, 0, 0))
     total = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for n, p in params.items()}
@@ -226,7 +229,7 @@ def _hookable(module: nn.Module) -> bool:
             and not isinstance(module.padding, str))
 
 
-def _hook_sums(model, loss, state, names, x, y, chunk, batch_size):
+def _hook_sums(model, loss, state, names, x, y, chunk, batch_size, output_fn=None):
     # Which selected parameters a hooked module owns (weight/bias, not tied to another module).
     owners: dict[str, list[str]] = {}
     aliases: dict[int, int] = {}
@@ -276,7 +279,7 @@ def _hook_sums(model, loss, state, names, x, y, chunk, batch_size):
             for r in records.values():
                 r.clear()
             out = functional_call(model, call_state, (xb,))
-            per_sample = loss(out, yb)
+            per_sample = loss(logits_of(out, output_fn), yb)
             if per_sample.shape != (len(xb),):
                 raise ConfigError(f"the loss must return one value per sample, shape ({len(xb)},), "
                                   f"got {tuple(per_sample.shape)}")
@@ -301,7 +304,7 @@ def _hook_sums(model, loss, state, names, x, y, chunk, batch_size):
     via_hooks = {n for m, own in owners.items() if m not in bad for n in own}
     rest = [n for n in names if n not in via_hooks]
     if rest:
-        _, rest_sq = _vmap_sums(model, loss, state, rest, x, y, chunk, want_sum=False)
+        _, rest_sq = _vmap_sums(model, loss, state, rest, x, y, chunk, want_sum=False, output_fn=output_fn)
         sq.update(rest_sq)
     tags = {n: ("hooks" if n in via_hooks else "vmap") for n in names}
     return total, sq, tags
@@ -462,6 +465,7 @@ def coherence(
     y: torch.Tensor,
     cfg: CoherenceConfig = CoherenceConfig(),
     device: torch.device | str | None = None,
+    output_fn: OutputFn | None = None,
 ) -> dict[str, Any]:
     """Coherence α, m·α (overall and per layer) and GSNR summaries of the per-example gradients of
     ``loss`` (per-sample values) on a fixed ``cfg.subset`` of ``(x, y)``.
@@ -481,7 +485,8 @@ def coherence(
         )
     idx = fixed_subset(len(x), cfg.subset, cfg.seed)
     stats = gradient_statistics(model, loss, x[idx], y[idx], method=cfg.method, chunk=cfg.chunk,
-                                batch_size=cfg.batch_size, dtype=DTYPES[cfg.dtype], device=device)
+                                batch_size=cfg.batch_size, dtype=DTYPES[cfg.dtype], device=device,
+                                output_fn=output_fn)
     bad = [n for n in stats.sum if not (bool(torch.isfinite(stats.sum[n]).all())
                                         and bool(torch.isfinite(stats.sum_sq[n]).all()))]
     if bad:
@@ -500,6 +505,6 @@ def coherence(
 def run_coherence(ctx: ProbeContext, cfg: CoherenceConfig) -> dict[str, Any]:
     """The coherence / GSNR probe on the checkpoint's ``cfg.split`` (labels as trained)."""
     split = ctx.split(cfg.split)
-    out = coherence(ctx.model, ctx.loss, split.x, split.y, cfg, device=ctx.device)
+    out = coherence(ctx.model, ctx.loss, split.x, split.y, cfg, device=ctx.device, output_fn=ctx.output_fn)
     ctx.advance(1)
     return out

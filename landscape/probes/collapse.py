@@ -79,7 +79,12 @@ import torch
 from torch import Tensor, nn
 
 from landscape.errors import ConfigError, LandscapeError
-from landscape.features import FeatureSettings, find_classifier, split_features
+from landscape.features import (
+    FeatureSettings,
+    check_finite_features,
+    find_classifier,
+    split_features,
+)
 from landscape.probes.base import ProbeContext, register_probe
 
 __all__ = ["CollapseConfig", "neural_collapse"]
@@ -324,16 +329,6 @@ def neural_collapse(
     return out
 
 
-def _check_finite_features(feats: Tensor, split: str, probe: str) -> None:
-    """One line when the features of ``split`` hold NaN/inf: ``probe`` is undefined there."""
-    bad = int((~torch.isfinite(feats)).sum())
-    if bad:
-        raise LandscapeError(
-            f"the {split} features hold {bad:,} NaN/inf values (of {feats.numel():,}); {probe} is undefined "
-            "at these weights (probe another checkpoint or layer)"
-        )
-
-
 @dataclass(frozen=True)
 class CollapseProbeConfig(FeatureSettings, CollapseConfig):
     """The neural-collapse probe: :class:`CollapseConfig` on the features of :class:`FeatureSettings`."""
@@ -347,7 +342,7 @@ def run_collapse(ctx: ProbeContext, cfg: CollapseProbeConfig) -> dict[str, Any]:
         weight, _ = find_classifier(ctx.model, cfg.layer)  # the linear layer whose input is the feature
     out: dict[str, Any] = {}
     for split, (feats, logits, y, _) in split_features(ctx, cfg).items():
-        _check_finite_features(feats, split, "neural collapse")
+        check_finite_features(feats, split, "neural collapse")
         w = None if weight is None else weight.to(feats.device)
         out[split] = neural_collapse(feats, y, w, predictions=logits.argmax(1),
                                      num_classes=ctx.data.num_classes, cfg=cfg)

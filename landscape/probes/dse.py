@@ -68,8 +68,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.errors import ConfigError, LandscapeError
-from landscape.features import FeatureSettings, split_features
+from landscape.errors import ConfigError
+from landscape.features import FeatureSettings, check_finite_features, split_features
 from landscape.probes.base import ProbeContext, register_probe
 from landscape.utils import check_allocation
 
@@ -280,16 +280,6 @@ def diffusion_spectral_mutual_information(
     }
 
 
-def _check_finite_features(feats: Tensor, split: str, probe: str) -> None:
-    """One line when the features of ``split`` hold NaN/inf: ``probe`` is undefined there."""
-    bad = int((~torch.isfinite(feats)).sum())
-    if bad:
-        raise LandscapeError(
-            f"the {split} features hold {bad:,} NaN/inf values (of {feats.numel():,}); {probe} is undefined "
-            "at these weights (probe another checkpoint or layer)"
-        )
-
-
 def _kernel_bytes(n: int) -> int:
     """Peak memory of one kernel of ``n`` points: distances, Gaussian, normalized and symmetrized
     copies, float64."""
@@ -321,7 +311,7 @@ def run_dse(ctx: ProbeContext, cfg: DSEProbeConfig) -> dict[str, Any]:
             "set dsmi_inputs=false (--setting dsmi_inputs=false; in analyze, dse.dsmi_inputs=false)"
         )
     for split, (feats, _, y, x) in split_features(ctx, cfg).items():
-        _check_finite_features(feats, split, "DSE")
+        check_finite_features(feats, split, "DSE")
         n = min(len(feats), cfg.max_n)
         check_allocation(f"a diffusion kernel of {n:,} × {n:,} points", _kernel_bytes(n),
                          "use fewer --samples (or a smaller max_n)", feats.device)

@@ -28,6 +28,7 @@ from landscape.linalg import (
     smoothed_density,
     stochastic_lanczos_quadrature,
 )
+from landscape.outputs import OutputFn, logits_of
 from landscape.params import layer_blocks, select_parameters
 from landscape.probes.base import ProbeContext, fixed_subset, register_probe
 from landscape.utils import check_allocation
@@ -101,9 +102,11 @@ def hessian(
     *,
     device: torch.device | str | None = None,
     on_hvp: Callable[[int], None] | None = None,
+    output_fn: OutputFn | None = None,
 ) -> dict[str, Any]:
     """Spectrum summaries of ``∇²L(θ)``, ``L = (1/N) Σ_n loss(f_θ(x_n), y_n)`` over ``(x, y)``
-    (or a fixed ``cfg.subset`` of it). ``loss`` returns per-sample values.
+    (or a fixed ``cfg.subset`` of it). ``loss`` returns per-sample values of the logits
+    ``f_θ(x)`` = :func:`landscape.outputs.logits_of` of the model's output (or ``output_fn``'s).
 
     Returns arrays and scalars: ``eigenvalues`` (top-k, descending), ``bottom_eigenvalues``
     (ascending), ``residuals``, ``lambda_ratio`` = |λ_min/λ_max|, ``trace``/``trace_se``,
@@ -115,7 +118,7 @@ def hessian(
             f"subset of {cfg.subset} samples asked for, but the data hold {len(x)}; use a subset ≤ {len(x)} or none"
         )
     if cfg.engine == "pyhessian":
-        return _pyhessian(model, loss, x, y, cfg, device)
+        return _pyhessian(model, loss, x, y, cfg, device, output_fn)
     dtype = DTYPES[cfg.dtype]
     idx = fixed_subset(len(x), cfg.subset, cfg.seed)
     x, y = x[idx], y[idx]
@@ -124,7 +127,7 @@ def hessian(
 
     def make_op(params=None) -> HessianOperator:
         op = HessianOperator(model, loss, x, y, params=params, batch_size=cfg.batch_size,
-                             bn_mode=cfg.bn_mode, dtype=dtype, device=dev)
+                             bn_mode=cfg.bn_mode, dtype=dtype, device=dev, output_fn=output_fn)
         inner = op.matvec
 
         def counted(v: torch.Tensor) -> torch.Tensor:
@@ -231,7 +234,7 @@ def _per_layer(model, make_op, cfg: HessianConfig, dtype, dev) -> dict[str, np.n
     }
 
 
-def _pyhessian(model, loss, x, y, cfg: HessianConfig, device) -> dict[str, Any]:
+def _pyhessian(model, loss, x, y, cfg: HessianConfig, device, output_fn=None) -> dict[str, Any]:
     """Run PyHessian (Yao et al. 2020) itself on the same model and data subset.
 
     PyHessian runs on a copy of the model (its constructor switches the model to eval mode and
@@ -252,7 +255,7 @@ def _pyhessian(model, loss, x, y, cfg: HessianConfig, device) -> dict[str, Any]:
     idx = fixed_subset(len(x), cfg.subset, cfg.seed)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model = copy.deepcopy(model).to(dev)
-    criterion = lambda out, tgt: loss(out, tgt).mean()  # noqa: E731
+    criterion = lambda out, tgt: loss(logits_of(out, output_fn), tgt).mean()  # noqa: E731
     count = {"n": 0}
     real_hvp = pyhessian_module.hessian_vector_product
 
@@ -302,4 +305,5 @@ def _pyhessian(model, loss, x, y, cfg: HessianConfig, device) -> dict[str, Any]:
 def run_hessian(ctx: ProbeContext, cfg: HessianConfig) -> dict[str, Any]:
     """The Hessian probe on the checkpoint's ``cfg.split`` (the training loss, labels as trained)."""
     split = ctx.split(cfg.split)
-    return hessian(ctx.model, ctx.loss, split.x, split.y, cfg, device=ctx.device, on_hvp=ctx.advance)
+    return hessian(ctx.model, ctx.loss, split.x, split.y, cfg, device=ctx.device, on_hvp=ctx.advance,
+                   output_fn=ctx.output_fn)

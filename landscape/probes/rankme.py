@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from landscape.errors import ConfigError, LandscapeError
-from landscape.features import FeatureSettings, split_features
+from landscape.features import FeatureSettings, check_finite_features, split_features
 from landscape.probes.base import ProbeContext, register_probe
 
 __all__ = ["RankMeConfig", "rankme", "power_law_fit"]
@@ -163,16 +163,6 @@ def rankme(Z: Tensor, cfg: RankMeConfig = RankMeConfig()) -> dict[str, Any]:
     }
 
 
-def _check_finite_features(feats: Tensor, split: str, probe: str) -> None:
-    """One line when the features of ``split`` hold NaN/inf: ``probe`` is undefined there."""
-    bad = int((~torch.isfinite(feats)).sum())
-    if bad:
-        raise LandscapeError(
-            f"the {split} features hold {bad:,} NaN/inf values (of {feats.numel():,}); {probe} is undefined "
-            "at these weights (probe another checkpoint or layer)"
-        )
-
-
 @dataclass(frozen=True)
 class RankMeProbeConfig(FeatureSettings, RankMeConfig):
     """The RankMe probe: :class:`RankMeConfig` on the features of :class:`FeatureSettings`."""
@@ -183,6 +173,6 @@ def run_rankme(ctx: ProbeContext, cfg: RankMeProbeConfig) -> dict[str, Any]:
     """RankMe, effective rank and α-ReQ of the features on each split; one subgroup per split."""
     out = {}
     for split, (feats, _, _, _) in split_features(ctx, cfg).items():
-        _check_finite_features(feats, split, "rankme")
+        check_finite_features(feats, split, "rankme")
         out[split] = rankme(feats, cfg)
     return out

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from landscape.errors import ConfigError, LandscapeError
-from landscape.params import ParamLayout, call, model_state, select_parameters
+from landscape.outputs import OutputFn, logits_of
+from landscape.params import ParamLayout, call, model_state, second_order, select_parameters
 from landscape.probes.base import ProbeContext, fixed_subset, register_probe
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -206,8 +207,9 @@ class _Objective:
     """``L_B(w + δ)`` and its gradient for perturbations of a flat vector of the chosen parameters."""
 
     def __init__(self, model: nn.Module, loss: PerSampleLoss, layout: ParamLayout, cfg: SharpnessConfig,
-                 dtype: torch.dtype, device: torch.device) -> None:
+                 dtype: torch.dtype, device: torch.device, output_fn: OutputFn | None = None) -> None:
         self.model, self.loss, self.layout, self.cfg = model, loss, layout, cfg
+        self.output_fn = output_fn
         self.state = model_state(model, dtype, device)
         self.theta = layout.flatten(self.state).detach()
         self.num_gradients = 0
@@ -217,7 +219,7 @@ class _Objective:
         if self.cfg.bn_mode == "train":  # batch statistics; the running buffers stay untouched
             state.update({k: v.clone() for k, v in self.state.items() if k not in self.layout.names})
         state.update(self.layout.unflatten(theta))
-        z = call(self.model, state, x)  # in the mode set by `sharpness` (bn_mode)
+        z = logits_of(call(self.model, state, x), self.output_fn)  # in the mode set by `sharpness` (bn_mode)
         if self.cfg.logit_normalize:  # z ← (z − mean z)/‖z − mean z‖ per sample (reference option)
             z = z - z.mean(dim=-1, keepdim=True)
             z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -239,12 +241,14 @@ class _Objective:
         return float(value.detach()), _error(z.detach(), y), g
 
     def grad_norm_ascent(self, delta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """``(‖∇L_B(w+δ)‖, ∇_δ ½‖∇L_B(w+δ)‖² = H g)`` by double backward."""
+        """``(‖∇L_B(w+δ)‖, ∇_δ ½‖∇L_B(w+δ)‖² = H g)`` by double backward, under
+        :func:`landscape.params.second_order` (math SDPA backend: attention layers work)."""
         d = delta.detach().requires_grad_(True)
-        value = self.loss(self.logits(self.theta + d, x), y).mean()
-        (g,) = torch.autograd.grad(value, d, create_graph=True)
-        half_sq = 0.5 * (g * g).sum()
-        (hg,) = torch.autograd.grad(half_sq, d)
+        with second_order():
+            value = self.loss(self.logits(self.theta + d, x), y).mean()
+            (g,) = torch.autograd.grad(value, d, create_graph=True)
+            half_sq = 0.5 * (g * g).sum()
+            (hg,) = torch.autograd.grad(half_sq, d)
         self.num_gradients += 2
         return float(g.detach().norm()), hg
 
@@ -483,6 +487,7 @@ def sharpness(
     *,
     device: torch.device | str | None = None,
     on_step: Callable[[int], None] | None = None,
+    output_fn: OutputFn | None = None,
 ) -> dict[str, Any]:
     r"""Sharpness of ``L(w) = (1/m) Σ_{n∈B} loss(f_w(x_n), y_n)`` per batch B, over a ρ grid.
 
@@ -507,6 +512,7 @@ def sharpness(
     ``first_order_grad_norm``, and ``pac_bayes`` (subgroup: ``sigma``, ``inv_sigma2``,
     ``sigma_mag``, ``inv_sigma2_mag``, ``accuracy_clean``); counts ``num_batches``, ``num_samples``,
     ``num_params``, ``num_gradients``. ``on_step(n)`` is told the gradient evaluations so far.
+    ``f_w(x)`` is :func:`landscape.outputs.logits_of` of the model's output (or ``output_fn``'s).
     """
     subset = cfg.subset if cfg.subset is not None else len(x)
     if cfg.m > min(subset, len(x)):
@@ -521,16 +527,16 @@ def sharpness(
     was_training = model.training
     model.train(cfg.bn_mode == "train")  # only the flag; restored on the way out
     try:
-        return _sharpness(model, loss, x, y, cfg, dev, dtype, on_step)
+        return _sharpness(model, loss, x, y, cfg, dev, dtype, on_step, output_fn)
     finally:
         model.train(was_training)
 
 
-def _sharpness(model, loss, x, y, cfg: SharpnessConfig, dev, dtype, on_step) -> dict[str, Any]:
+def _sharpness(model, loss, x, y, cfg: SharpnessConfig, dev, dtype, on_step, output_fn=None) -> dict[str, Any]:
     n_batches = len(y) // cfg.m
     batches = [(x[b * cfg.m:(b + 1) * cfg.m], y[b * cfg.m:(b + 1) * cfg.m]) for b in range(n_batches)]
     layout = _perturbed_layout(model, cfg.params)
-    obj = _Objective(model, loss, layout, cfg, dtype, dev)
+    obj = _Objective(model, loss, layout, cfg, dtype, dev, output_fn)
     s = obj.theta.abs() if cfg.adaptive else torch.ones_like(obj.theta)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     count = {"n": 0}
@@ -655,4 +661,5 @@ def _pac_bayes(obj: _Objective, batches, cfg: SharpnessConfig, dtype, dev) -> di
 def run_sharpness(ctx: ProbeContext, cfg: SharpnessConfig) -> dict[str, Any]:
     """The sharpness probe on the checkpoint's ``cfg.split`` (the training loss, labels as trained)."""
     split = ctx.split(cfg.split)
-    return sharpness(ctx.model, ctx.loss, split.x, split.y, cfg, device=ctx.device, on_step=ctx.advance)
+    return sharpness(ctx.model, ctx.loss, split.x, split.y, cfg, device=ctx.device, on_step=ctx.advance,
+                     output_fn=ctx.output_fn)

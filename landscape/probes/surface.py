@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from landscape.errors import ConfigError
+from landscape.outputs import OutputFn, logits_of
 from landscape.params import call
 from landscape.probes.base import ProbeContext, fixed_subset, parse_splits, register_probe
 from landscape.utils import check_allocation
@@ -141,9 +142,11 @@ def evaluate_points(
     *,
     batch_size: int = 4096,
     bn_mode: str = "eval",
+    output_fn: OutputFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean loss and accuracy over ``(x, y)`` at ``base + Σ_i c_i d_i`` for each row ``c`` of
-    ``coefficients`` (P × k); the model's own tensors are never modified."""
+    ``coefficients`` (P × k); the model's own tensors are never modified. ``loss`` and the
+    accuracy read :func:`landscape.outputs.logits_of` of the model's output (or ``output_fn``'s)."""
     losses, accs = np.empty(len(coefficients)), np.empty(len(coefficients))
     was_training = model.training
     model.train(bn_mode == "train")
@@ -164,7 +167,7 @@ def evaluate_points(
                 total, correct = 0.0, 0
                 for start in range(0, len(x), batch_size):
                     xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-                    logits = call(model, state, xb)
+                    logits = logits_of(call(model, state, xb), output_fn)
                     total += float(loss(logits, yb).double().sum())
                     correct += int((logits.argmax(1) == yb).sum())
                 losses[p], accs[p] = total / len(x), correct / len(x)
@@ -185,6 +188,7 @@ def evaluate_points_vmapped(
     batch_size: int = 4096,
     points_per_call: int | None = 16,
     memory_budget_mb: float = 1024.0,
+    output_fn: OutputFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """As :func:`evaluate_points` (eval mode), with ``points_per_call`` grid points evaluated in one
     ``torch.func.vmap`` over stacked perturbed tensors: what keeps a GPU busy on a small model.
@@ -195,7 +199,7 @@ def evaluate_points_vmapped(
     coeffs_all = torch.as_tensor(coefficients, dtype=base[names[0]].dtype, device=base[names[0]].device)
 
     def logits_at(stacked: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
-        return call(model, {**fixed, **stacked}, xb)
+        return logits_of(call(model, {**fixed, **stacked}, xb), output_fn)
 
     batched = torch.func.vmap(logits_at, in_dims=(0, None))
     if points_per_call is None:
@@ -244,12 +248,13 @@ def _bytes_per_point(model: nn.Module, base: dict[str, torch.Tensor], names: lis
     return sum(base[n].numel() * base[n].element_size() for n in names) + sum(sizes)
 
 
-def _evaluator(cfg: SurfaceConfig, device: torch.device) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+def _evaluator(cfg: SurfaceConfig, device: torch.device,
+               output_fn: OutputFn | None = None) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     vmap = cfg.vectorize == "vmap" or (cfg.vectorize == "auto" and device.type == "cuda" and cfg.bn_mode == "eval")
     if vmap:
         return lambda *a: evaluate_points_vmapped(*a, batch_size=cfg.batch_size, points_per_call=cfg.points_per_call,
-                                                  memory_budget_mb=cfg.memory_budget_mb)
-    return lambda *a: evaluate_points(*a, batch_size=cfg.batch_size, bn_mode=cfg.bn_mode)
+                                                  memory_budget_mb=cfg.memory_budget_mb, output_fn=output_fn)
+    return lambda *a: evaluate_points(*a, batch_size=cfg.batch_size, bn_mode=cfg.bn_mode, output_fn=output_fn)
 
 
 def _chunks(n: int, size: int) -> list[np.ndarray]:
@@ -267,7 +272,7 @@ def _init_worker(payload: dict[str, Any]) -> None:
 def _worker_chunk(points: np.ndarray, coefficients: np.ndarray) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
     w = _WORKER
     out = {}
-    evaluate = _evaluator(w["cfg"], w["device"])
+    evaluate = _evaluator(w["cfg"], w["device"], w.get("output_fn"))
     for split, (x, y) in w["data"].items():
         out[split] = evaluate(w["model"], w["base"], w["directions"], coefficients, x, y, w["loss"])
     return points, out
@@ -361,14 +366,14 @@ def run_surface(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, Any]:
 
     if cfg.workers > 1 and len(todo) > 1:
         payload = {"model": ctx.model, "base": base, "directions": dirs, "data": data, "loss": ctx.loss,
-                   "cfg": cfg, "device": ctx.device}
+                   "cfg": cfg, "device": ctx.device, "output_fn": ctx.output_fn}
         mp = torch.multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(cfg.workers, mp_context=mp, initializer=_init_worker, initargs=(payload,)) as pool:
             futures = [pool.submit(_worker_chunk, c, grid[c]) for c in todo]
             for fut in futures:  # in order: the same sequence of partial saves as a serial run
                 record(*fut.result())
     else:
-        evaluate = _evaluator(cfg, ctx.device)
+        evaluate = _evaluator(cfg, ctx.device, ctx.output_fn)
         for c in todo:
             by_split = {split: evaluate(ctx.model, base, dirs, grid[c], x, y, ctx.loss) for split, (x, y) in data.items()}
             record(c, by_split)

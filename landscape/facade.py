@@ -1,0 +1,221 @@
+"""One call per probe on a model you already have in memory: ``import landscape as ls``.
+
+>>> res = ls.hessian(model, nn.CrossEntropyLoss(), (x, y), top_k=5)
+>>> res["eigenvalues"], res["trace"]
+>>> res.save("mine.h5"); res.plot("plots/")
+
+``data`` is the training data (``test=`` the held-out data, for probes that use both): a tuple
+``(x, y)`` of tensors or numpy arrays, a map-style torch ``Dataset`` of ``(x, y)`` items, or any
+iterable of ``(x, y)`` batches (a ``DataLoader``). It is used as given — no normalization, integer
+inputs stay integer — and what it was is recorded with the results. In this version the samples
+are gathered into one in-memory split before the probe runs (streaming batch by batch is the
+open-core step, issue 19); a DataLoader with shuffling is read once, in the order it yields.
+
+The model may return a tensor, a tuple (its first element is the logits), or a mapping / object
+with ``logits`` (a Hugging Face output); ``output_fn(output) -> logits`` for anything else. The
+loss receives the logits tensor.
+
+``loss`` may be per-sample (``reduction="none"``) or mean-reduced: a module with a ``reduction``
+attribute is copied with ``reduction="none"``; any other mean loss is applied sample by sample
+with ``torch.vmap``. Settings are the probe's config fields as keywords (``landscape probes``,
+or the config dataclasses in :mod:`landscape.probes`), or ``config=`` a config object.
+
+The model is not changed: it is evaluated functionally, in eval mode, on ``device`` (a copy is
+moved there when it lives elsewhere); its train/eval mode is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from landscape.errors import ConfigError
+from landscape.outputs import logits_of
+from landscape.probes import PROBES, ProbeContext, make_config
+from landscape.store import Store, group_name, settings_hash
+from landscape.user_data import as_dataset
+from landscape.utils import resolve_device, versions
+
+PROBE_NAMES = ("hessian", "surface", "sharpness", "coherence", "collapse", "rankme", "dse")
+
+
+class Result(Mapping):
+    """A probe's result: reads like a mapping of the arrays it stores (``res["eigenvalues"]``).
+
+    ``attrs`` holds what :meth:`save` writes beside them (settings and their hash, versions,
+    device, data and loss description, the model's sha256).
+    """
+
+    def __init__(self, probe: str, arrays: dict[str, Any], attrs: dict[str, Any]) -> None:
+        self.probe = probe
+        self.arrays = arrays
+        self.attrs = attrs
+
+    def __getitem__(self, key: str) -> Any:
+        value: Any = self.arrays
+        for part in key.split("/"):
+            if not isinstance(value, Mapping) or part not in value:
+                raise KeyError(f"{self.probe} result has no {key!r}; it has: {', '.join(self.arrays)}")
+            value = value[part]
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.arrays)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __repr__(self) -> str:
+        return f"<landscape {self.probe} result: {', '.join(self.arrays)}>"
+
+    def save(self, path: str | Path, name: str = "model", *, overwrite: bool = False) -> Path:
+        """Write ``/<name>/<probe>`` into the HDF5 file ``path`` (the schema ``landscape analyze``
+        writes, readable by ``landscape plot`` and ``ls.load_results``). A group already stored
+        there is kept unless ``overwrite``."""
+        from landscape.analyze import _storable
+
+        store = Store(path)
+        group = f"{group_name(name)}/{self.probe}"
+        if not overwrite and group in store.groups():
+            raise ConfigError(f"{store.path} already holds {group}; pass overwrite=True or another name")
+        store.write(group, _storable(self.arrays), self.attrs,
+                    {"name": name, "model_sha256": self.attrs["model_sha256"]})
+        return store.path
+
+    def plot(self, folder: str | Path = "plots", formats: tuple[str, ...] = ("png",)) -> list[Path]:
+        """Draw this result's figures into ``folder`` (through a results file written beside them)."""
+        from landscape.figures import probe_figures
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f".{self.probe}-{time.time_ns()}.h5"
+        try:
+            self.save(path)
+            return probe_figures(path, self.probe, folder, formats)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+# ---- losses as the user writes them ----------------------------------------------------------
+
+
+def per_sample_loss(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    logits: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``loss`` as ``(logits[N, …], y[N]) → [N]``: as is when it already returns one value per
+    sample on ``(logits, y)``; a module with ``reduction`` copied with ``reduction="none"``; else
+    each sample's loss through ``torch.vmap``."""
+    try:
+        out = loss(logits, y)
+    except Exception as exc:
+        raise ConfigError(f"the loss fails on the model's output {tuple(logits.shape)} and targets "
+                          f"{tuple(y.shape)}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"the loss returned a {type(out).__name__}, not a tensor")
+    if out.shape == (logits.shape[0],):
+        return loss
+    if out.ndim != 0:
+        raise ConfigError(f"the loss returned shape {tuple(out.shape)}; expected one value per sample "
+                          f"({logits.shape[0]},) or a scalar mean")
+    if isinstance(loss, nn.Module) and getattr(loss, "reduction", None) in ("mean", "sum"):
+        unreduced = copy.copy(loss)
+        unreduced.reduction = "none"
+        return unreduced
+    return torch.vmap(lambda o, t: loss(o.unsqueeze(0), t.unsqueeze(0)))
+
+
+def _describe_loss(loss: Any) -> dict[str, Any]:
+    spec = getattr(loss, "spec", None)
+    if callable(spec):
+        return spec()
+    return {"name": type(loss).__name__ if isinstance(loss, nn.Module) else getattr(loss, "__name__", repr(loss)),
+            "params": {"reduction": getattr(loss, "reduction", None)}}
+
+
+def model_sha256(model: nn.Module) -> str:
+    """SHA-256 over the model's state dict (names, dtypes, shapes and bytes, in order)."""
+    h = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        t = value.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# ---- one call per probe ------------------------------------------------------------------------
+
+
+def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = None, config: Any = None,
+        device: str | torch.device = "auto", output_fn: Callable[[Any], torch.Tensor] | None = None,
+        **settings: Any) -> Result:
+    """Run ``probe`` on an in-memory ``model`` with the user's ``loss`` and ``data``."""
+    spec = PROBES[probe]
+    if config is not None and settings:
+        raise ConfigError(f"give {probe} settings as keywords or as config=, not both")
+    cfg = config if config is not None else make_config(spec.name, **settings)
+    if not isinstance(cfg, spec.config):
+        raise ConfigError(f"probe {probe!r} takes a {spec.config.__name__}, got {type(cfg).__name__}")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    dev = resolve_device(device)
+    dataset = as_dataset(data, test)
+    if "test" in str(getattr(cfg, "splits", getattr(cfg, "split", ""))).replace("both", "test") and not len(dataset.test):
+        raise ConfigError(f"{probe} is set to use the test split; pass test=(x, y) or choose splits='train'")
+    on_device = next((p.device for p in model.parameters()), dev) == dev
+    work = model if on_device else copy.deepcopy(model).to(dev)
+    was_training = model.training
+    work.eval()
+    try:
+        with torch.no_grad():
+            sample = dataset.train.x[:2].to(dev)
+            logits = logits_of(work(sample), output_fn)
+        per_sample = per_sample_loss(loss, logits, dataset.train.y[:2].to(dev))
+        ctx = ProbeContext(model=work, loss=per_sample, data=dataset, device=dev, output_fn=output_fn)
+        torch.manual_seed(getattr(cfg, "seed", 0))
+        start = time.perf_counter()
+        arrays = spec.run(ctx, cfg)
+        seconds = time.perf_counter() - start
+    finally:
+        model.train(was_training)
+        work.train(was_training)
+    settings_dict = dataclasses.asdict(cfg)
+    attrs = {"probe": spec.name, "settings": settings_dict, "settings_hash": settings_hash(settings_dict),
+             "versions": versions(), "device": str(dev),
+             "data": {"dataset": "user", "n_train": len(dataset.train), "n_test": len(dataset.test),
+                      "input_dtype": str(dataset.train.x.dtype).removeprefix("torch."),
+                      "normalization": dataset.normalization, "source": dataset.info["source"]},
+             "loss": _describe_loss(loss), "seconds": seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "complete": True, "model_sha256": model_sha256(model)}
+    return Result(spec.name, arrays, attrs)
+
+
+def _facade(probe: str) -> Callable[..., Result]:
+    def call(model: nn.Module, loss: Callable, data: Any, *, test: Any = None, config: Any = None,
+             device: str | torch.device = "auto", output_fn: Callable[[Any], torch.Tensor] | None = None,
+             **settings: Any) -> Result:
+        return run(probe, model, loss, data, test=test, config=config, device=device, output_fn=output_fn,
+                   **settings)
+
+    cfg = PROBES[probe].config
+    fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cfg)
+                       if f.default is not dataclasses.MISSING)
+    call.__name__ = call.__qualname__ = probe
+    call.__doc__ = (f"Run the {probe} probe on ``model`` with ``loss`` over ``data`` (see :mod:`landscape.facade`).\n\n"
+                    f"Settings ({cfg.__name__}): {fields}.\n\n{(PROBES[probe].run.__doc__ or '').strip()}")
+    return call
+
+
+hessian = _facade("hessian")
+surface = _facade("surface")
+sharpness = _facade("sharpness")
+coherence = _facade("coherence")
+collapse = _facade("collapse")
+rankme = _facade("rankme")
+dse = _facade("dse")
