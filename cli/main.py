@@ -850,17 +850,20 @@ def main(argv: list[str] | None = None) -> int:
     such as an unknown name or a missing file — ends in one line on stderr and exit code 2,
     without a traceback.
     """
+    interrupted = "interrupted: rerun the same command to resume (`landscape train`: add --resume)"
     try:
         app(args=argv, prog_name="landscape")  # standalone: ends in SystemExit
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code == 130:  # click turns Ctrl-C into a silent exit 130
+            err_console.print(interrupted, markup=False, highlight=False, soft_wrap=True)
+        return code
     except LandscapeError as exc:
         message = " ".join(str(exc).splitlines())  # one line, printed literally (no markup, no emoji)
         err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        err_console.print("interrupted: rerun the same command to resume (`landscape train`: add --resume)",
-                          markup=False, highlight=False, soft_wrap=True)
+        err_console.print(interrupted, markup=False, highlight=False, soft_wrap=True)
         return 130
     return 0
 
