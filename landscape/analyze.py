@@ -249,7 +249,7 @@ def compute_probe(
                        run_cache=caches.setdefault(f"run:{target.run_dir}", {}),
                        advance=advance or (lambda n: None), run_dir=target.run_dir,
                        save_partial=save_partial or (lambda arrays: None), partial=partial,
-                       resolve_checkpoint=lambda which: _checkpoint_tensors(target, which))
+                       resolve_checkpoint=lambda which: _checkpoint_tensors(target, which, caches["info"]))
     torch.manual_seed(getattr(task.cfg, "seed", 0))
     start = time.perf_counter()
     result = spec.run(ctx, task.cfg)
@@ -279,6 +279,12 @@ def _check_stored(store: Store, targets: list[Target], probe: str, settings: dic
                 f"{bound.get('checkpoint') or 'unrecorded path'}), not {target.path}; "
                 "pass --force to recompute them, or write to another --out"
             )
+        for which, other in (attrs.get("other_checkpoints") or {}).items():
+            if not Path(other.get("checkpoint", "")).is_file() or not checkpoint_matches(other["checkpoint"], other):
+                raise ConfigError(
+                    f"{store.path} holds {probe} results for {target.name} computed with checkpoint {which!r} "
+                    f"({other.get('checkpoint')}), which has changed or is gone; pass --force to recompute them"
+                )
         asked = {"weights": target.weights, "strip_prefix": target.strip_prefix}
         was = (attrs.get("checkpoint_load") or {}).get("requested", asked)
         if was != asked:
@@ -299,15 +305,20 @@ def _check_stored(store: Store, targets: list[Target], probe: str, settings: dic
     return found
 
 
-def _checkpoint_tensors(target: Target, which: str) -> dict[str, torch.Tensor]:
-    """Tensors of another checkpoint: a file path, or a step/name of the target's run."""
+def _checkpoint_tensors(target: Target, which: str, info: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Tensors of another checkpoint: a file path, or a step/name of the target's run. The file is
+    recorded in ``info["other_checkpoints"]`` (path, sha256): results that used it are bound to it too."""
     from landscape.checkpoints import RunDir, load_state_dict
 
     if Path(which).is_file():
-        return load_state_dict(which)
-    if target.run_dir is None:
+        path = Path(which)
+    elif target.run_dir is None:
         raise ConfigError(f"checkpoint {which!r} not found; give a path to a checkpoint file")
-    return load_state_dict(RunDir(target.run_dir).checkpoint(which).path)
+    else:
+        path = RunDir(target.run_dir).checkpoint(which).path
+    info.setdefault("other_checkpoints", {})[which] = {"checkpoint": str(path), "checkpoint_sha256": file_sha256(path),
+                                                       **file_fingerprint(path)}
+    return load_state_dict(path)
 
 
 def _storable(result: dict[str, Any]) -> dict[str, Any]:

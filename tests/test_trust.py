@@ -225,3 +225,20 @@ def test_written_files_honour_the_umask(tmp_path):
         assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_a_surface_towards_another_checkpoint_is_bound_to_that_file_too(run_copy):
+    cps = RunDir(run_copy).checkpoints()
+    cfg = make_config("surface", dim=1, x="-0.5:1.5:5", direction=f"interpolate:{cps[0].name}")
+    first = run_probe(run_copy, "surface", cfg, device="cpu")
+    other = Store(run_copy / "analysis.h5").read(first[0].group)[1]["other_checkpoints"][cps[0].name]
+    assert other["checkpoint_sha256"] == file_sha256(cps[0].path)
+    assert run_probe(run_copy, "surface", cfg, device="cpu")[0].skipped
+    from landscape.checkpoints import save_weights
+
+    model = RunDir(run_copy).load_model(cps[0].name)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_weights(cps[0].path, model, {})
+    with pytest.raises(ConfigError, match="computed with checkpoint 'step_000000'.*has changed or is gone"):
+        run_probe(run_copy, "surface", cfg, device="cpu")
