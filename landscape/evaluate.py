@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from landscape.batch import forward
 from landscape.outputs import OutputFn, logits_of
 
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -34,7 +35,7 @@ def evaluate(
     try:
         for start in range(0, len(x), batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            logits = logits_of(model(xb), output_fn)
+            logits = logits_of(forward(model, xb), output_fn)
             for name, fn in losses.items():
                 totals[name] += fn(logits, yb).double().sum()
             correct += (logits.argmax(dim=1) == yb).sum()

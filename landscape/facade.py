@@ -7,7 +7,18 @@
 ``data`` is the training data (``test=`` the held-out data, for probes that use both): a tuple
 ``(x, y)`` of tensors or numpy arrays, a map-style torch ``Dataset`` of ``(x, y)`` items, or any
 iterable of ``(x, y)`` batches (a ``DataLoader``). It is used as given — no normalization, integer
-inputs stay integer — and what it was is recorded with the results. In this version the samples
+inputs stay integer — and what it was is recorded with the results.
+
+Hugging Face style dict batches work the same way: a DataLoader (or iterable) of Mapping batches,
+a Dataset of Mapping items, or one dict of tensors. ``target_key="labels"`` (a keyword) names the
+targets; the other keys (``input_ids``, ``attention_mask``, …) are the model's keyword inputs, so
+the model is called as ``model(**inputs)`` — the user's module itself, no wrapper, so parameter and
+layer names (``layer="classifier"``) are the model's own. ``x`` of an ``(x, y)`` pair may be such
+a dict too. Sequences must have one length across batches (pad to ``max_length``).
+
+>>> loader = DataLoader(hf_dataset, batch_size=32)   # {"input_ids", "attention_mask", "labels"}
+>>> ls.hessian(bert, nn.CrossEntropyLoss(), loader, top_k=3)
+>>> ls.coherence(bert, nn.CrossEntropyLoss(), loader)   # one example = one sequence In this version the samples
 are gathered into one in-memory split before the probe runs (streaming batch by batch is the
 open-core step, issue 19); a DataLoader with shuffling is read once, in the order it yields.
 
@@ -37,6 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape.batch import InputBatch, forward
 from landscape.errors import ConfigError
 from landscape.outputs import logits_of
 from landscape.probes import PROBES, ProbeContext, make_config
@@ -154,7 +166,7 @@ def model_sha256(model: nn.Module) -> str:
 
 def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = None, config: Any = None,
         device: str | torch.device = "auto", output_fn: Callable[[Any], torch.Tensor] | None = None,
-        **settings: Any) -> Result:
+        target_key: str = "labels", **settings: Any) -> Result:
     """Run ``probe`` on an in-memory ``model`` with the user's ``loss`` and ``data``."""
     spec = PROBES[probe]
     if config is not None and settings:
@@ -165,7 +177,7 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     dev = resolve_device(device)
-    dataset = as_dataset(data, test)
+    dataset = as_dataset(data, test, target_key=target_key)
     if "test" in str(getattr(cfg, "splits", getattr(cfg, "split", ""))).replace("both", "test") and not len(dataset.test):
         raise ConfigError(f"{probe} is set to use the test split; pass test=(x, y) or choose splits='train'")
     on_device = next((p.device for p in model.parameters()), dev) == dev
@@ -175,7 +187,7 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
     try:
         with torch.no_grad():
             sample = dataset.train.x[:2].to(dev)
-            logits = logits_of(work(sample), output_fn)
+            logits = logits_of(_first_call(work, sample), output_fn)
         per_sample = per_sample_loss(loss, logits, dataset.train.y[:2].to(dev))
         ctx = ProbeContext(model=work, loss=per_sample, data=dataset, device=dev, output_fn=output_fn)
         torch.manual_seed(getattr(cfg, "seed", 0))
@@ -190,18 +202,31 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
              "versions": versions(), "device": str(dev),
              "data": {"dataset": "user", "n_train": len(dataset.train), "n_test": len(dataset.test),
                       "input_dtype": str(dataset.train.x.dtype).removeprefix("torch."),
-                      "normalization": dataset.normalization, "source": dataset.info["source"]},
+                      "normalization": dataset.normalization, "source": dataset.info["source"],
+                      **({"inputs": dataset.info["inputs"]} if "inputs" in dataset.info else {})},
              "loss": _describe_loss(loss), "seconds": seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "complete": True, "model_sha256": model_sha256(model)}
     return Result(spec.name, arrays, attrs)
 
 
+def _first_call(model: nn.Module, sample: Any) -> Any:
+    """The model on two samples; a model that does not take a dict batch's keys says so in one line."""
+    if not isinstance(sample, InputBatch):
+        return forward(model, sample)
+    try:
+        return forward(model, sample)
+    except TypeError as exc:
+        raise ConfigError(f"the model does not take the dict batch's keys {', '.join(sample.keys())} as keyword "
+                          f"inputs ({str(exc).splitlines()[0]}); name the targets with target_key= or give "
+                          "(x, y) tensors") from None
+
+
 def _facade(probe: str) -> Callable[..., Result]:
     def call(model: nn.Module, loss: Callable, data: Any, *, test: Any = None, config: Any = None,
              device: str | torch.device = "auto", output_fn: Callable[[Any], torch.Tensor] | None = None,
-             **settings: Any) -> Result:
+             target_key: str = "labels", **settings: Any) -> Result:
         return run(probe, model, loss, data, test=test, config=config, device=device, output_fn=output_fn,
-                   **settings)
+                   target_key=target_key, **settings)
 
     cfg = PROBES[probe].config
     fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cfg)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from landscape.batch import forward
 from landscape.errors import ConfigError, LandscapeError
 from landscape.outputs import OutputFn, logits_of
 
@@ -139,7 +140,7 @@ def extract_features(
             for start in range(0, x.shape[0], batch_size):
                 xb = x[start : start + batch_size].to(device)
                 captured.clear()
-                out = logits_of(model(xb), output_fn)
+                out = logits_of(forward(model, xb), output_fn)
                 if len(captured) != 1:
                     raise LandscapeError(
                         f"layer {name!r} ran {len(captured)} times in one forward pass; "

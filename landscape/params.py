@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from landscape.batch import InputBatch, model_inputs
 from landscape.errors import ConfigError
 
 
@@ -116,15 +117,17 @@ def model_state(model: nn.Module, dtype: torch.dtype | None = None, device: torc
     return out
 
 
-def call(model: nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``model(x)`` with ``state`` in place of the module's parameters and buffers.
+def call(model: nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor | InputBatch) -> torch.Tensor:
+    """``model(x)`` (``model(**x)`` for a dict batch, :class:`~landscape.batch.InputBatch`) with
+    ``state`` in place of the module's parameters and buffers.
 
     Tied semantics: a tensor the model shares under several names (``head.weight is
     emb.weight``) is given once, under the name ``named_parameters()`` lists, and that value is
     used for every alias; entries of ``state`` missing from the model's tensors keep the
     module's own (``strict=False``).
     """
-    return functional_call(model, state, (x,), tie_weights=True, strict=False)
+    args, kwargs = model_inputs(x)
+    return functional_call(model, state, args, kwargs, tie_weights=True, strict=False)
 
 
 @contextlib.contextmanager

@@ -102,7 +102,7 @@ def test_bad_input_is_one_clear_error(problem):
     model, x, y = problem
     cases = [
         (lambda: ls.hessian(model, nn.CrossEntropyLoss(), DataLoader(TensorDataset(x[:0], y[:0]))), "is empty"),
-        (lambda: ls.hessian(model, nn.CrossEntropyLoss(), [{"input_ids": x, "labels": y}]), "dict batches"),
+        (lambda: ls.hessian(model, nn.CrossEntropyLoss(), [{"input_ids": x, "labels": y}]), "keyword inputs"),
         (lambda: ls.hessian(model, nn.CrossEntropyLoss(), "data.npz"), "must be (x, y) tensors"),
         (lambda: ls.hessian(model, lambda o, t: o.sum(dim=0), (x, y)), "loss returned shape (3,)"),
         (lambda: ls.hessian(lambda v: v, nn.CrossEntropyLoss(), (x, y)), "must be a torch.nn.Module"),

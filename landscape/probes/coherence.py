@@ -46,7 +46,10 @@ hooks, as BackPACK's ``SumGradSquared`` / ``BatchL2Grad`` do:
 Every other parameter (LayerNorm, embeddings, grouped convs, modules called more
 than once, tied weights) falls back to ``torch.func.vmap(torch.func.grad(…))`` over the examples in
 chunks of ``chunk``, differentiating those parameters only. ``method="vmap"`` uses that path for
-all parameters (the reference the hooks are tested against).
+all parameters (the reference the hooks are tested against). With dict inputs
+(:class:`~landscape.batch.InputBatch`, Hugging Face batches) that fallback takes one example per
+backward pass instead of ``vmap``: HF models branch on the attention mask's values, which ``vmap``
+cannot trace. One example is one sequence.
 
 The model runs in eval mode (BatchNorm uses its running statistics, so examples are independent
 and the per-example gradients are well defined); its training flags are restored afterwards, and
@@ -68,9 +71,10 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from landscape.batch import InputBatch
 from landscape.errors import ConfigError, LandscapeError
 from landscape.outputs import OutputFn, logits_of
-from landscape.params import model_state, select_parameters
+from landscape.params import call, model_state, select_parameters
 from landscape.probes.base import ProbeContext, fixed_subset, register_probe
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -208,6 +212,8 @@ def _vmap_sums(model, loss, state, names, x, y, chunk, want_sum: bool = True, ou
         return loss(logits_of(out, output_fn), yi.unsqueeze(0)).sum()
 
     per_example = vmap(grad(one), in_dims=(None, 0, 0))
+    if isinstance(x, InputBatch):  # dict batches: HF models branch on the mask's values, which vmap
+        per_example = _looped_grads(model, loss, fixed, output_fn)  # cannot; one example at a time
     total = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for n, p in params.items()}
     sq = {n: torch.zeros_like(t) for n, t in total.items()}
     for start in range(0, len(x), chunk):
@@ -218,6 +224,17 @@ def _vmap_sums(model, loss, state, names, x, y, chunk, want_sum: bool = True, ou
             if want_sum:
                 total[n] += gn.sum(0).double()
     return total, sq
+
+
+def _looped_grads(model, loss, fixed, output_fn):
+    """Per-example gradients ``{name: [n, …]}`` of a slice of examples, one backward each."""
+    def one(p, xi, yi):
+        return loss(logits_of(call(model, {**fixed, **p}, xi), output_fn), yi).sum()
+
+    def per_example(params, xs, ys):
+        grads = [grad(one)(params, xs[i:i + 1], ys[i:i + 1]) for i in range(len(ys))]
+        return {n: torch.stack([g[n] for g in grads]) for n in params}
+    return per_example
 
 
 def _hookable(module: nn.Module) -> bool:
@@ -278,7 +295,7 @@ def _hook_sums(model, loss, state, names, x, y, chunk, batch_size, output_fn=Non
             len_batch[0] = len(xb)
             for r in records.values():
                 r.clear()
-            out = functional_call(model, call_state, (xb,))
+            out = call(model, call_state, xb)
             per_sample = loss(logits_of(out, output_fn), yb)
             if per_sample.shape != (len(xb),):
                 raise ConfigError(f"the loss must return one value per sample, shape ({len(xb)},), "

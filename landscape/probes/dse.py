@@ -304,6 +304,9 @@ def run_dse(ctx: ProbeContext, cfg: DSEProbeConfig) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     inputs = ctx.data.train.x
+    if cfg.dsmi_inputs and not isinstance(inputs, torch.Tensor):
+        raise ConfigError("dse: DSMI(Z; X) clusters one input tensor by Euclidean distance; with dict inputs "
+                          "set dsmi_inputs=false (--setting dsmi_inputs=false; in analyze, dse.dsmi_inputs=false)")
     if cfg.dsmi_inputs and not inputs.is_floating_point() and inputs.dtype != torch.uint8:
         raise ConfigError(
             f"dse: DSMI(Z; X) clusters the inputs by Euclidean distance, which has no meaning for "

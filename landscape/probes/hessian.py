@@ -250,6 +250,8 @@ def _pyhessian(model, loss, x, y, cfg: HessianConfig, device, output_fn=None) ->
         ) from exc
     if cfg.bn_mode != "eval" or cfg.dtype != "float32" or cfg.per_layer:
         raise ConfigError("engine 'pyhessian' supports bn_mode=eval, dtype=float32 and no per-layer spectra")
+    if not isinstance(x, torch.Tensor):
+        raise ConfigError("engine 'pyhessian' takes one input tensor; use engine='landscape' for dict batches")
     import copy
 
     idx = fixed_subset(len(x), cfg.subset, cfg.seed)
