@@ -743,15 +743,20 @@ def export(
     parquet: Optional[Path] = typer.Option(None, "--parquet", help="Write it here as Parquet (needs pandas and pyarrow)."),
     max_vector: int = typer.Option(32, "--max-vector", help="1-D arrays up to this length become rows (0: all)."),
     metrics: bool = typer.Option(True, "--metrics/--no-metrics", help="Include the training metrics of each checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     """One row per checkpoint × probe × measure (× split, × index): step, epoch, value, settings hash (docs/schema.md)."""
     from landscape.results import load_results
 
     if csv is None and parquet is None:
         raise ConfigError("name the output: --csv OUT.csv and/or --parquet OUT.parquet")
+
     if max_vector < 0:
         raise ConfigError(f"--max-vector must be ≥ 0, got {max_vector}")
     res = load_results(results)
+    for path in (csv, parquet):
+        if path is not None and path.exists() and not overwrite and path.resolve() != results.resolve():
+            raise ConfigError(f"{path} already exists; pass --overwrite to replace it, or name another file")
     options = {"max_vector": max_vector or None, "metrics": metrics}
     for path, write in ((csv, res.to_csv), (parquet, res.to_parquet)):
         if path is not None:

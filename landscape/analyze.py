@@ -29,6 +29,7 @@ from landscape.targets import (
     DataSpec,
     Target,
     check_data_spec,
+    data_identity,
     load_data_and_loss,
     load_model_and_record,
     resolve_targets,
@@ -106,7 +107,8 @@ def run_probe(
     check_model_specs(targets, model_spec)
     check_data_spec(targets, data_spec)
     settings = dataclasses.asdict(cfg)
-    stored = _check_stored(store, targets, spec.name, settings, force)
+    identities = {t.name: data_identity(t, data_spec) for t in targets}
+    stored = _check_stored(store, targets, spec.name, settings, force, identities)
     records: list[ProbeRecord] = []
     todo: list[tuple[Target, str]] = []
     for target in targets:
@@ -127,6 +129,7 @@ def run_probe(
         binding = {"checkpoint": str(target.path), "checkpoint_sha256": file_sha256(target.path),
                    **file_fingerprint(target.path)}  # results are bound to the file they came from
         attrs.update(binding)
+        attrs["data_identity"] = identities[target.name]
         parent = {
             **binding,
             **target.attrs(),
@@ -259,9 +262,10 @@ def compute_probe(
 
 
 def _check_stored(store: Store, targets: list[Target], probe: str, settings: dict[str, Any],
-                  force: bool) -> dict[str, str]:
-    """``{group: "complete"|"partial"}`` for stored groups with these settings; results stored with
-    other settings are never replaced silently: that is an error unless ``force``."""
+                  force: bool, identities: dict[str, str] | None = None) -> dict[str, str]:
+    """``{group: "complete"|"partial"}`` for stored groups with these settings, this checkpoint file
+    and this data and loss (``identities``: :func:`landscape.targets.data_identity` per target);
+    results stored otherwise are never served nor replaced silently: that is an error unless ``force``."""
     if force:
         return {}
     wanted = settings_hash(settings)
@@ -285,9 +289,19 @@ def _check_stored(store: Store, targets: list[Target], probe: str, settings: dic
                     f"{store.path} holds {probe} results for {target.name} computed with checkpoint {which!r} "
                     f"({other.get('checkpoint')}), which has changed or is gone; pass --force to recompute them"
                 )
+        identity = (identities or {}).get(target.name)
+        if identity is not None and attrs.get("data_identity", identity) != identity:
+            raise ConfigError(
+                f"{store.path} already holds {probe} results for {target.name} computed with other data or "
+                "another loss (dataset, its parameters or file contents, label noise, loss settings); "
+                "pass --force to replace them, or write to another --out"
+            )
         asked = {"weights": target.weights, "strip_prefix": target.strip_prefix}
-        was = (attrs.get("checkpoint_load") or {}).get("requested", asked)
-        if was != asked:
+        load = attrs.get("checkpoint_load") or {}
+        was = load.get("requested", asked)
+        same_tensors = (not load.get("other_weights") and was.get("strip_prefix") == asked["strip_prefix"]
+                        and asked["weights"] in ("auto", load.get("weights")))  # one set of weights in the file
+        if was != asked and not same_tensors:
             raise ConfigError(
                 f"{store.path} already holds {probe} results for {target.name} read with --weights "
                 f"{was.get('weights')} --strip-prefix {was.get('strip_prefix')}, not --weights "
@@ -312,8 +326,13 @@ def _checkpoint_tensors(target: Target, which: str, info: dict[str, Any]) -> dic
 
     if Path(which).is_file():
         path = Path(which)
-    elif target.run_dir is None:
-        raise ConfigError(f"checkpoint {which!r} not found; give a path to a checkpoint file")
+    elif target.run_dir is None:  # a name (or step, glob) among the checkpoints beside the target
+        try:
+            (other,) = resolve_targets(target.path.parent, which)
+        except (ConfigError, ValueError):
+            raise ConfigError(f"checkpoint {which!r} not found beside {target.path}; give its name there "
+                              "or a path to a checkpoint file") from None
+        path = other.path
     else:
         path = RunDir(target.run_dir).checkpoint(which).path
     info.setdefault("other_checkpoints", {})[which] = {"checkpoint": str(path), "checkpoint_sha256": file_sha256(path),

@@ -257,7 +257,7 @@ def load_state_dict(path: str | Path, *, weights: str = "auto") -> LoadedState:
         fmt = "safetensors"
     else:
         state = _torch_load(path)
-        fmt = "lightning" if isinstance(state, Mapping) and _is_lightning(state) else "torch"
+        fmt = "lightning" if isinstance(state, Mapping) and (_is_lightning(state) or path.suffix == ".ckpt") else "torch"
     return _unwrap(state, path, weights, fmt)
 
 
@@ -276,11 +276,16 @@ def _torch_load(path: Path) -> Any:
             "if you trust it, load it yourself and save model.state_dict() with "
             "safetensors.torch.save_file or torch.save", path
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # any other failure to parse an untrusted file: it cannot be read
         raise CheckpointReadError(
-            f"checkpoint {path} cannot be read (corrupt or truncated: {str(exc).splitlines()[0]}); "
+            f"checkpoint {path} cannot be read (corrupt or truncated: {_first_line(exc)}); "
             "use another checkpoint or re-save it", path
         ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _is_lightning(state: Mapping[str, Any]) -> bool:
@@ -361,7 +366,7 @@ def fit_state_dict(state: Mapping[str, torch.Tensor], model_keys: Iterable[str],
             heads = sorted({k.split(".", 1)[0] + "." for k in state if "." in k})
             raise CheckpointError(
                 f"no key of the checkpoint starts with {prefix!r} (--strip-prefix); its keys start with "
-                f"{_shorten(heads) or 'no prefix'}")
+                f"{_shorten([repr(h) for h in heads]) or 'no prefix'}")
         return under, prefix
     out, applied = dict(state), ""
     while out and set(out) != expected:
@@ -502,8 +507,8 @@ def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
 def load_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"trainer state {path} cannot be read ({str(exc).splitlines()[0]})") from exc
+    except Exception as exc:
+        raise CheckpointError(f"trainer state {path} cannot be read ({_first_line(exc)})") from exc
 
 
 # ---- run directories --------------------------------------------------------------------------

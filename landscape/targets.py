@@ -275,6 +275,35 @@ def check_data_spec(targets: list[Target], data_spec: DataSpec | None) -> None:
         resolve_factory(data_spec.factory, "data factory")
 
 
+_RUN_DATA_KEYS = ("dataset", "dataset_params", "train_size", "label_noise", "random_labels", "imbalance_ratio",
+                  "data_seed", "loss", "loss_params", "z_loss", "flooding")
+
+
+def data_identity(target: Target, data_spec: DataSpec | None) -> str:
+    """A hash of what decides the data and the loss a probe of ``target`` sees: the run's data and
+    loss settings (RUN_DIR) or the user's data spec, plus the sha256 of every file a dataset
+    parameter names (an npz). Stored results are reused only under the same identity."""
+    import hashlib
+    import json
+
+    from landscape.checkpoints import file_sha256
+
+    if target.run_dir is not None:
+        config = RunDir(target.run_dir).meta.get("config") or {}
+        what: dict[str, Any] = {k: config.get(k) for k in _RUN_DATA_KEYS}
+        params = what.get("dataset_params") or {}
+    else:
+        spec = data_spec or DataSpec()
+        what = dataclasses.asdict(spec)
+        params = spec.dataset_params
+    files = {}
+    for key, value in (params.items() if isinstance(params, dict) else ()):
+        if isinstance(value, str) and Path(value).is_file():
+            files[key] = file_sha256(value)
+    what["files"] = files
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _no_dataset_message(target: Target) -> str:
     return (f"{target.path} is not inside a run directory; name its data with --dataset NAME "
             "[--dataset-param path=FILE.npz] (e.g. --dataset npz --dataset-param path=mine.npz; "

@@ -274,3 +274,25 @@ def test_save_figure_on_a_real_full_disk(small_disk):
     with pytest.raises(LandscapeError, match="^disk full writing"):
         save_figure(fig, mnt / "f.png")
     assert sorted(p.name for p in mnt.iterdir()) == ["fill"]
+
+
+def test_resuming_a_finished_run_whose_last_metrics_line_was_cut_restores_it(tmp_path):
+    """The final record lost to a half-written last line is evaluated again, not replaced silently
+    by an earlier epoch's numbers."""
+    import shutil
+
+    from landscape.checkpoints import RunDir
+    from landscape.train.config import TrainConfig
+    from landscape.train.trainer import train
+
+    cfg = TrainConfig(model="mlp", model_params={"width": 8, "depth": 1}, train_size=100, epochs=2,
+                      batch_size=50, checkpoints="every:1")
+    whole = train(cfg, tmp_path / "r", progress=False, device="cpu")
+    shutil.copytree(tmp_path / "r", tmp_path / "t")
+    path = tmp_path / "t" / "metrics.jsonl"
+    path.write_bytes(path.read_bytes()[:-37])
+    resumed = train(cfg, tmp_path / "t", resume=True, progress=False, device="cpu")
+    for key in ("step", "train_loss", "train_acc", "test_loss", "test_acc"):
+        assert resumed.final[key] == whole.final[key], key
+    last = [r for r in RunDir(tmp_path / "t").metrics() if "event" not in r][-1]
+    assert last["step"] == whole.final["step"] and last["test_acc"] == whole.final["test_acc"]

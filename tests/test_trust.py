@@ -242,3 +242,79 @@ def test_a_surface_towards_another_checkpoint_is_bound_to_that_file_too(run_copy
     save_weights(cps[0].path, model, {})
     with pytest.raises(ConfigError, match="computed with checkpoint 'step_000000'.*has changed or is gone"):
         run_probe(run_copy, "surface", cfg, device="cpu")
+
+
+def test_results_are_bound_to_the_data_and_loss_they_came_from(tiny_run, tmp_path):
+    spec = ModelSpec(name="mlp", input_shape=(1, 8, 8), num_classes=10, params={"width": 16, "depth": 1})
+    data = load_dataset_arrays(tmp_path / "d.npz")
+    weights = tmp_path / "model.safetensors"  # a foreign checkpoint: its data are the user's to name
+    shutil.copy(RunDir(tiny_run).checkpoints()[-1].path, weights)
+    cfg = make_config("rankme", **FAST_RANKME)
+    out = tmp_path / "r.h5"
+    npz = DataSpec(dataset="npz", dataset_params={"path": str(data)})
+    first = run_probe(weights, "rankme", cfg, out=out, device="cpu", model_spec=spec, data_spec=npz)
+    assert run_probe(weights, "rankme", cfg, out=out, device="cpu", model_spec=spec, data_spec=npz)[0].skipped
+    for other in (DataSpec(dataset="npz", dataset_params={"path": str(data)}, loss="label_smoothing"),
+                  DataSpec(dataset="npz", dataset_params={"path": str(data), "normalize": "standardize"})):
+        with pytest.raises(ConfigError, match="computed with other data or another loss"):
+            run_probe(weights, "rankme", cfg, out=out, device="cpu", model_spec=spec, data_spec=other)
+    arrays = dict(np.load(data))
+    np.savez(data, **{**arrays, "x_train": arrays["x_train"] * 16})  # the same file name, other contents
+    with pytest.raises(ConfigError, match="computed with other data"):
+        run_probe(weights, "rankme", cfg, out=out, device="cpu", model_spec=spec, data_spec=npz)
+    again = run_probe(weights, "rankme", cfg, out=out, device="cpu", model_spec=spec, data_spec=npz, force=True)
+    assert again[0].result["train"]["rankme"] != first[0].result["train"]["rankme"]
+
+
+def test_an_edited_run_config_is_not_served_old_results(run_copy):
+    cfg = make_config("rankme", **FAST_RANKME)
+    run_probe(run_copy, "rankme", cfg, device="cpu")
+    meta = json.loads((run_copy / "config.json").read_text())
+    meta["config"]["label_noise"] = 0.5
+    (run_copy / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="computed with other data or another loss"):
+        run_probe(run_copy, "rankme", cfg, device="cpu")
+
+
+def load_dataset_arrays(path):
+    from landscape.datasets import load_dataset
+
+    d = load_dataset("digits", normalize="none")
+    np.savez(path, x_train=d.train.x.numpy(), y_train=d.train.y.numpy(), x_test=d.test.x.numpy(),
+             y_test=d.test.y.numpy())
+    return path
+
+
+@pytest.mark.parametrize("content", [b"junk\n", b"\x80\x02}q\x00.", b"\x80\x04K\x01h\xff\xff\xff\x0f.", b""])
+def test_any_unreadable_pt_file_is_one_checkpoint_error(tmp_path, content):
+    from landscape.checkpoints import CheckpointReadError, load_state_dict
+    from landscape.errors import CheckpointError
+
+    path = tmp_path / "epoch_3.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:  # unreadable, or readable without a state dict
+        load_state_dict(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    if content == b"junk\n":
+        assert isinstance(info.value, CheckpointReadError)
+
+
+def test_a_grid_of_weeks_of_work_is_refused_before_anything_is_written(run_copy):
+    from landscape.probes.surface import MAX_POINTS
+
+    with pytest.raises(ConfigError, match="51,000,000 points is more than 1,000,000"):
+        make_config("surface", x="-1:1:1000000", y="-1:1:51")
+    assert make_config("surface", dim=1, x=f"-1:1:{MAX_POINTS}").x  # the largest accepted grid
+    assert not (run_copy / "analysis.h5").exists()
+
+
+def test_export_never_replaces_a_file_unasked(run_copy, tmp_path):
+    from landscape_cli.main import main
+
+    run_probe(run_copy, "rankme", make_config("rankme", **FAST_RANKME), device="cpu")
+    mine = tmp_path / "nets.py"
+    mine.write_text("my code\n")
+    assert main(["export", str(run_copy / "analysis.h5"), "--csv", str(mine)]) == 2
+    assert mine.read_text() == "my code\n"
+    assert main(["export", str(run_copy / "analysis.h5"), "--csv", str(mine), "--overwrite"]) == 0
+    assert mine.read_text().startswith("checkpoint,step,epoch,probe")

@@ -31,6 +31,8 @@ from landscape.probes.base import ProbeContext, fixed_subset, parse_splits, regi
 from landscape.utils import check_allocation
 
 DIRECTIONS = ("random", "pca", "interpolate:<checkpoint>")
+MAX_POINTS = 1_000_000
+"""The largest grid a surface accepts (1001 × 1001 points, each a pass over the data)."""
 
 
 def grid_spec(spec: str) -> tuple[float, float, int]:
@@ -98,6 +100,12 @@ class SurfaceConfig:
         check_allocation(f"a grid of {' × '.join(f'{n:,}' for n in nums)} points",
                          grid_bytes(points, len(parse_splits(self.splits))),
                          "use fewer points (e.g. --x -1:1:51 --y -1:1:51)")
+        if points > MAX_POINTS:  # each point is a full pass over the data: weeks of work, GBs of results
+            raise ConfigError(
+                f"a grid of {' × '.join(f'{n:,}' for n in nums)} = {points:,} points is more than {MAX_POINTS:,}, "
+                f"each a pass over the data (results alone ~{grid_bytes(points, len(parse_splits(self.splits))) / 2**30:.1f} GiB); "
+                "use fewer points (e.g. --x -1:1:51 --y -1:1:51)"
+            )
         checks = [
             (self.dim in (1, 2), f"dim must be 1 or 2, got {self.dim}"),
             (self.direction in ("random", "pca") or self.direction.startswith("interpolate:"),

@@ -443,4 +443,8 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
     if not record:  # nothing evaluated in this call (a finished run resumed): the last logged record
         logged = [r for r in RunDir(out).metrics() if "event" not in r]
         record = logged[-1] if logged else {}
+        if step == total and record.get("step") != step:
+            # the final record was lost (a half-written last line, dropped on reading): evaluate again
+            model.eval()
+            record = log_metrics(step)
     return TrainResult(run_dir=out, steps=step, final=record, resumed_from=resumed_from)
