@@ -69,6 +69,7 @@ import torch
 
 from landscape.errors import ConfigError, DataError
 from landscape.registry import Registry
+from landscape.tasks import TOKEN_TASKS
 
 __all__ = [
     "DATASETS",
@@ -103,7 +104,8 @@ _STREAM_LABELS = 4
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """One split: ``x`` of shape ``(N, *input_shape)``, ``y`` int64 of shape ``(N,)``.
+    """One split: ``x`` of shape ``(N, *input_shape)``, ``y`` int64 of shape ``(N,)`` — or
+    ``(N, T)`` when ``task`` is a token task (:data:`landscape.tasks.TOKEN_TASKS`).
 
     ``x`` is float32 after standardization, else the dtype the data came in (float, or
     integer such as token ids for an ``nn.Embedding``).
@@ -111,11 +113,14 @@ class Split:
 
     x: torch.Tensor
     y: torch.Tensor
+    task: str = "classification"
 
     def __post_init__(self) -> None:
-        if self.x.shape[0] != self.y.shape[0] or self.y.ndim != 1:
+        ndim = 2 if self.task in TOKEN_TASKS else 1
+        if self.x.shape[0] != self.y.shape[0] or self.y.ndim != ndim:
             raise DataError(
                 f"split has {self.x.shape[0]} inputs but labels of shape {tuple(self.y.shape)}"
+                + (f" (task {self.task!r} needs (N, T))" if ndim == 2 else "")
             )
 
     def __len__(self) -> int:
@@ -123,7 +128,7 @@ class Split:
 
     def to(self, device: str | torch.device) -> Split:
         """The same split on ``device``."""
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), self.y.to(device), self.task)
 
 
 @dataclass(frozen=True, eq=False)

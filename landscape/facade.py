@@ -22,6 +22,16 @@ a dict too. Sequences must have one length across batches (pad to ``max_length``
 are gathered into one in-memory split before the probe runs (streaming batch by batch is the
 open-core step, issue 19); a DataLoader with shuffling is read once, in the order it yields.
 
+``task=`` (:mod:`landscape.tasks`): ``"classification"`` (default; logits ``[N, C]``, labels
+``(N,)``), ``"causal_lm"`` or ``"token_classification"`` (logits ``[N, T, C]``, token targets
+``[N, T]``, ``-100`` ignored; ``causal_lm`` shifts: the targets are the input ids, position ``t``
+predicts ``t + 1``). For a token task ``loss`` is the per-token loss on ``(logits[M, C], y[M])``
+(e.g. ``nn.CrossEntropyLoss()``); the task masks, shifts and reduces it: the dataset mean is the
+token-weighted mean over the training split's valid tokens, one sequence is one sample, and the
+accuracy is token accuracy (the convention and its subset approximation: :mod:`landscape.tasks`).
+
+>>> ls.hessian(gpt2, nn.CrossEntropyLoss(), (ids, labels), task="causal_lm", top_k=3)
+
 The model may return a tensor, a tuple (its first element is the logits), or a mapping / object
 with ``logits`` (a Hugging Face output); ``output_fn(output) -> logits`` for anything else. The
 loss receives the logits tensor.
@@ -53,6 +63,7 @@ from landscape.errors import ConfigError
 from landscape.outputs import logits_of
 from landscape.probes import PROBES, ProbeContext, make_config
 from landscape.store import Store, group_name, settings_hash
+from landscape.tasks import aligned, check_shapes, get_task, sequence_loss
 from landscape.user_data import as_dataset
 from landscape.utils import resolve_device, versions
 
@@ -166,8 +177,9 @@ def model_sha256(model: nn.Module) -> str:
 
 def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = None, config: Any = None,
         device: str | torch.device = "auto", output_fn: Callable[[Any], torch.Tensor] | None = None,
-        target_key: str = "labels", **settings: Any) -> Result:
-    """Run ``probe`` on an in-memory ``model`` with the user's ``loss`` and ``data``."""
+        target_key: str = "labels", task: str = "classification", **settings: Any) -> Result:
+    """Run ``probe`` on an in-memory ``model`` with the user's ``loss`` and ``data`` (``task``: see
+    :mod:`landscape.facade`)."""
     spec = PROBES[probe]
     if config is not None and settings:
         raise ConfigError(f"give {probe} settings as keywords or as config=, not both")
@@ -177,7 +189,8 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     dev = resolve_device(device)
-    dataset = as_dataset(data, test, target_key=target_key)
+    t = get_task(task)
+    dataset = as_dataset(data, test, target_key=target_key, task=t)
     if "test" in str(getattr(cfg, "splits", getattr(cfg, "split", ""))).replace("both", "test") and not len(dataset.test):
         raise ConfigError(f"{probe} is set to use the test split; pass test=(x, y) or choose splits='train'")
     on_device = next((p.device for p in model.parameters()), dev) == dev
@@ -188,7 +201,7 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
         with torch.no_grad():
             sample = dataset.train.x[:2].to(dev)
             logits = logits_of(_first_call(work, sample), output_fn)
-        per_sample = per_sample_loss(loss, logits, dataset.train.y[:2].to(dev))
+        per_sample = _task_loss(loss, logits, dataset.train.y[:2].to(dev), t, dataset)
         ctx = ProbeContext(model=work, loss=per_sample, data=dataset, device=dev, output_fn=output_fn)
         torch.manual_seed(getattr(cfg, "seed", 0))
         start = time.perf_counter()
@@ -203,10 +216,28 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
              "data": {"dataset": "user", "n_train": len(dataset.train), "n_test": len(dataset.test),
                       "input_dtype": str(dataset.train.x.dtype).removeprefix("torch."),
                       "normalization": dataset.normalization, "source": dataset.info["source"],
-                      **({"inputs": dataset.info["inputs"]} if "inputs" in dataset.info else {})},
+                      **({"inputs": dataset.info["inputs"]} if "inputs" in dataset.info else {}),
+                      **({"task": {**dataset.info["task"], "token_scale": per_sample.scale}}
+                         if "task" in dataset.info else {})},
              "loss": _describe_loss(loss), "seconds": seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "complete": True, "model_sha256": model_sha256(model)}
     return Result(spec.name, arrays, attrs)
+
+
+def _task_loss(loss: Callable, logits: torch.Tensor, y: torch.Tensor, task: Any, dataset: Any) -> Callable:
+    """The per-sample loss the probes get: the user's loss per sample (classification), or one
+    loss per sequence from the per-token loss (token tasks, :func:`landscape.tasks.sequence_loss`
+    with ``scale = N / T_total`` of the training split)."""
+    n = len(dataset.train)  # the shapes as the user knows them: the whole split's
+    same_n = logits.ndim and logits.shape[0] == y.shape[0]
+    check_shapes((n, *logits.shape[1:]) if same_n else logits.shape, (n, *y.shape[1:]), task)
+    if not task.tokens:
+        return per_sample_loss(loss, logits, y)
+    z, ys = aligned(logits, y, task)
+    safe = torch.where(ys != task.ignore_index, ys, torch.zeros_like(ys))
+    token_loss = per_sample_loss(loss, z.reshape(-1, z.shape[-1]), safe.reshape(-1))
+    scale = n / dataset.info["task"]["valid_tokens"]["train"]
+    return sequence_loss(token_loss, task, scale)
 
 
 def _first_call(model: nn.Module, sample: Any) -> Any:
@@ -224,9 +255,9 @@ def _first_call(model: nn.Module, sample: Any) -> Any:
 def _facade(probe: str) -> Callable[..., Result]:
     def call(model: nn.Module, loss: Callable, data: Any, *, test: Any = None, config: Any = None,
              device: str | torch.device = "auto", output_fn: Callable[[Any], torch.Tensor] | None = None,
-             target_key: str = "labels", **settings: Any) -> Result:
+             target_key: str = "labels", task: str = "classification", **settings: Any) -> Result:
         return run(probe, model, loss, data, test=test, config=config, device=device, output_fn=output_fn,
-                   target_key=target_key, **settings)
+                   target_key=target_key, task=task, **settings)
 
     cfg = PROBES[probe].config
     fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cfg)

@@ -20,6 +20,7 @@ import torch
 from landscape.batch import InputBatch
 from landscape.datasets import Dataset, Split
 from landscape.errors import DataError
+from landscape.tasks import Task, get_task, valid_tokens
 
 
 def _tensor(value: Any, what: str) -> torch.Tensor:
@@ -58,8 +59,10 @@ def _join(xs: list, ys: list[torch.Tensor], batched: bool) -> tuple[torch.Tensor
     return x, torch.cat(ys) if batched else torch.stack(ys)
 
 
-def _pairs(data: Any, what: str, target_key: str) -> tuple[torch.Tensor | InputBatch, torch.Tensor, str]:
-    """``(x, y, description)`` of one of the accepted data forms."""
+def _pairs(data: Any, what: str, target_key: str, target_ndim: int = 1
+           ) -> tuple[torch.Tensor | InputBatch, torch.Tensor, str]:
+    """``(x, y, description)`` of one of the accepted data forms (a batch's targets have
+    ``target_ndim`` dimensions: 1 for class labels, 2 for token targets)."""
     if (isinstance(data, tuple | list) and len(data) == 2 and not isinstance(data[0], tuple | list)
             and not isinstance(data[1], Mapping)):  # [dict, dict] is two dict batches
         x = _inputs(data[0], f"{what}[0] (inputs)")
@@ -97,28 +100,39 @@ def _pairs(data: Any, what: str, target_key: str) -> tuple[torch.Tensor | InputB
         ys.append(yi)
     first_ndim = 1 if isinstance(xs[0], dict) else xs[0].ndim
     batched = isinstance(data, torch.utils.data.DataLoader) or (
-        not isinstance(data, torch.utils.data.Dataset) and first_ndim > 0 and ys[0].ndim == 1)
+        not isinstance(data, torch.utils.data.Dataset) and first_ndim > 0 and ys[0].ndim == target_ndim)
     x, y = _join(xs, ys, batched)
     return x, y, source
 
 
-def as_dataset(data: Any, test: Any = None, *, target_key: str = "labels") -> Dataset:
+def as_dataset(data: Any, test: Any = None, *, target_key: str = "labels",
+               task: str | Task = "classification") -> Dataset:
     """The user's data as an in-memory :class:`~landscape.datasets.Dataset`, used as given.
 
     Dict batches / items: ``target_key`` holds the targets, the other keys are the model's keyword
-    inputs (an :class:`~landscape.batch.InputBatch`); both are recorded in ``info``.
+    inputs (an :class:`~landscape.batch.InputBatch`); both are recorded in ``info``. ``task``
+    (:mod:`landscape.tasks`): ``classification`` takes integer labels ``(N,)``; ``causal_lm`` /
+    ``token_classification`` integer token targets ``(N, T)`` (``-100`` = ignored), recorded
+    in ``info["task"]``.
     """
-    x, y, source = _pairs(data, "data", target_key)
+    t = get_task(task)
+    ndim = 2 if t.tokens else 1
+    x, y, source = _pairs(data, "data", target_key, ndim)
     if test is None:
         tx, ty, test_source = x[:0], y[:0], "none"
     else:
-        tx, ty, test_source = _pairs(test, "test", target_key)
+        tx, ty, test_source = _pairs(test, "test", target_key, ndim)
     for name, (xi, yi) in {"data": (x, y), "test": (tx, ty)}.items():
         if xi.shape[0] != yi.shape[0]:
             raise DataError(f"{name} has {xi.shape[0]} inputs but {yi.shape[0]} targets")
-        if yi.ndim != 1 or (yi.numel() and yi.dtype.is_floating_point):
+        if t.tokens and (yi.ndim != 2 or (yi.numel() and yi.dtype.is_floating_point)):
+            raise DataError(f"{name}: task {t.name!r} needs integer token targets of shape (N, T), got "
+                            f"{tuple(yi.shape)} {str(yi.dtype).removeprefix('torch.')}")
+        if not t.tokens and (yi.ndim != 1 or (yi.numel() and yi.dtype.is_floating_point)):
+            hint = (" (for per-token targets pass task='causal_lm' or task='token_classification')"
+                    if yi.ndim == 2 else "")
             raise DataError(f"{name}: targets must be integer class labels of shape (N,), got "
-                            f"{tuple(yi.shape)} {str(yi.dtype).removeprefix('torch.')} (other tasks arrive with issue 19)")
+                            f"{tuple(yi.shape)} {str(yi.dtype).removeprefix('torch.')}{hint}")
     if isinstance(x, InputBatch) != isinstance(tx, InputBatch):
         raise DataError("data and test must both have dict inputs or both tensor inputs")
     if isinstance(x, InputBatch):
@@ -132,5 +146,14 @@ def as_dataset(data: Any, test: Any = None, *, target_key: str = "labels") -> Da
             "normalization": {"method": "none", "dtype": str(x.dtype).removeprefix("torch.")}}
     if isinstance(x, InputBatch):  # what the model is called with: model(**inputs); targets from target_key
         info["inputs"] = {"target_key": target_key, "keys": x.describe()}
-    return Dataset(name="user", train=Split(x, y), test=Split(tx, ty), input_shape=tuple(x.shape[1:]),
+    if t.tokens:
+        if len(ty) and ty.shape[1] != y.shape[1]:
+            raise DataError(f"test targets have {ty.shape[1]} tokens per sequence, training targets {y.shape[1]}")
+        valid = valid_tokens(y, t)
+        if valid == 0:
+            raise DataError(f"data: no target token counts for task {t.name!r} (all are {t.ignore_index}"
+                            f"{' after the shift' if t.shift else ''}); give at least one real target")
+        info["task"] = {"name": t.name, "ignore_index": t.ignore_index, "shift": t.shift,
+                        "valid_tokens": {"train": valid, "test": valid_tokens(ty, t) if len(ty) else 0}}
+    return Dataset(name="user", train=Split(x, y, t.name), test=Split(tx, ty, t.name), input_shape=tuple(x.shape[1:]),
                    num_classes=classes, info=info)

@@ -40,6 +40,7 @@ from landscape.errors import ConfigError, LandscapeError
 from landscape.outputs import OutputFn, logits_of
 from landscape.params import ParamLayout, call, model_state, second_order, select_parameters
 from landscape.probes.base import ProbeContext, fixed_subset, register_probe
+from landscape.tasks import Task, correct_count, get_task
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 KINDS = ("worst", "average")
@@ -207,8 +208,10 @@ class _Objective:
     """``L_B(w + δ)`` and its gradient for perturbations of a flat vector of the chosen parameters."""
 
     def __init__(self, model: nn.Module, loss: PerSampleLoss, layout: ParamLayout, cfg: SharpnessConfig,
-                 dtype: torch.dtype, device: torch.device, output_fn: OutputFn | None = None) -> None:
+                 dtype: torch.dtype, device: torch.device, output_fn: OutputFn | None = None,
+                 task: str | Task = "classification") -> None:
         self.model, self.loss, self.layout, self.cfg = model, loss, layout, cfg
+        self.task = task
         self.output_fn = output_fn
         self.state = model_state(model, dtype, device)
         self.theta = layout.flatten(self.state).detach()
@@ -229,7 +232,7 @@ class _Objective:
         """``(L_B(w+δ), error_B(w+δ))`` without gradient."""
         with torch.no_grad():
             z = self.logits(self.theta + delta, x)
-            return float(self.loss(z, y).mean()), _error(z, y)
+            return float(self.loss(z, y).mean()), _error(z, y, self.task)
 
     def value_grad(self, delta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, torch.Tensor]:
         """``(L_B(w+δ), error, ∇_δ L_B(w+δ))``: one forward and one backward pass."""
@@ -238,7 +241,7 @@ class _Objective:
         value = self.loss(z, y).mean()
         (g,) = torch.autograd.grad(value, d)
         self.num_gradients += 1
-        return float(value.detach()), _error(z.detach(), y), g
+        return float(value.detach()), _error(z.detach(), y, self.task), g
 
     def grad_norm_ascent(self, delta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
         """``(‖∇L_B(w+δ)‖, ∇_δ ½‖∇L_B(w+δ)‖² = H g)`` by double backward, under
@@ -253,10 +256,13 @@ class _Objective:
         return float(g.detach().norm()), hg
 
 
-def _error(z: torch.Tensor, y: torch.Tensor) -> float:
-    if z.ndim != 2 or y.dtype not in (torch.int64, torch.int32) or z.shape[1] < 2:
+def _error(z: torch.Tensor, y: torch.Tensor, task: str | Task = "classification") -> float:
+    """``task``'s error on a batch: 1 − accuracy (token accuracy for token tasks), NaN for outputs
+    that are not class scores."""
+    if z.ndim != (3 if get_task(task).tokens else 2) or y.dtype not in (torch.int64, torch.int32) or z.shape[-1] < 2:
         return float("nan")
-    return float((z.argmax(dim=1) != y).double().mean())
+    correct, count = correct_count(z, y, task)
+    return float(count - int(correct)) / count if count else float("nan")
 
 
 def _perturbed_layout(model: nn.Module, which: str) -> ParamLayout:
@@ -488,6 +494,7 @@ def sharpness(
     device: torch.device | str | None = None,
     on_step: Callable[[int], None] | None = None,
     output_fn: OutputFn | None = None,
+    task: str | Task = "classification",
 ) -> dict[str, Any]:
     r"""Sharpness of ``L(w) = (1/m) Σ_{n∈B} loss(f_w(x_n), y_n)`` per batch B, over a ρ grid.
 
@@ -503,6 +510,9 @@ def sharpness(
 
     estimated with ``samples_avg`` draws per batch; ``delta_loss_se`` is its Monte-Carlo standard
     error ``sqrt(Σ_B var_B / samples_avg) / |𝓑|``.
+
+    The error (``delta_error``, ``error_clean``, the PAC-Bayes accuracy) is ``task``'s metric,
+    :func:`landscape.tasks.correct_count`: 1 − accuracy, token accuracy for token tasks.
 
     Returns arrays indexed by ρ: ``rhos``, ``delta_loss``, ``delta_error``, ``loss_clean``,
     ``error_clean``, ``loss_perturbed``, ``delta_norm`` (mean over batches of ``‖δ*‖₂``; worst
@@ -527,16 +537,17 @@ def sharpness(
     was_training = model.training
     model.train(cfg.bn_mode == "train")  # only the flag; restored on the way out
     try:
-        return _sharpness(model, loss, x, y, cfg, dev, dtype, on_step, output_fn)
+        return _sharpness(model, loss, x, y, cfg, dev, dtype, on_step, output_fn, task)
     finally:
         model.train(was_training)
 
 
-def _sharpness(model, loss, x, y, cfg: SharpnessConfig, dev, dtype, on_step, output_fn=None) -> dict[str, Any]:
+def _sharpness(model, loss, x, y, cfg: SharpnessConfig, dev, dtype, on_step, output_fn=None,
+               task: str | Task = "classification") -> dict[str, Any]:
     n_batches = len(y) // cfg.m
     batches = [(x[b * cfg.m:(b + 1) * cfg.m], y[b * cfg.m:(b + 1) * cfg.m]) for b in range(n_batches)]
     layout = _perturbed_layout(model, cfg.params)
-    obj = _Objective(model, loss, layout, cfg, dtype, dev, output_fn)
+    obj = _Objective(model, loss, layout, cfg, dtype, dev, output_fn, task)
     s = obj.theta.abs() if cfg.adaptive else torch.ones_like(obj.theta)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     count = {"n": 0}
@@ -662,4 +673,4 @@ def run_sharpness(ctx: ProbeContext, cfg: SharpnessConfig) -> dict[str, Any]:
     """The sharpness probe on the checkpoint's ``cfg.split`` (the training loss, labels as trained)."""
     split = ctx.split(cfg.split)
     return sharpness(ctx.model, ctx.loss, split.x, split.y, cfg, device=ctx.device, on_step=ctx.advance,
-                     output_fn=ctx.output_fn)
+                     output_fn=ctx.output_fn, task=getattr(split, "task", "classification"))

@@ -28,6 +28,7 @@ from landscape.errors import ConfigError
 from landscape.outputs import OutputFn, logits_of
 from landscape.params import call
 from landscape.probes.base import ProbeContext, fixed_subset, parse_splits, register_probe
+from landscape.tasks import Task, correct_count
 from landscape.utils import check_allocation
 
 DIRECTIONS = ("random", "pca", "interpolate:<checkpoint>")
@@ -151,10 +152,12 @@ def evaluate_points(
     batch_size: int = 4096,
     bn_mode: str = "eval",
     output_fn: OutputFn | None = None,
+    task: str | Task = "classification",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean loss and accuracy over ``(x, y)`` at ``base + Σ_i c_i d_i`` for each row ``c`` of
     ``coefficients`` (P × k); the model's own tensors are never modified. ``loss`` and the
-    accuracy read :func:`landscape.outputs.logits_of` of the model's output (or ``output_fn``'s)."""
+    accuracy read :func:`landscape.outputs.logits_of` of the model's output (or ``output_fn``'s);
+    the accuracy is ``task``'s (:func:`landscape.tasks.correct_count`: token accuracy for LMs)."""
     losses, accs = np.empty(len(coefficients)), np.empty(len(coefficients))
     was_training = model.training
     model.train(bn_mode == "train")
@@ -172,13 +175,14 @@ def evaluate_points(
                     state[name] = value
                 if bn_mode == "train":  # batch statistics; running buffers must stay untouched
                     state.update({k: v.clone() for k, v in base.items() if k not in directions[0]})
-                total, correct = 0.0, 0
+                total, correct, count = 0.0, 0, 0
                 for start in range(0, len(x), batch_size):
                     xb, yb = x[start : start + batch_size], y[start : start + batch_size]
                     logits = logits_of(call(model, state, xb), output_fn)
                     total += float(loss(logits, yb).double().sum())
-                    correct += int((logits.argmax(1) == yb).sum())
-                losses[p], accs[p] = total / len(x), correct / len(x)
+                    c, k = correct_count(logits, yb, task)
+                    correct, count = correct + int(c), count + k
+                losses[p], accs[p] = total / len(x), correct / count
     finally:
         model.train(was_training)
     return losses, accs
@@ -197,6 +201,7 @@ def evaluate_points_vmapped(
     points_per_call: int | None = 16,
     memory_budget_mb: float = 1024.0,
     output_fn: OutputFn | None = None,
+    task: str | Task = "classification",
 ) -> tuple[np.ndarray, np.ndarray]:
     """As :func:`evaluate_points` (eval mode), with ``points_per_call`` grid points evaluated in one
     ``torch.func.vmap`` over stacked perturbed tensors: what keeps a GPU busy on a small model.
@@ -228,13 +233,16 @@ def evaluate_points_vmapped(
                     stacked[n] = value
                 total = torch.zeros(len(c), dtype=torch.float64, device=c.device)
                 correct = torch.zeros(len(c), dtype=torch.long, device=c.device)
+                count = 0
                 for b in range(0, len(x), batch_size):
                     xb, yb = x[b : b + batch_size], y[b : b + batch_size]
-                    logits = batched(stacked, xb)  # points × batch × classes
+                    logits = batched(stacked, xb)  # points × batch × (tokens ×) classes
                     total += torch.stack([loss(lg, yb).double().sum() for lg in logits])
-                    correct += (logits.argmax(-1) == yb).sum(1)
+                    ck, k = correct_count(logits, yb, task)
+                    correct += ck
+                    count += k
                 losses.append((total / len(x)).cpu().numpy())
-                accs.append((correct.double() / len(x)).cpu().numpy())
+                accs.append((correct.double() / count).cpu().numpy())
     finally:
         model.train(was_training)
     return np.concatenate(losses), np.concatenate(accs)
@@ -256,13 +264,15 @@ def _bytes_per_point(model: nn.Module, base: dict[str, torch.Tensor], names: lis
     return sum(base[n].numel() * base[n].element_size() for n in names) + sum(sizes)
 
 
-def _evaluator(cfg: SurfaceConfig, device: torch.device,
-               output_fn: OutputFn | None = None) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+def _evaluator(cfg: SurfaceConfig, device: torch.device, output_fn: OutputFn | None = None,
+               task: str | Task = "classification") -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     vmap = cfg.vectorize == "vmap" or (cfg.vectorize == "auto" and device.type == "cuda" and cfg.bn_mode == "eval")
     if vmap:
         return lambda *a: evaluate_points_vmapped(*a, batch_size=cfg.batch_size, points_per_call=cfg.points_per_call,
-                                                  memory_budget_mb=cfg.memory_budget_mb, output_fn=output_fn)
-    return lambda *a: evaluate_points(*a, batch_size=cfg.batch_size, bn_mode=cfg.bn_mode, output_fn=output_fn)
+                                                  memory_budget_mb=cfg.memory_budget_mb, output_fn=output_fn,
+                                                  task=task)
+    return lambda *a: evaluate_points(*a, batch_size=cfg.batch_size, bn_mode=cfg.bn_mode, output_fn=output_fn,
+                                      task=task)
 
 
 def _chunks(n: int, size: int) -> list[np.ndarray]:
@@ -280,7 +290,7 @@ def _init_worker(payload: dict[str, Any]) -> None:
 def _worker_chunk(points: np.ndarray, coefficients: np.ndarray) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
     w = _WORKER
     out = {}
-    evaluate = _evaluator(w["cfg"], w["device"], w.get("output_fn"))
+    evaluate = _evaluator(w["cfg"], w["device"], w.get("output_fn"), w.get("task", "classification"))
     for split, (x, y) in w["data"].items():
         out[split] = evaluate(w["model"], w["base"], w["directions"], coefficients, x, y, w["loss"])
     return points, out
@@ -329,6 +339,7 @@ def run_surface(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, Any]:
     shape = cfg.shape
     grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2) if ys is not None else xs[:, None]
     splits = parse_splits(cfg.splits)
+    task = getattr(ctx.data.train, "task", "classification")
     data = {}
     for split in splits:
         s = ctx.split(split)
@@ -374,14 +385,14 @@ def run_surface(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, Any]:
 
     if cfg.workers > 1 and len(todo) > 1:
         payload = {"model": ctx.model, "base": base, "directions": dirs, "data": data, "loss": ctx.loss,
-                   "cfg": cfg, "device": ctx.device, "output_fn": ctx.output_fn}
+                   "cfg": cfg, "device": ctx.device, "output_fn": ctx.output_fn, "task": task}
         mp = torch.multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(cfg.workers, mp_context=mp, initializer=_init_worker, initargs=(payload,)) as pool:
             futures = [pool.submit(_worker_chunk, c, grid[c]) for c in todo]
             for fut in futures:  # in order: the same sequence of partial saves as a serial run
                 record(*fut.result())
     else:
-        evaluate = _evaluator(cfg, ctx.device, ctx.output_fn)
+        evaluate = _evaluator(cfg, ctx.device, ctx.output_fn, task)
         for c in todo:
             by_split = {split: evaluate(ctx.model, base, dirs, grid[c], x, y, ctx.loss) for split, (x, y) in data.items()}
             record(c, by_split)
