@@ -117,7 +117,8 @@ class Split:
 
     def __post_init__(self) -> None:
         ndim = 2 if self.task in TOKEN_TASKS else 1
-        if self.x.shape[0] != self.y.shape[0] or self.y.ndim != ndim:
+        ok = self.y.ndim >= 1 if self.task == "regression" else self.y.ndim == ndim
+        if self.x.shape[0] != self.y.shape[0] or not ok:
             raise DataError(
                 f"split has {self.x.shape[0]} inputs but labels of shape {tuple(self.y.shape)}"
                 + (f" (task {self.task!r} needs (N, T))" if ndim == 2 else "")
@@ -126,9 +127,32 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def to(self, device: str | torch.device) -> Split:
-        """The same split on ``device``."""
-        return Split(self.x.to(device), self.y.to(device), self.task)
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Split:
+        """The same split on ``device``; floating inputs (and regression targets) cast to ``dtype``
+        when given, integer ones never."""
+        x = self.x.to(device, dtype if dtype is not None and self.x.is_floating_point() else self.x.dtype)
+        y = self.y.to(device, dtype if dtype is not None and self.y.is_floating_point() else self.y.dtype)
+        return Split(x, y, self.task)
+
+    # the samples interface every probe reads (landscape.core.data): the same for a Stream
+
+    def batches(self, batch_size: int | None = None) -> Iterator[tuple[Any, torch.Tensor]]:
+        """``(x[s:s+b], y[s:s+b])`` in order, ``b = batch_size`` (``None``: one batch of all)."""
+        size = batch_size or max(len(self), 1)
+        for start in range(0, len(self), size):
+            yield self.x[start : start + size], self.y[start : start + size]
+
+    def take(self, indices: torch.Tensor) -> Split:
+        """Samples ``indices`` in the order given."""
+        return Split(self.x[indices], self.y[indices], self.task)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.y.max()) + 1 if self.y.numel() and not self.y.dtype.is_floating_point else 0
+
+    @property
+    def sample_inputs(self) -> Any:
+        return self.x[:1]
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,12 +15,15 @@ layer, the classifier the neural-collapse measures NC2–NC4 compare ``h`` with.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from landscape.batch import forward
+from landscape.batch import InputBatch, forward
+from landscape.core.data import is_stream, samples_args, select
 from landscape.errors import ConfigError, LandscapeError
 from landscape.outputs import OutputFn, logits_of
 
@@ -137,8 +140,8 @@ def extract_features(
             model.to(device)
         model.eval()
         with torch.no_grad():
-            for start in range(0, x.shape[0], batch_size):
-                xb = x[start : start + batch_size].to(device)
+            for xb in _input_batches(x, batch_size):
+                xb = xb.to(device)
                 captured.clear()
                 out = logits_of(forward(model, xb), output_fn)
                 if len(captured) != 1:
@@ -183,8 +186,24 @@ class FeatureSettings:
             after.__post_init__()
 
 
+def _input_batches(x: Any, batch_size: int) -> Iterator[Any]:
+    """Input batches of ``x``: slices of a tensor / InputBatch, the inputs of a ``Split`` /
+    ``Stream``'s batches, or the items of any other iterator of input batches."""
+    if isinstance(x, Tensor | InputBatch):
+        for start in range(0, x.shape[0], batch_size):
+            yield x[start : start + batch_size]
+    elif hasattr(x, "batches"):
+        for xb, _ in x.batches(batch_size):
+            yield xb
+    else:
+        yield from x
+
+
 def split_features(ctx, settings: FeatureSettings) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """``{split: (features, logits, labels, inputs)}`` for the probe context ``ctx`` (cached per checkpoint)."""
+    """``{split: (features, logits, labels, inputs)}`` for the probe context ``ctx`` (cached per checkpoint).
+
+    ``inputs`` are the samples' input tensor; for a streamed split read whole (``samples=None``)
+    it is the stream itself, read again batch by batch by a probe that needs the inputs."""
     from landscape.probes.base import fixed_subset, parse_splits
 
     out = {}
@@ -192,12 +211,25 @@ def split_features(ctx, settings: FeatureSettings) -> dict[str, tuple[Tensor, Te
         key = f"features:{split}:{settings.layer}:{settings.samples}:{settings.seed}"
         if key not in ctx.cache:
             data = ctx.split(split)
-            idx = fixed_subset(len(data), settings.samples, settings.seed)
-            x, y = data.x[idx], data.y[idx]
-            feats, logits = extract_features(ctx.model, x, layer=settings.layer,
-                                             batch_size=settings.batch_size, device=ctx.device,
-                                             output_fn=getattr(ctx, "output_fn", None))
-            ctx.cache[key] = (feats, logits, y.to(feats.device), x)
+            if is_stream(data) and settings.samples is None:  # streamed: one batch of inputs at a time
+                labels: list[Tensor] = []
+
+                def inputs(data=data, labels=labels) -> Iterator[Any]:
+                    for xb, yb in data.batches(settings.batch_size):
+                        labels.append(yb)
+                        yield xb
+
+                feats, logits = extract_features(ctx.model, inputs(), layer=settings.layer,
+                                                 batch_size=settings.batch_size, device=ctx.device,
+                                                 output_fn=getattr(ctx, "output_fn", None))
+                ctx.cache[key] = (feats, logits, torch.cat(labels).to(feats.device), data)
+            else:
+                idx = fixed_subset(len(data), settings.samples, settings.seed)
+                x, y = select(*samples_args(data), idx)
+                feats, logits = extract_features(ctx.model, x, layer=settings.layer,
+                                                 batch_size=settings.batch_size, device=ctx.device,
+                                                 output_fn=getattr(ctx, "output_fn", None))
+                ctx.cache[key] = (feats, logits, y.to(feats.device), x)
         out[split] = ctx.cache[key]
     return out
 

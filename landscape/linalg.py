@@ -25,11 +25,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from landscape.core.data import is_stream
 from landscape.errors import ConfigError
 from landscape.outputs import OutputFn, logits_of
 from landscape.params import ParamLayout, call, model_state, second_order, select_parameters
@@ -44,6 +46,10 @@ BN_MODES = ("eval", "train")
 class HessianOperator:
     """The Hessian of the mean loss over ``(x, y)`` w.r.t. a set of parameters, as a linear operator.
 
+    ``x`` with ``y=None`` is the samples themselves: an in-memory ``Split``, or a
+    :class:`~landscape.core.data.Stream` read batch by batch at every HVP (its own batches; one
+    batch of inputs in memory at a time; ``batch_size`` is then the stream's).
+
     ``params`` restricts the operator to a block (the others stay fixed): the result is the
     diagonal block ``H[params, params]`` of the full Hessian. The model is never mutated: its
     parameters and buffers are copied (cast to ``dtype``) and used through ``functional_call``.
@@ -57,8 +63,8 @@ class HessianOperator:
         self,
         model: nn.Module,
         loss: PerSampleLoss,
-        x: torch.Tensor,
-        y: torch.Tensor,
+        x: Any,
+        y: torch.Tensor | None = None,
         *,
         params: Sequence[str] | None = None,
         batch_size: int | None = None,
@@ -82,14 +88,22 @@ class HessianOperator:
         self.layout: ParamLayout = select_parameters(model, params)
         self.state = model_state(model, dtype, self.device)
         self.theta = self.layout.flatten(self.state)
-        self.x = x.to(self.device, dtype if x.is_floating_point() else x.dtype)
-        self.y = y.to(self.device)
-        self.n = len(self.x)
+        self.stream = None
+        if y is None and is_stream(x):  # streamed batch by batch: never held in memory at once
+            self.stream = x.to(self.device, dtype)
+            self.n = len(self.stream)
+        else:
+            if y is None:  # an in-memory Split
+                x, y = x.x, x.y
+            self.x = x.to(self.device, dtype if x.is_floating_point() else x.dtype)
+            self.y = y.to(self.device, dtype if y.is_floating_point() else y.dtype)
+            self.n = len(self.x)
         if self.n == 0:
             raise ConfigError("the Hessian needs at least one data point")
         self.batch_size = batch_size or self.n
         if self.method == "auto":
-            self.method = "cached_graph" if self.batch_size >= self.n else "double_backward"
+            one_batch = self.stream.survey["batches"] == 1 if self.stream is not None else self.batch_size >= self.n
+            self.method = "cached_graph" if one_batch else "double_backward"
         if self.method == "forward_over_reverse" and bn_mode == "train":
             self.method = "double_backward"  # running-stat updates have no forward-mode rule
         self.num_matvecs = 0
@@ -112,6 +126,10 @@ class HessianOperator:
             self.model.train(was_training)
 
     def _batches(self):
+        if self.stream is not None:
+            for i, (xb, yb) in enumerate(self.stream.batches(self.batch_size)):
+                yield i, xb, yb, len(yb) / self.n
+            return
         for i, start in enumerate(range(0, self.n, self.batch_size)):
             xb, yb = self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
             yield i, xb, yb, len(xb) / self.n

@@ -25,6 +25,10 @@ subset) or on the test split then sees the same per-token scale, and its mean eq
 subset's token-weighted mean only when its sequences have, on average, as many valid tokens as
 the training split's (an approximation; the factor is recorded beside the results).
 
+``regression``: outputs ``[N]`` or ``[N, D]`` (``[N, 1]`` against ``(N,)`` targets is read as
+``[N]``), floating targets ``(N,)`` or ``(N, D)``; the loss is the user's (e.g. MSE per sample);
+there is no accuracy: every accuracy / error a probe reports is NaN (``correct_count`` counts 0).
+
 **Error metric.** Token accuracy = correct valid tokens / valid tokens (summed over batches, so
 it is exact for any split or subset); :func:`correct_count` returns both numbers, and for
 classification reduces to ``(argmax(logits) == y).sum(), N``.
@@ -39,7 +43,7 @@ import torch
 
 from landscape.errors import DataError
 
-TASKS = ("classification", "causal_lm", "token_classification")
+TASKS = ("classification", "causal_lm", "token_classification", "regression")
 TOKEN_TASKS = ("causal_lm", "token_classification")
 IGNORE_INDEX = -100
 
@@ -67,6 +71,11 @@ class Task:
         return self.name in TOKEN_TASKS
 
     @property
+    def regression(self) -> bool:
+        """Whether targets are real values (no accuracy)."""
+        return self.name == "regression"
+
+    @property
     def shift(self) -> bool:
         """Whether position ``t`` predicts target ``t + 1`` (causal LM)."""
         return self.name == "causal_lm"
@@ -91,6 +100,10 @@ def check_shapes(logits: tuple[int, ...], y: tuple[int, ...], task: str | Task) 
     targets of shape ``y`` fit ``task``."""
     t = get_task(task)
     lg, ys = tuple(logits), tuple(y)
+    if t.regression:
+        if lg == ys or (lg[:1] == ys[:1] and lg[1:] == (1,) and len(ys) == 1):
+            return
+        raise TaskError(f"task 'regression' needs outputs of the targets' shape; got outputs {lg} and targets {ys}")
     if not t.tokens:
         if len(lg) == 3 and len(ys) == 1:
             raise TaskError(f"the model returns per-token logits {lg} but the targets have shape {ys}; pass "
@@ -125,6 +138,10 @@ def correct_count(logits: torch.Tensor, y: torch.Tensor, task: str | Task = "cla
     points); ``correct`` then has shape ``[P]``.
     """
     t = get_task(task)
+    if t.regression:  # no accuracy: 0 of 0 (a probe reports NaN)
+        k = y.ndim
+        lead = logits.shape[:logits.ndim - k] if logits.shape[-k:] == y.shape else logits.shape[:logits.ndim - k - 1]
+        return torch.zeros(lead, dtype=torch.long, device=logits.device), 0
     if not t.tokens:
         return (logits.argmax(-1) == y).sum(-1), int(y.shape[0])
     z, ys = aligned(logits, y, t)

@@ -72,6 +72,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from landscape.batch import InputBatch
+from landscape.core.data import samples_args, select
 from landscape.errors import ConfigError, LandscapeError
 from landscape.outputs import OutputFn, logits_of
 from landscape.params import call, model_state, select_parameters
@@ -501,7 +502,8 @@ def coherence(
             f"subset of {cfg.subset} samples asked for, but the data hold {len(x)}; use a subset ≤ {len(x)} or none"
         )
     idx = fixed_subset(len(x), cfg.subset, cfg.seed)
-    stats = gradient_statistics(model, loss, x[idx], y[idx], method=cfg.method, chunk=cfg.chunk,
+    xs, ys = select(x, y, idx)
+    stats = gradient_statistics(model, loss, xs, ys, method=cfg.method, chunk=cfg.chunk,
                                 batch_size=cfg.batch_size, dtype=DTYPES[cfg.dtype], device=device,
                                 output_fn=output_fn)
     bad = [n for n in stats.sum if not (bool(torch.isfinite(stats.sum[n]).all())
@@ -521,7 +523,7 @@ def coherence(
 @register_probe("coherence", CoherenceConfig, summary=("alpha", "m_alpha", "gsnr_mean"))
 def run_coherence(ctx: ProbeContext, cfg: CoherenceConfig) -> dict[str, Any]:
     """The coherence / GSNR probe on the checkpoint's ``cfg.split`` (labels as trained)."""
-    split = ctx.split(cfg.split)
-    out = coherence(ctx.model, ctx.loss, split.x, split.y, cfg, device=ctx.device, output_fn=ctx.output_fn)
+    x, y = samples_args(ctx.split(cfg.split))
+    out = coherence(ctx.model, ctx.loss, x, y, cfg, device=ctx.device, output_fn=ctx.output_fn)
     ctx.advance(1)
     return out

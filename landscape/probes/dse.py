@@ -69,6 +69,7 @@ import torch
 from torch import Tensor
 
 from landscape.errors import ConfigError
+from landscape.core.data import is_stream
 from landscape.features import FeatureSettings, check_finite_features, split_features
 from landscape.probes.base import ProbeContext, register_probe
 from landscape.utils import check_allocation
@@ -303,7 +304,7 @@ def run_dse(ctx: ProbeContext, cfg: DSEProbeConfig) -> dict[str, Any]:
     The input clustering is the same at every checkpoint of a run, so it is computed once.
     """
     out: dict[str, Any] = {}
-    inputs = ctx.data.train.x
+    inputs = ctx.data.train.sample_inputs
     if cfg.dsmi_inputs and not isinstance(inputs, torch.Tensor):
         raise ConfigError("dse: DSMI(Z; X) clusters one input tensor by Euclidean distance; with dict inputs "
                           "set dsmi_inputs=false (--setting dsmi_inputs=false; in analyze, dse.dsmi_inputs=false)")
@@ -326,7 +327,10 @@ def run_dse(ctx: ProbeContext, cfg: DSEProbeConfig) -> dict[str, Any]:
         if cfg.dsmi_inputs:
             key = f"input_clusters:{split}:{cfg.samples}:{cfg.seed}:{cfg.n_clusters}"
             if key not in ctx.run_cache:
-                flat = x.reshape(len(x), -1).to(torch.float64)
+                if is_stream(x):  # the clustering needs every input: gathered flattened, batch by batch
+                    flat = torch.cat([xb.reshape(len(xb), -1).to(torch.float64) for xb, _ in x.batches(cfg.batch_size)])
+                else:
+                    flat = x.reshape(len(x), -1).to(torch.float64)
                 ctx.run_cache[key] = diffusion_spectral_mutual_information(feats, flat, cfg)["clusters"]
             mi_x = diffusion_spectral_mutual_information(feats, torch.as_tensor(ctx.run_cache[key]), cfg)
             group["dsmi_x"] = mi_x["dsmi"]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape.core.data import samples_args, select
 from landscape.errors import ConfigError, LandscapeError
 from landscape.linalg import (
     HessianOperator,
@@ -96,8 +97,8 @@ class HessianConfig:
 def hessian(
     model: nn.Module,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: Any,
+    y: torch.Tensor | None,
     cfg: HessianConfig = HessianConfig(),
     *,
     device: torch.device | str | None = None,
@@ -105,7 +106,8 @@ def hessian(
     output_fn: OutputFn | None = None,
 ) -> dict[str, Any]:
     """Spectrum summaries of ``∇²L(θ)``, ``L = (1/N) Σ_n loss(f_θ(x_n), y_n)`` over ``(x, y)``
-    (or a fixed ``cfg.subset`` of it). ``loss`` returns per-sample values of the logits
+    (or a fixed ``cfg.subset`` of it); ``y=None``: ``x`` is the samples (a ``Split``, or a
+    :class:`~landscape.core.data.Stream` read batch by batch at every HVP). ``loss`` returns per-sample values of the logits
     ``f_θ(x)`` = :func:`landscape.outputs.logits_of` of the model's output (or ``output_fn``'s).
 
     Returns arrays and scalars: ``eigenvalues`` (top-k, descending), ``bottom_eigenvalues``
@@ -118,10 +120,14 @@ def hessian(
             f"subset of {cfg.subset} samples asked for, but the data hold {len(x)}; use a subset ≤ {len(x)} or none"
         )
     if cfg.engine == "pyhessian":
+        if y is None:  # PyHessian takes one in-memory batch
+            x, y = select(x, y, torch.arange(len(x)))
         return _pyhessian(model, loss, x, y, cfg, device, output_fn)
     dtype = DTYPES[cfg.dtype]
-    idx = fixed_subset(len(x), cfg.subset, cfg.seed)
-    x, y = x[idx], y[idx]
+    if y is None and cfg.subset is None:
+        pass  # streamed: every HVP reads the stream batch by batch
+    else:
+        x, y = select(x, y, fixed_subset(len(x), cfg.subset, cfg.seed))
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     counter = {"n": 0}
 
@@ -306,6 +312,6 @@ def _pyhessian(model, loss, x, y, cfg: HessianConfig, device, output_fn=None) ->
 @register_probe("hessian", HessianConfig, summary=("eigenvalues", "bottom_eigenvalues", "trace", "num_hvps"))
 def run_hessian(ctx: ProbeContext, cfg: HessianConfig) -> dict[str, Any]:
     """The Hessian probe on the checkpoint's ``cfg.split`` (the training loss, labels as trained)."""
-    split = ctx.split(cfg.split)
-    return hessian(ctx.model, ctx.loss, split.x, split.y, cfg, device=ctx.device, on_hvp=ctx.advance,
+    x, y = samples_args(ctx.split(cfg.split))
+    return hessian(ctx.model, ctx.loss, x, y, cfg, device=ctx.device, on_hvp=ctx.advance,
                    output_fn=ctx.output_fn)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape.core.data import samples_args, select
 from landscape.errors import ConfigError, LandscapeError
 from landscape.outputs import OutputFn, logits_of
 from landscape.params import ParamLayout, call, model_state, second_order, select_parameters
@@ -532,8 +533,11 @@ def sharpness(
     idx = fixed_subset(len(x), cfg.subset, cfg.seed)
     perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(cfg.seed))
     idx = idx[perm]
-    x = x[idx].to(dev, dtype if x.is_floating_point() else x.dtype)
-    y = y[idx].to(dev)
+    if y is None:  # samples (streamed): gather only the samples the batches of m use
+        idx = idx[: (len(idx) // cfg.m) * cfg.m]
+    x, y = select(x, y, idx)
+    x = x.to(dev, dtype if x.is_floating_point() else x.dtype)
+    y = y.to(dev, dtype if y.is_floating_point() else y.dtype)
     was_training = model.training
     model.train(cfg.bn_mode == "train")  # only the flag; restored on the way out
     try:
@@ -672,5 +676,6 @@ def _pac_bayes(obj: _Objective, batches, cfg: SharpnessConfig, dtype, dev) -> di
 def run_sharpness(ctx: ProbeContext, cfg: SharpnessConfig) -> dict[str, Any]:
     """The sharpness probe on the checkpoint's ``cfg.split`` (the training loss, labels as trained)."""
     split = ctx.split(cfg.split)
-    return sharpness(ctx.model, ctx.loss, split.x, split.y, cfg, device=ctx.device, on_step=ctx.advance,
+    x, y = samples_args(split)
+    return sharpness(ctx.model, ctx.loss, x, y, cfg, device=ctx.device, on_step=ctx.advance,
                      output_fn=ctx.output_fn, task=getattr(split, "task", "classification"))

@@ -28,6 +28,7 @@ from landscape.errors import ConfigError
 from landscape.outputs import OutputFn, logits_of
 from landscape.params import call
 from landscape.probes.base import ProbeContext, fixed_subset, parse_splits, register_probe
+from landscape.core.data import is_stream, iter_batches
 from landscape.tasks import Task, correct_count
 from landscape.utils import check_allocation
 
@@ -145,8 +146,8 @@ def evaluate_points(
     base: dict[str, torch.Tensor],
     directions: list[dict[str, torch.Tensor]],
     coefficients: np.ndarray,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: Any,
+    y: torch.Tensor | None,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     *,
     batch_size: int = 4096,
@@ -154,7 +155,9 @@ def evaluate_points(
     output_fn: OutputFn | None = None,
     task: str | Task = "classification",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean loss and accuracy over ``(x, y)`` at ``base + Σ_i c_i d_i`` for each row ``c`` of
+    """Mean loss and accuracy over ``(x, y)`` (or over the samples ``x`` when ``y`` is ``None``: a
+    ``Split`` or a streamed :class:`~landscape.core.data.Stream`, read batch by batch) at
+    ``base + Σ_i c_i d_i`` for each row ``c`` of
     ``coefficients`` (P × k); the model's own tensors are never modified. ``loss`` and the
     accuracy read :func:`landscape.outputs.logits_of` of the model's output (or ``output_fn``'s);
     the accuracy is ``task``'s (:func:`landscape.tasks.correct_count`: token accuracy for LMs)."""
@@ -175,14 +178,14 @@ def evaluate_points(
                     state[name] = value
                 if bn_mode == "train":  # batch statistics; running buffers must stay untouched
                     state.update({k: v.clone() for k, v in base.items() if k not in directions[0]})
-                total, correct, count = 0.0, 0, 0
-                for start in range(0, len(x), batch_size):
-                    xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+                total, correct, count, n = 0.0, 0, 0, 0
+                for xb, yb in iter_batches(x, y, batch_size):
+                    n += len(yb)
                     logits = logits_of(call(model, state, xb), output_fn)
                     total += float(loss(logits, yb).double().sum())
                     c, k = correct_count(logits, yb, task)
                     correct, count = correct + int(c), count + k
-                losses[p], accs[p] = total / len(x), correct / count
+                losses[p], accs[p] = total / n, (correct / count if count else float("nan"))
     finally:
         model.train(was_training)
     return losses, accs
@@ -193,8 +196,8 @@ def evaluate_points_vmapped(
     base: dict[str, torch.Tensor],
     directions: list[dict[str, torch.Tensor]],
     coefficients: np.ndarray,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: Any,
+    y: torch.Tensor | None,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     *,
     batch_size: int = 4096,
@@ -216,7 +219,7 @@ def evaluate_points_vmapped(
 
     batched = torch.func.vmap(logits_at, in_dims=(0, None))
     if points_per_call is None:
-        per_point = _bytes_per_point(model, base, names, x[:batch_size])
+        per_point = _bytes_per_point(model, base, names, next(iter_batches(x, y, batch_size))[0])
         points_per_call = max(1, int(memory_budget_mb * 2**20 // per_point))
     losses, accs = [], []
     was_training = model.training
@@ -233,15 +236,15 @@ def evaluate_points_vmapped(
                     stacked[n] = value
                 total = torch.zeros(len(c), dtype=torch.float64, device=c.device)
                 correct = torch.zeros(len(c), dtype=torch.long, device=c.device)
-                count = 0
-                for b in range(0, len(x), batch_size):
-                    xb, yb = x[b : b + batch_size], y[b : b + batch_size]
+                count, n = 0, 0
+                for xb, yb in iter_batches(x, y, batch_size):
+                    n += len(yb)
                     logits = batched(stacked, xb)  # points × batch × (tokens ×) classes
                     total += torch.stack([loss(lg, yb).double().sum() for lg in logits])
                     ck, k = correct_count(logits, yb, task)
                     correct += ck
                     count += k
-                losses.append((total / len(x)).cpu().numpy())
+                losses.append((total / n).cpu().numpy())
                 accs.append((correct.double() / count).cpu().numpy())
     finally:
         model.train(was_training)
@@ -345,8 +348,15 @@ def run_surface(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, Any]:
         s = ctx.split(split)
         if cfg.subset is not None and cfg.subset > len(s):
             raise ConfigError(f"subset of {cfg.subset} samples asked for, but the {split} split has {len(s)}")
+        if is_stream(s) and cfg.subset is None:
+            if cfg.workers > 1:
+                raise ConfigError("surface workers > 1 send the data to each worker process; with streamed data "
+                                  "(a DataLoader) use workers=1, or a subset")
+            data[split] = (s.to(ctx.device), None)  # read batch by batch at every grid point
+            continue
         idx = fixed_subset(len(s), cfg.subset, cfg.seed)
-        data[split] = (s.x[idx].to(ctx.device), s.y[idx].to(ctx.device))
+        taken = s.take(idx)
+        data[split] = (taken.x.to(ctx.device), taken.y.to(ctx.device))
 
     partial = ctx.partial or {}
     if "directions" in partial:  # resume with exactly the stored directions
