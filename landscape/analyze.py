@@ -242,7 +242,7 @@ def compute_probe(
         caches[key] = load_data_and_loss(target, task.data_spec)
     data, loss = caches[key]
     caches["info"] = {"data": {"dataset": data.name, "n_train": len(data.train), "n_test": len(data.test),
-                               "input_dtype": str(data.train.x.dtype).removeprefix("torch."),
+                               "input_dtype": str(data.train.sample_inputs.dtype).removeprefix("torch."),
                                "normalization": data.normalization,
                                "source": (data.info or {}).get("source", {})},
                       "loss": getattr(loss, "spec", lambda: {})()}

@@ -102,8 +102,8 @@ class InputBatch:
             shapes = {tuple(b[k].shape[1:]) for b in batches}
             if len(shapes) > 1:
                 raise DataError(f"dict batches hold {k!r} of different trailing shapes ({', '.join(map(str, sorted(shapes)))}); "
-                                "pad every batch to one length (e.g. padding='max_length') — the samples are "
-                                "gathered into one split in this version")
+                                "pad every batch to one length (e.g. padding='max_length'): this probe gathers "
+                                "a subset of samples from several batches")
             out[k] = torch.cat([b[k] for b in batches])
         return cls(out)
 

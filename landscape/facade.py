@@ -154,6 +154,33 @@ def per_sample_loss(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     return torch.vmap(lambda o, t: loss(o.unsqueeze(0), t.unsqueeze(0)))
 
 
+def regression_loss(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], outputs: torch.Tensor,
+                    y: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``loss`` as one value per sample for regression: outputs ``[N, 1]`` against targets ``(N,)``
+    are read as ``[N]``; an element-wise loss (``nn.MSELoss(reduction="none")``, or a module with
+    ``reduction`` copied so) is averaged over each sample's ``D`` values,
+    ``ℓ_n = (1/D) Σ_d ℓ(f(x_n)_d, y_{n,d})``, so the split mean equals ``nn.MSELoss()``'s."""
+    def fit(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return z.reshape(*z.shape[: z.ndim - t.ndim - 1], *t.shape) if z.shape[-t.ndim:] != t.shape else z
+
+    base = loss
+    if isinstance(loss, nn.Module) and getattr(loss, "reduction", None) in ("mean", "sum"):
+        base = copy.copy(loss)
+        base.reduction = "none"
+    try:
+        out = base(fit(outputs, y), y)
+    except Exception as exc:
+        raise ConfigError(f"the loss fails on the model's output {tuple(outputs.shape)} and targets "
+                          f"{tuple(y.shape)}: {type(exc).__name__}: {exc}") from None
+    if isinstance(out, torch.Tensor) and out.ndim >= 1 and out.shape[0] == y.shape[0]:
+        def per_sample(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v = base(fit(z, t), t)
+            return v.reshape(v.shape[0], -1).mean(1)
+
+        return per_sample
+    return per_sample_loss(lambda z, t: loss(fit(z, t), t), fit(outputs, y), y)
+
+
 def _describe_loss(loss: Any) -> dict[str, Any]:
     spec = getattr(loss, "spec", None)
     if callable(spec):
@@ -199,9 +226,9 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
     work.eval()
     try:
         with torch.no_grad():
-            sample = dataset.train.x[:2].to(dev)
-            logits = logits_of(_first_call(work, sample), output_fn)
-        per_sample = _task_loss(loss, logits, dataset.train.y[:2].to(dev), t, dataset)
+            first = dataset.train.take(torch.arange(min(2, len(dataset.train)))).to(dev)
+            logits = logits_of(_first_call(work, first.x), output_fn)
+        per_sample = _task_loss(loss, logits, first.y, t, dataset)
         ctx = ProbeContext(model=work, loss=per_sample, data=dataset, device=dev, output_fn=output_fn)
         torch.manual_seed(getattr(cfg, "seed", 0))
         start = time.perf_counter()
@@ -214,7 +241,7 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
     attrs = {"probe": spec.name, "settings": settings_dict, "settings_hash": settings_hash(settings_dict),
              "versions": versions(), "device": str(dev),
              "data": {"dataset": "user", "n_train": len(dataset.train), "n_test": len(dataset.test),
-                      "input_dtype": str(dataset.train.x.dtype).removeprefix("torch."),
+                      "input_dtype": str(dataset.train.sample_inputs.dtype).removeprefix("torch."),
                       "normalization": dataset.normalization, "source": dataset.info["source"],
                       **({"inputs": dataset.info["inputs"]} if "inputs" in dataset.info else {}),
                       **({"task": {**dataset.info["task"], "token_scale": per_sample.scale}}
@@ -231,6 +258,8 @@ def _task_loss(loss: Callable, logits: torch.Tensor, y: torch.Tensor, task: Any,
     n = len(dataset.train)  # the shapes as the user knows them: the whole split's
     same_n = logits.ndim and logits.shape[0] == y.shape[0]
     check_shapes((n, *logits.shape[1:]) if same_n else logits.shape, (n, *y.shape[1:]), task)
+    if task.regression:
+        return regression_loss(loss, logits, y)
     if not task.tokens:
         return per_sample_loss(loss, logits, y)
     z, ys = aligned(logits, y, task)

@@ -221,12 +221,21 @@ def test_a_dict_batch_without_the_target_key_is_one_line(bert):
     assert "target_key" in msg
 
 
-def test_batches_padded_to_different_lengths_are_one_line(bert):
+def test_batches_padded_to_their_own_lengths_stream(bert):
+    """Streamed batches may each be padded to their own length (a DataLoader with dynamic
+    padding): the loss is the same as with one padded length; a probe that gathers a subset
+    across such batches says in one line what to do."""
     model, inputs, y, _ = bert
-    batches = [{**{k: v[:8] for k, v in inputs.items()}, "labels": y[:8]},
-               {**{k: v[8:, :4] for k, v in inputs.items()}, "labels": y[8:]}]
+    short = {k: v.clone() for k, v in inputs.items()}
+    short["attention_mask"][8:, 4:] = 0  # the second batch's tail is padding: cut it off there
+    same = [{**{k: v[:8] for k, v in short.items()}, "labels": y[:8]},
+            {**{k: v[8:] for k, v in short.items()}, "labels": y[8:]}]
+    cut = [same[0], {**{k: v[8:, :4] for k, v in short.items()}, "labels": y[8:]}]
+    a = ls.surface(model, CE, same, x="-1:1:3", dim=1, splits="train", device="cpu")
+    b = ls.surface(model, CE, cut, x="-1:1:3", dim=1, splits="train", device="cpu")
+    np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-10)
     with pytest.raises(LandscapeError, match="pad every batch to one length") as err:
-        ls.surface(model, CE, batches, x="-1:1:3", dim=1, splits="train", device="cpu")
+        ls.coherence(model, CE, cut, subset=12, device="cpu")
     assert "\n" not in str(err.value)
 
 

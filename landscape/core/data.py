@@ -250,7 +250,14 @@ class Stream:
         """``(x, y)`` batches in the fixed order, moved to the stream's device (see the module
         docstring for what ``batch_size`` means per source)."""
         for x, y in self._raw_batches(batch_size):
-            yield _move(x, y, self.device, self.dtype)
+            yield self._finish(x, y)
+
+    def _finish(self, x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """Labels as int64 (class and token targets; regression targets stay as given), on the
+        stream's device and dtype."""
+        if not self._task.regression:
+            y = y.long()
+        return _move(x, y, self.device, self.dtype)
 
     def take(self, indices: torch.Tensor | Iterable[int]) -> Any:
         """Samples ``indices`` (positions in the fixed order) as an in-memory ``Split``, in the order
@@ -263,8 +270,7 @@ class Stream:
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
             raise DataError(f"{self.what}: sample {int(idx.max())} asked for, but the data hold {n}")
         if self.kind == "dataset":
-            x, y = self._collate(idx.tolist(), f"{self.what}: items")
-            x, y = _move(x, y, self.device, self.dtype)
+            x, y = self._finish(*self._collate(idx.tolist(), f"{self.what}: items"))
             return Split(x, y, self.task)
         order = torch.argsort(idx)
         wanted = idx[order]  # ascending positions; gathered in one pass
@@ -288,7 +294,7 @@ class Stream:
         y = torch.cat(ys)
         back = torch.empty_like(order)
         back[order] = torch.arange(len(order))
-        x, y = _move(x[back], y[back], self.device, self.dtype)
+        x, y = self._finish(x[back], y[back])
         return Split(x, y, self.task)
 
     def __repr__(self) -> str:
