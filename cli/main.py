@@ -190,6 +190,11 @@ STRIP_PREFIX = typer.Option(None, "--strip-prefix", help="Load the weights under
                             "model lacks is stripped by itself.")
 DATA_FACTORY = typer.Option(None, "--data-factory", help="pkg.module:fn (or file.py:fn) returning your (train, test) "
                             "data: (x, y) arrays, a Dataset or a DataLoader each; called with the --dataset-param values.")
+TASK = typer.Option("classification", "--task", help="What the --data-factory targets are: classification "
+                    "(labels (N,)), causal_lm or token_classification (token ids (N, T), -100 ignored; the loss is "
+                    "per token, token-weighted), regression (values; squared error, no accuracy).")
+TARGET_KEY = typer.Option("labels", "--target-key", help="The key of a dict batch that holds the targets "
+                          "(the other keys are the model's keyword inputs).")
 OUTSIDE_LINKS = typer.Option(False, "--allow-outside-links", help="Follow checkpoints of a run that are symlinks "
                              "to files outside it (refused by default).")
 WEIGHTS = typer.Option("auto", "--weights", help="ema, raw, or auto (EMA weights where the checkpoint has them); "
@@ -211,7 +216,7 @@ PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress.")
 
 
 def _foreign_specs(model, model_param, num_classes, input_shape, factory, dataset, dataset_param, loss,
-                   data_factory=None):
+                   data_factory=None, task="classification", target_key="labels"):
     """Model and data specs for checkpoints outside a RUN_DIR (ignored for a RUN_DIR)."""
     from landscape.checkpoints import ModelSpec
     from landscape.targets import DataSpec
@@ -229,7 +234,7 @@ def _foreign_specs(model, model_param, num_classes, input_shape, factory, datase
     if dataset is not None and data_factory is not None:
         raise ConfigError("give --dataset or --data-factory, not both")
     data_spec = DataSpec(dataset=dataset, dataset_params=parse_key_values(dataset_param, "--dataset-param"),
-                         loss=loss or "ce", factory=data_factory)
+                         loss=loss or "ce", factory=data_factory, task=task, target_key=target_key)
     # without --dataset the spec stays incomplete: a RUN_DIR ignores it, a foreign checkpoint is refused
     if (model_spec is not None and model_spec.factory is None and (shape is None or num_classes is None)
             and dataset is not None):
@@ -345,6 +350,7 @@ def probe_command(probe: str, *, checkpoints: str = "last", unit: str = "",
         ("loss", Optional[str], LOSS), ("force", bool, FORCE), ("plots", bool, PLOTS), ("progress", bool, PROGRESS),
         ("weights", str, WEIGHTS), ("strip_prefix", Optional[str], STRIP_PREFIX),
         ("allow_outside_links", bool, OUTSIDE_LINKS), ("data_factory", Optional[str], DATA_FACTORY),
+        ("task", str, TASK), ("target_key", str, TARGET_KEY),
     ]
 
     def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
@@ -356,7 +362,7 @@ def probe_command(probe: str, *, checkpoints: str = "last", unit: str = "",
             cfg = build(**kwargs)
             foreign = _foreign_specs(opts["model"], opts["model_param"], opts["num_classes"], opts["input_shape"],
                                      opts["model_factory"], opts["dataset"], opts["dataset_param"], opts["loss"],
-                                     opts["data_factory"])
+                                     opts["data_factory"], opts["task"], opts["target_key"])
             _run_probe_cli(probe, cfg, target, opts["checkpoints"], opts["out"], opts["device"], foreign,
                            opts["force"], opts["plots"], opts["progress"], unit=unit,
                            work_per_target=work(cfg) if work else 0, weights=opts["weights"],
@@ -515,6 +521,7 @@ def analyze(
     allow_outside_links: bool = OUTSIDE_LINKS, data_factory: Optional[str] = typer.Option(
         None, "--data-factory", help="pkg.module:fn (or file.py:fn) returning your (train, test) data: "
         "(x, y) arrays, a Dataset or a DataLoader each; called with the --dataset-param values."),
+    task: str = TASK, target_key: str = TARGET_KEY,
 ) -> None:
     """Run several probes on a run's checkpoints into one results file; a failing probe is reported and the others go on.
 
@@ -541,7 +548,7 @@ def analyze(
     if executor not in ("local", "process", "ray"):
         raise ConfigError(f"unknown executor {executor!r}; valid: local, process, ray")
     model_spec, data_spec = _foreign_specs(model, model_param, num_classes, input_shape, model_factory,
-                                           dataset, dataset_param, loss, data_factory)
+                                           dataset, dataset_param, loss, data_factory, task, target_key)
     check_model_specs(targets, model_spec)  # a factory that cannot (or may not) be used: one line, once
     data_lines: list[str] = []
     with _analysis_progress(progress) as bar:

@@ -78,8 +78,11 @@ def run_probe(
     weights: str = "auto",
     strip_prefix: str | None = None,
     on_data: Callable[[str], None] | None = None,
+    data_cache: dict[str, Any] | None = None,
 ) -> list[ProbeRecord]:
     """Run ``probe`` with config ``cfg`` on the selected checkpoints of ``path``; store and return the results.
+
+    ``data_cache``: data already loaded (:func:`preload_data`), shared by several probes' calls.
 
     A checkpoint that cannot be loaded (unreadable, wrong architecture) is told to
     ``on_failure(target, message)`` and the others go on; without ``on_failure`` it raises.
@@ -120,7 +123,9 @@ def run_probe(
         else:
             todo.append((target, group))
 
+    caches: dict[str, Any] = data_cache if data_cache is not None else {}
     if todo:  # fail now, not after an hour of work; a rerun with everything stored writes nothing
+        preload_data([t for t, _ in todo], data_spec, caches)
         store.check_writable()
 
     def write(target: Target, group: str, result: dict[str, Any], info: dict[str, Any], complete: bool) -> None:
@@ -147,7 +152,6 @@ def run_probe(
     tasks = [ProbeTask(target, spec.name, cfg, str(dev), model_spec, data_spec, allow_outside_links)
              for target, _ in todo]
     if executor == "local":
-        caches: dict[str, Any] = {}
         told: set[str] = set()
         for task, (target, group) in zip(tasks, todo, strict=True):
             if on_target:
@@ -225,6 +229,20 @@ def _compute_or_fail(task: ProbeTask) -> tuple[dict[str, Any], dict[str, Any]] |
 _WORKER_CACHES: dict[str, Any] = {}
 
 
+def _data_key(target: Target, data_spec: DataSpec | None) -> str:
+    return f"data:{target.run_dir}:{data_spec if target.run_dir is None else ''}"
+
+
+def preload_data(targets: list[Target], data_spec: DataSpec | None, caches: dict[str, Any]) -> None:
+    """Load (and so check) the data the checkpoints outside a RUN_DIR are probed on, once, before
+    anything is written: an empty DataLoader or a batch the task cannot read is one line, and no
+    results file is made. A RUN_DIR's own data are loaded where they are used."""
+    for target in targets:
+        key = _data_key(target, data_spec)
+        if target.run_dir is None and key not in caches:
+            caches[key] = load_data_and_loss(target, data_spec)
+
+
 def compute_probe(
     task: ProbeTask,
     *,
@@ -237,14 +255,15 @@ def compute_probe(
     attributes need (data, loss, seconds). Runs anywhere: it reads files, it never writes them."""
     caches = _WORKER_CACHES if caches is None else caches
     spec, target, dev = PROBES[task.probe], task.target, torch.device(task.device)
-    key = f"data:{target.run_dir}:{task.data_spec if target.run_dir is None else ''}"
+    key = _data_key(target, task.data_spec)
     if key not in caches:
         caches[key] = load_data_and_loss(target, task.data_spec)
     data, loss = caches[key]
     caches["info"] = {"data": {"dataset": data.name, "n_train": len(data.train), "n_test": len(data.test),
                                "input_dtype": str(data.train.sample_inputs.dtype).removeprefix("torch."),
                                "normalization": data.normalization,
-                               "source": (data.info or {}).get("source", {})},
+                               "source": (data.info or {}).get("source", {}),
+                               **{k: data.info[k] for k in ("task", "inputs") if k in (data.info or {})}},
                       "loss": getattr(loss, "spec", lambda: {})()}
     model, caches["info"]["checkpoint_load"] = load_model_and_record(target, task.model_spec, dev,
                                                                      allow_outside=task.allow_outside_links)
@@ -449,6 +468,8 @@ def analyze(
     targets = resolve_targets(path, checkpoints, weights=weights, strip_prefix=strip_prefix)
     check_model_specs(targets, model_spec)
     check_data_spec(targets, data_spec)
+    data_cache: dict[str, Any] = {}
+    preload_data(targets, data_spec, data_cache)  # the user's data fail here, in one line, before any file is made
     results: dict[str, list[ProbeRecord]] = {}
     failures: dict[str, str] = {}
 
@@ -465,7 +486,7 @@ def analyze(
                 on_progress=on_progress, on_target=on_target, executor=executor, workers=workers,
                 address=address, model_spec=model_spec, data_spec=data_spec,
                 allow_outside_links=allow_outside_links, weights=weights, strip_prefix=strip_prefix,
-                on_data=on_data, on_failure=lambda t, e, n=name: record_failure(f"failures/{n}/{group_name(t.name)}", f"{n} {t.name}", e))
+                on_data=on_data, data_cache=data_cache, on_failure=lambda t, e, n=name: record_failure(f"failures/{n}/{group_name(t.name)}", f"{n} {t.name}", e))
         except LandscapeError as exc:
             record_failure(f"failures/{name}", name, str(exc))
     return AnalysisReport(results, failures)

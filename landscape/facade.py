@@ -59,11 +59,12 @@ import torch
 from torch import nn
 
 from landscape.batch import InputBatch, forward
+from landscape.core.loss import per_sample_loss, regression_loss, task_loss  # noqa: F401 (re-exported)
 from landscape.errors import ConfigError
 from landscape.outputs import logits_of
 from landscape.probes import PROBES, ProbeContext, make_config
 from landscape.store import Store, group_name, settings_hash
-from landscape.tasks import aligned, check_shapes, get_task, sequence_loss
+from landscape.tasks import get_task
 from landscape.user_data import as_dataset
 from landscape.utils import resolve_device, versions
 
@@ -127,60 +128,6 @@ class Result(Mapping):
             path.unlink(missing_ok=True)
 
 
-# ---- losses as the user writes them ----------------------------------------------------------
-
-
-def per_sample_loss(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    logits: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``loss`` as ``(logits[N, …], y[N]) → [N]``: as is when it already returns one value per
-    sample on ``(logits, y)``; a module with ``reduction`` copied with ``reduction="none"``; else
-    each sample's loss through ``torch.vmap``."""
-    try:
-        out = loss(logits, y)
-    except Exception as exc:
-        raise ConfigError(f"the loss fails on the model's output {tuple(logits.shape)} and targets "
-                          f"{tuple(y.shape)}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(out, torch.Tensor):
-        raise ConfigError(f"the loss returned a {type(out).__name__}, not a tensor")
-    if out.shape == (logits.shape[0],):
-        return loss
-    if out.ndim != 0:
-        raise ConfigError(f"the loss returned shape {tuple(out.shape)}; expected one value per sample "
-                          f"({logits.shape[0]},) or a scalar mean")
-    if isinstance(loss, nn.Module) and getattr(loss, "reduction", None) in ("mean", "sum"):
-        unreduced = copy.copy(loss)
-        unreduced.reduction = "none"
-        return unreduced
-    return torch.vmap(lambda o, t: loss(o.unsqueeze(0), t.unsqueeze(0)))
-
-
-def regression_loss(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], outputs: torch.Tensor,
-                    y: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``loss`` as one value per sample for regression: outputs ``[N, 1]`` against targets ``(N,)``
-    are read as ``[N]``; an element-wise loss (``nn.MSELoss(reduction="none")``, or a module with
-    ``reduction`` copied so) is averaged over each sample's ``D`` values,
-    ``ℓ_n = (1/D) Σ_d ℓ(f(x_n)_d, y_{n,d})``, so the split mean equals ``nn.MSELoss()``'s."""
-    def fit(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return z.reshape(*z.shape[: z.ndim - t.ndim - 1], *t.shape) if z.shape[-t.ndim:] != t.shape else z
-
-    base = loss
-    if isinstance(loss, nn.Module) and getattr(loss, "reduction", None) in ("mean", "sum"):
-        base = copy.copy(loss)
-        base.reduction = "none"
-    try:
-        out = base(fit(outputs, y), y)
-    except Exception as exc:
-        raise ConfigError(f"the loss fails on the model's output {tuple(outputs.shape)} and targets "
-                          f"{tuple(y.shape)}: {type(exc).__name__}: {exc}") from None
-    if isinstance(out, torch.Tensor) and out.ndim >= 1 and out.shape[0] == y.shape[0]:
-        def per_sample(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            v = base(fit(z, t), t)
-            return v.reshape(v.shape[0], -1).mean(1)
-
-        return per_sample
-    return per_sample_loss(lambda z, t: loss(fit(z, t), t), fit(outputs, y), y)
-
-
 def _describe_loss(loss: Any) -> dict[str, Any]:
     spec = getattr(loss, "spec", None)
     if callable(spec):
@@ -228,7 +175,7 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
         with torch.no_grad():
             first = dataset.train.take(torch.arange(min(2, len(dataset.train)))).to(dev)
             logits = logits_of(_first_call(work, first.x), output_fn)
-        per_sample = _task_loss(loss, logits, first.y, t, dataset)
+        per_sample = task_loss(loss, logits, first.y, t, dataset)
         ctx = ProbeContext(model=work, loss=per_sample, data=dataset, device=dev, output_fn=output_fn)
         torch.manual_seed(getattr(cfg, "seed", 0))
         start = time.perf_counter()
@@ -249,24 +196,6 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
              "loss": _describe_loss(loss), "seconds": seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "complete": True, "model_sha256": model_sha256(model)}
     return Result(spec.name, arrays, attrs)
-
-
-def _task_loss(loss: Callable, logits: torch.Tensor, y: torch.Tensor, task: Any, dataset: Any) -> Callable:
-    """The per-sample loss the probes get: the user's loss per sample (classification), or one
-    loss per sequence from the per-token loss (token tasks, :func:`landscape.tasks.sequence_loss`
-    with ``scale = N / T_total`` of the training split)."""
-    n = len(dataset.train)  # the shapes as the user knows them: the whole split's
-    same_n = logits.ndim and logits.shape[0] == y.shape[0]
-    check_shapes((n, *logits.shape[1:]) if same_n else logits.shape, (n, *y.shape[1:]), task)
-    if task.regression:
-        return regression_loss(loss, logits, y)
-    if not task.tokens:
-        return per_sample_loss(loss, logits, y)
-    z, ys = aligned(logits, y, task)
-    safe = torch.where(ys != task.ignore_index, ys, torch.zeros_like(ys))
-    token_loss = per_sample_loss(loss, z.reshape(-1, z.shape[-1]), safe.reshape(-1))
-    scale = n / dataset.info["task"]["valid_tokens"]["train"]
-    return sequence_loss(token_loss, task, scale)
 
 
 def _first_call(model: nn.Module, sample: Any) -> Any:

@@ -102,7 +102,7 @@ class HessianOperator:
             raise ConfigError("the Hessian needs at least one data point")
         self.batch_size = batch_size or self.n
         if self.method == "auto":
-            one_batch = self.stream.survey["batches"] == 1 if self.stream is not None else self.batch_size >= self.n
+            one_batch = self.stream.num_batches(self.batch_size) == 1 if self.stream is not None else self.batch_size >= self.n
             self.method = "cached_graph" if one_batch else "double_backward"
         if self.method == "forward_over_reverse" and bn_mode == "train":
             self.method = "double_backward"  # running-stat updates have no forward-mode rule

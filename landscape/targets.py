@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from landscape.checkpoints import (
     CHECKPOINT_DIR,
@@ -25,7 +26,9 @@ from landscape.checkpoints import (
     load_state_dict,
     load_weights,
 )
+from landscape.core.loss import regression_loss
 from landscape.errors import ConfigError
+from landscape.tasks import get_task, sequence_loss
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,10 @@ class DataSpec:
     dataset keeps its documented preprocessing, ``npz`` arrays are used as given). Or ``factory``
     (``--data-factory``): a callable of the user's, called as ``fn(**dataset_params)``, returning
     ``(train, test)``, ``{"train": …, "test": …}`` or the train data alone, each in any form of
-    :mod:`landscape.user_data`, used as given.
+    :mod:`landscape.user_data`, used as given; ``task`` says what the targets are and how the
+    loss is reduced (:mod:`landscape.tasks`: for a token task ``loss`` is the per-token loss; for
+    ``regression`` the loss is the squared error, ``nn.MSELoss`` per sample), ``target_key``
+    which key of a dict batch holds them.
     """
 
     dataset: str | None = None
@@ -45,6 +51,8 @@ class DataSpec:
     loss: str = "ce"
     loss_params: dict[str, Any] = field(default_factory=dict)
     factory: str | None = None  # "pkg.mod:fn" / "file.py:fn" the user names: fn(**dataset_params) → data
+    task: str = "classification"  # landscape.tasks: classification | causal_lm | token_classification | regression
+    target_key: str = "labels"  # which key of a dict batch holds the targets
 
     @property
     def named(self) -> bool:
@@ -324,12 +332,46 @@ def load_data_and_loss(target: Target, data_spec: DataSpec | None):
     if data_spec is None or not data_spec.named:
         raise ConfigError(_no_dataset_message(target))
     spec = data_spec
+    task = get_task(spec.task)
+    if (task.name != "classification" or spec.target_key != "labels") and not spec.factory:
+        raise ConfigError("--task and --target-key describe the data of a --data-factory; a registered "
+                          "--dataset brings its own (classification) targets")
     data = factory_data(spec) if spec.factory else load_dataset(spec.dataset, **spec.dataset_params)
-    return data, build_loss(spec.loss, **spec.loss_params)
+    if task.regression:
+        if spec.loss not in ("ce", "mse") or spec.loss_params:
+            raise ConfigError(f"task 'regression' uses the squared error (nn.MSELoss per sample); --loss "
+                              f"{spec.loss!r} is a classification loss")
+        return data, TaskLoss(regression_loss(nn.MSELoss(), *_first_pair(data)),
+                              {"name": "squared_error", "params": {}, "task": task.name})
+    loss = build_loss(spec.loss, **spec.loss_params)
+    if task.tokens:
+        scale = len(data.train) / data.info["task"]["valid_tokens"]["train"]
+        return data, TaskLoss(sequence_loss(loss.per_sample, task, scale),
+                              {**loss.spec(), "task": task.name, "token_scale": scale})
+    return data, loss
+
+
+class TaskLoss:
+    """A per-sample loss built for a task (token-weighted, or squared error), with the record of it
+    (``spec()``), where analyze expects a :class:`~landscape.train.losses.Loss`."""
+
+    def __init__(self, per_sample, spec: dict[str, Any]) -> None:
+        self.per_sample = per_sample
+        self._spec = spec
+
+    def spec(self) -> dict[str, Any]:
+        return dict(self._spec)
+
+
+def _first_pair(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets of the first sample twice (outputs shaped like them), to fit the regression loss."""
+    y = data.train.take(torch.arange(1)).y
+    return y.clone(), y
 
 
 def factory_data(spec: DataSpec):
-    """The data a user's ``--data-factory`` returns, as an in-memory Dataset used as given."""
+    """The data a user's ``--data-factory`` returns, used as given (tensors in memory; a Dataset or
+    DataLoader streamed batch by batch, :mod:`landscape.core.data`)."""
     from landscape.checkpoints import resolve_factory
     from landscape.user_data import as_dataset
 
@@ -348,6 +390,6 @@ def factory_data(spec: DataSpec):
         train, test = out  # (train, test), each a loader / dataset / (x, y) pair
     else:
         train, test = out, None
-    data = as_dataset(train, test)
+    data = as_dataset(train, test, task=spec.task, target_key=spec.target_key)
     data.info["source"] = {**data.info["source"], "factory": spec.factory, "params": dict(spec.dataset_params)}
     return dataclasses.replace(data, name=spec.factory)

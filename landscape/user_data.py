@@ -11,7 +11,7 @@ streamed batch by batch in a fixed order (:mod:`landscape.core.data`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np

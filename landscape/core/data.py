@@ -24,6 +24,7 @@ each batch, so the last short batch weighs what it holds.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -35,6 +36,7 @@ from landscape.errors import DataError
 from landscape.tasks import Task, get_task, valid_tokens
 
 STREAM_BATCH_SIZE = 256  # items collated per batch from a map-style Dataset when a probe asks for "all"
+_COLLATE_FAILURES = ("stack expects each tensor", "each element in list of batch", "default_collate")
 
 
 # ---- one batch as the user gives it ----------------------------------------------------------
@@ -150,7 +152,7 @@ class Stream:
             if note:
                 self.notes.append(note)
         elif isinstance(source, torch.utils.data.Dataset) and hasattr(source, "__getitem__") \
-                and hasattr(source, "__len__"):
+                and hasattr(source, "__len__") and not isinstance(source, torch.utils.data.IterableDataset):
             self.kind = "dataset"
         elif isinstance(source, Iterable) and not isinstance(source, str | bytes | Mapping):
             self.kind = "batches"
@@ -174,9 +176,19 @@ class Stream:
             for start in range(0, n, size):
                 yield self._collate(range(start, min(start + size, n)), f"{self.what}: items {start}…")
             return
-        unit = "batch"
-        for i, item in enumerate(self.source):
-            yield read_batch(item, f"{self.what}: {unit} {i}", self.target_key)
+        items = iter(self.source)
+        for i in itertools.count():
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            except (RuntimeError, TypeError) as exc:  # a DataLoader's collate_fn on items of other shapes
+                if self.kind != "loader" or not str(exc).startswith(_COLLATE_FAILURES):
+                    raise
+                raise DataError(f"{self.what}: batch {i}: the items cannot be stacked into one batch "
+                                f"({str(exc).splitlines()[0]}); give every item the same shapes (pad "
+                                "sequences to one length)") from None
+            yield read_batch(item, f"{self.what}: batch {i}", self.target_key)
 
     def _collate(self, indices: Iterable[int], what: str) -> tuple[Any, torch.Tensor]:
         items = [self.source[int(i)] for i in indices]
@@ -196,6 +208,9 @@ class Stream:
         n, batches, top, valid, first = 0, 0, -1, 0, None
         for i, (x, y) in enumerate(self._raw_batches()):
             what = f"{self.what}: batch {i}"
+            if y.ndim == 0 or (isinstance(x, torch.Tensor) and x.ndim == 0):
+                raise DataError(f"{what} has a scalar {'target' if y.ndim == 0 else 'input'}: it is one sample, "
+                                "not a batch; wrap the samples in a DataLoader(data, batch_size=...)")
             if len(x) != len(y):
                 raise DataError(f"{what} has {len(x)} inputs but {len(y)} targets")
             check_targets(y, t, what)
@@ -220,6 +235,12 @@ class Stream:
 
     def __len__(self) -> int:
         return int(self.survey["n"])
+
+    def num_batches(self, batch_size: int | None = None) -> int:
+        """How many batches :meth:`batches` yields for ``batch_size``."""
+        if self.kind == "dataset":
+            return -(-len(self) // (batch_size or STREAM_BATCH_SIZE))
+        return int(self.survey["batches"])
 
     @property
     def num_classes(self) -> int:

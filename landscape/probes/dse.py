@@ -68,8 +68,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.errors import ConfigError
 from landscape.core.data import is_stream
+from landscape.errors import ConfigError
 from landscape.features import FeatureSettings, check_finite_features, split_features
 from landscape.probes.base import ProbeContext, register_probe
 from landscape.utils import check_allocation

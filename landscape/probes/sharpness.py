@@ -135,7 +135,13 @@ class SharpnessConfig:
                 raise ConfigError(f"no default ρ grid for kind={self.kind}, norm={self.norm}, "
                                   f"adaptive={self.adaptive}; pass rhos=(…)")
             object.__setattr__(self, "rhos", DEFAULT_RHOS[key])
-        rhos = tuple(float(r) for r in self.rhos)  # type: ignore[union-attr]
+        raw = self.rhos
+        if isinstance(raw, int | float | str):  # one ρ (rhos=0.05 on the command line)
+            raw = [raw]
+        try:
+            rhos = tuple(float(r) for r in raw)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ConfigError(f"rhos must be a number or a list of numbers > 0, got {self.rhos!r}") from None
         if not rhos or any(not (r > 0 and math.isfinite(r)) for r in rhos):
             raise ConfigError(f"rhos must be a non-empty tuple of finite values > 0, got {self.rhos}")
         object.__setattr__(self, "rhos", rhos)

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape.core.data import is_stream, iter_batches
 from landscape.errors import ConfigError
 from landscape.outputs import OutputFn, logits_of
 from landscape.params import call
 from landscape.probes.base import ProbeContext, fixed_subset, parse_splits, register_probe
-from landscape.core.data import is_stream, iter_batches
 from landscape.tasks import Task, correct_count
 from landscape.utils import check_allocation
 
