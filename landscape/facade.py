@@ -14,18 +14,21 @@ a Dataset of Mapping items, or one dict of tensors. ``target_key="labels"`` (a k
 targets; the other keys (``input_ids``, ``attention_mask``, …) are the model's keyword inputs, so
 the model is called as ``model(**inputs)`` — the user's module itself, no wrapper, so parameter and
 layer names (``layer="classifier"``) are the model's own. ``x`` of an ``(x, y)`` pair may be such
-a dict too. Sequences must have one length across batches (pad to ``max_length``).
+a dict too.
 
 >>> loader = DataLoader(hf_dataset, batch_size=32)   # {"input_ids", "attention_mask", "labels"}
 >>> ls.hessian(bert, nn.CrossEntropyLoss(), loader, top_k=3)
->>> ls.coherence(bert, nn.CrossEntropyLoss(), loader)   # one example = one sequence In this version the samples
-are gathered into one in-memory split before the probe runs (streaming batch by batch is the
-open-core step, issue 19); a DataLoader with shuffling is read once, in the order it yields.
+>>> ls.coherence(bert, nn.CrossEntropyLoss(), loader)   # one example = one sequence
+
+A Dataset, a DataLoader or an iterable of batches is streamed batch by batch in a fixed order
+(:mod:`landscape.core.data`; a shuffling loader is read in index order, recorded), never gathered:
+each batch may be padded to its own length; only the fixed subsets a probe asks for are gathered.
 
 ``task=`` (:mod:`landscape.tasks`): ``"classification"`` (default; logits ``[N, C]``, labels
 ``(N,)``), ``"causal_lm"`` or ``"token_classification"`` (logits ``[N, T, C]``, token targets
 ``[N, T]``, ``-100`` ignored; ``causal_lm`` shifts: the targets are the input ids, position ``t``
-predicts ``t + 1``). For a token task ``loss`` is the per-token loss on ``(logits[M, C], y[M])``
+predicts ``t + 1``), ``"regression"`` (float targets ``(N,)`` / ``(N, D)``, e.g. ``nn.MSELoss()``
+averaged per sample; no accuracy). For a token task ``loss`` is the per-token loss on ``(logits[M, C], y[M])``
 (e.g. ``nn.CrossEntropyLoss()``); the task masks, shifts and reduces it: the dataset mean is the
 token-weighted mean over the training split's valid tokens, one sequence is one sample, and the
 accuracy is token accuracy (the convention and its subset approximation: :mod:`landscape.tasks`).
@@ -191,7 +194,7 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
                       "input_dtype": str(dataset.train.sample_inputs.dtype).removeprefix("torch."),
                       "normalization": dataset.normalization, "source": dataset.info["source"],
                       **({"inputs": dataset.info["inputs"]} if "inputs" in dataset.info else {}),
-                      **({"task": {**dataset.info["task"], "token_scale": per_sample.scale}}
+                      **({"task": {**dataset.info["task"], **({"token_scale": per_sample.scale} if t.tokens else {})}}
                          if "task" in dataset.info else {})},
              "loss": _describe_loss(loss), "seconds": seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "complete": True, "model_sha256": model_sha256(model)}

@@ -184,3 +184,48 @@ def test_token_targets_without_task_name_the_option(gpt2):
     model, ids, labels = gpt2
     with pytest.raises(LandscapeError, match="task='causal_lm'"):
         ls.hessian(model, CE, (ids, labels), top_k=1, device="cpu")
+
+
+# ---- regression -------------------------------------------------------------------------------
+
+
+def _regression_problem():
+    torch.manual_seed(0)
+    x = torch.randn(40, 3, dtype=torch.float64)
+    y = torch.sin(x @ torch.randn(3, 2, dtype=torch.float64))
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    return model, x, y
+
+
+def test_regression_hessian_surface_and_sharpness_match_mse_directly():
+    model, x, y = _regression_problem()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def mse(theta):
+        parts = torch.split(theta, [s.numel() for s in shapes])
+        state = {n: p.view(s) for n, p, s in zip(names, parts, shapes, strict=True)}
+        return nn.functional.mse_loss(torch.func.functional_call(model, state, (x,)), y)
+
+    dense = np.linalg.eigvalsh(torch.autograd.functional.hessian(mse, flat).numpy())
+    res = ls.hessian(model, nn.MSELoss(), (x, y), task="regression", top_k=3, dtype="float64", device="cpu")
+    np.testing.assert_allclose(res["eigenvalues"], dense[::-1][:3], rtol=1e-8)
+    assert res.attrs["data"]["task"] == {"name": "regression"}
+    surf = ls.surface(model, nn.MSELoss(), (x, y), task="regression", x="-1:1:3", dim=1, splits="train", device="cpu")
+    assert abs(float(surf["train_loss"][1]) - float(mse(flat))) < 1e-12 and np.isnan(surf["train_acc"]).all()
+    sharp = ls.sharpness(model, nn.MSELoss(), (x, y), task="regression", m=20, rhos=0.05, iters=3, dtype="float64",
+                          device="cpu")
+    assert abs(float(sharp["loss_clean"][0]) - float(mse(flat))) < 1e-12  # two batches of 20: their mean
+    assert np.isnan(sharp["delta_error"]).all()  # no accuracy, no error metric
+
+
+def test_regression_mistakes_are_one_line():
+    model, x, y = _regression_problem()
+    with pytest.raises(LandscapeError, match="task='regression'") as err:
+        ls.hessian(model, nn.MSELoss(), (x, y[:, 0]), top_k=1)  # float targets, classification by default
+    assert "\n" not in str(err.value)
+    with pytest.raises(LandscapeError, match="outputs of the targets' shape"):
+        ls.hessian(model, nn.MSELoss(), (x, y[:, :1].repeat(1, 3)), task="regression", top_k=1)
+    with pytest.raises(LandscapeError, match="class labels"):
+        ls.collapse(model, nn.MSELoss(), (x, y), task="regression", splits="train")

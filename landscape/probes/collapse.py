@@ -337,6 +337,9 @@ class CollapseProbeConfig(FeatureSettings, CollapseConfig):
 @register_probe("collapse", CollapseProbeConfig, summary=("nc1", "equiangular_means", "self_duality", "ncc_mismatch"))
 def run_collapse(ctx: ProbeContext, cfg: CollapseProbeConfig) -> dict[str, Any]:
     """NC1–NC4 of the penultimate features on each split (Papyan et al. 2020); one subgroup per split."""
+    if getattr(ctx.data.train, "task", "classification") != "classification":
+        raise ConfigError("neural collapse is defined for class labels (task 'classification'); "
+                          f"this data's task is {ctx.data.train.task!r}")
     weight = None
     if cfg.layer is None or isinstance(dict(ctx.model.named_modules()).get(cfg.layer), nn.Linear):
         weight, _ = find_classifier(ctx.model, cfg.layer)  # the linear layer whose input is the feature
