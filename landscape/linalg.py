@@ -32,15 +32,15 @@ import torch
 from torch import nn
 
 from landscape.core.data import is_stream
+from landscape.core.kernel import BN_MODES, logits_at
 from landscape.errors import ConfigError
-from landscape.outputs import OutputFn, logits_of
-from landscape.params import ParamLayout, call, model_state, second_order, select_parameters
+from landscape.outputs import OutputFn
+from landscape.params import ParamLayout, model_state, second_order, select_parameters
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 HVP_METHODS = ("auto", "cached_graph", "double_backward", "forward_over_reverse")
-BN_MODES = ("eval", "train")
 
 
 class HessianOperator:
@@ -114,16 +114,9 @@ class HessianOperator:
         return self.layout.numel
 
     def _batch_loss(self, theta: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        state = dict(self.state)
-        if self.bn_mode == "train":  # batch statistics; running buffers must not be touched
-            state.update({k: v.clone() for k, v in self.state.items() if k not in self.layout.names})
-        state.update(self.layout.unflatten(theta))
-        was_training = self.model.training
-        self.model.train(self.bn_mode == "train")
-        try:
-            return self.loss(logits_of(call(self.model, state, xb), self.output_fn), yb).mean()
-        finally:
-            self.model.train(was_training)
+        state = {**self.state, **self.layout.unflatten(theta)}
+        z = logits_at(self.model, state, xb, bn_mode=self.bn_mode, output_fn=self.output_fn, keep=self.layout.names)
+        return self.loss(z, yb).mean()
 
     def _batches(self):
         if self.stream is not None:

@@ -216,7 +216,9 @@ class Stream:
             check_targets(y, t, what)
             kind = "dict" if isinstance(x, InputBatch) else "tensor"
             if first is None:
-                first = {"kind": kind, "x": x[:1], "keys": list(x.keys()) if kind == "dict" else None,
+                one = (InputBatch({k: v[:1].clone() for k, v in x.items()}) if kind == "dict"
+                       else x[:1].clone())  # a copy: a view would keep the whole first batch alive
+                first = {"kind": kind, "x": one, "keys": list(x.keys()) if kind == "dict" else None,
                          "shape": None if kind == "dict" else tuple(x.shape[1:]), "dtype": x.dtype}
             elif kind != first["kind"]:
                 raise DataError(f"{what} has {kind} inputs, batch 0 {first['kind']} inputs; give one kind")

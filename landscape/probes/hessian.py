@@ -124,8 +124,8 @@ def hessian(
             x, y = select(x, y, torch.arange(len(x)))
         return _pyhessian(model, loss, x, y, cfg, device, output_fn)
     dtype = DTYPES[cfg.dtype]
-    if y is None and cfg.subset is None:
-        pass  # streamed: every HVP reads the stream batch by batch
+    if cfg.subset is None:
+        pass  # all of it: in memory as it is (no copy), or streamed: every HVP reads the batches
     else:
         x, y = select(x, y, fixed_subset(len(x), cfg.subset, cfg.seed))
     dev = torch.device(device) if device is not None else next(model.parameters()).device

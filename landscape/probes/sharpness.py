@@ -37,9 +37,10 @@ import torch
 from torch import nn
 
 from landscape.core.data import samples_args, select
+from landscape.core.kernel import logits_at
 from landscape.errors import ConfigError, LandscapeError
-from landscape.outputs import OutputFn, logits_of
-from landscape.params import ParamLayout, call, model_state, second_order, select_parameters
+from landscape.outputs import OutputFn
+from landscape.params import ParamLayout, model_state, second_order, select_parameters
 from landscape.probes.base import ProbeContext, fixed_subset, register_probe
 from landscape.tasks import Task, correct_count, get_task
 
@@ -225,11 +226,9 @@ class _Objective:
         self.num_gradients = 0
 
     def logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        state = dict(self.state)
-        if self.cfg.bn_mode == "train":  # batch statistics; the running buffers stay untouched
-            state.update({k: v.clone() for k, v in self.state.items() if k not in self.layout.names})
-        state.update(self.layout.unflatten(theta))
-        z = logits_of(call(self.model, state, x), self.output_fn)  # in the mode set by `sharpness` (bn_mode)
+        state = {**self.state, **self.layout.unflatten(theta)}
+        z = logits_at(self.model, state, x, bn_mode=self.cfg.bn_mode, output_fn=self.output_fn,
+                      keep=self.layout.names)
         if self.cfg.logit_normalize:  # z ← (z − mean z)/‖z − mean z‖ per sample (reference option)
             z = z - z.mean(dim=-1, keepdim=True)
             z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)

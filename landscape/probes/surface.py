@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from landscape.core.data import is_stream, iter_batches
+from landscape.core.kernel import logits_at, perturbed_state
 from landscape.errors import ConfigError
 from landscape.outputs import OutputFn, logits_of
 from landscape.params import call
@@ -134,13 +135,6 @@ class SurfaceConfig:
 # ---- evaluation -------------------------------------------------------------------------------
 
 
-def _axpy(value: torch.Tensor, d: torch.Tensor, c: float) -> torch.Tensor:
-    """``value + c·d`` in one fused op; a ``c`` beyond the dtype's range gives inf/NaN, not an error."""
-    if abs(c) <= torch.finfo(value.dtype).max:
-        return torch.add(value, d, alpha=c)
-    return value + c * d
-
-
 def evaluate_points(
     model: nn.Module,
     base: dict[str, torch.Tensor],
@@ -162,32 +156,17 @@ def evaluate_points(
     accuracy read :func:`landscape.outputs.logits_of` of the model's output (or ``output_fn``'s);
     the accuracy is ``task``'s (:func:`landscape.tasks.correct_count`: token accuracy for LMs)."""
     losses, accs = np.empty(len(coefficients)), np.empty(len(coefficients))
-    was_training = model.training
-    model.train(bn_mode == "train")
-    try:
-        with torch.no_grad():
-            for p, coeffs in enumerate(coefficients):
-                state = dict(base)
-                for name in directions[0]:
-                    value = base[name]
-                    if not value.is_floating_point():  # integer buffers (num_batches_tracked) stay as they are
-                        continue
-                    value = _axpy(value, directions[0][name], float(coeffs[0]))
-                    for c, d in zip(coeffs[1:], directions[1:], strict=True):
-                        value = _axpy(value, d[name], float(c))
-                    state[name] = value
-                if bn_mode == "train":  # batch statistics; running buffers must stay untouched
-                    state.update({k: v.clone() for k, v in base.items() if k not in directions[0]})
-                total, correct, count, n = 0.0, 0, 0, 0
-                for xb, yb in iter_batches(x, y, batch_size):
-                    n += len(yb)
-                    logits = logits_of(call(model, state, xb), output_fn)
-                    total += float(loss(logits, yb).double().sum())
-                    c, k = correct_count(logits, yb, task)
-                    correct, count = correct + int(c), count + k
-                losses[p], accs[p] = total / n, (correct / count if count else float("nan"))
-    finally:
-        model.train(was_training)
+    with torch.no_grad():
+        for p, coeffs in enumerate(coefficients):
+            state = perturbed_state(base, directions, coeffs)
+            total, correct, count, n = 0.0, 0, 0, 0
+            for xb, yb in iter_batches(x, y, batch_size):
+                n += len(yb)
+                logits = logits_at(model, state, xb, bn_mode=bn_mode, output_fn=output_fn, keep=list(directions[0]))
+                total += float(loss(logits, yb).double().sum())
+                c, k = correct_count(logits, yb, task)
+                correct, count = correct + int(c), count + k
+            losses[p], accs[p] = total / n, (correct / count if count else float("nan"))
     return losses, accs
 
 
@@ -354,8 +333,7 @@ def run_surface(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, Any]:
                                   "(a DataLoader) use workers=1, or a subset")
             data[split] = (s.to(ctx.device), None)  # read batch by batch at every grid point
             continue
-        idx = fixed_subset(len(s), cfg.subset, cfg.seed)
-        taken = s.take(idx)
+        taken = s if cfg.subset is None else s.take(fixed_subset(len(s), cfg.subset, cfg.seed))
         data[split] = (taken.x.to(ctx.device), taken.y.to(ctx.device))
 
     partial = ctx.partial or {}
