@@ -32,8 +32,8 @@ size gathered: the largest growth of ``--repeats`` (3) fresh subprocesses per ru
 allocator's slack varies by a few MiB from one process to the next). The seconds are not a
 speed comparison: a stream draws every image again at each pass (a Hessian makes one pass per
 Lanczos step), the gathered run draws them once. Both runs of a probe compute the same number
-(the eigenvalue or the loss at the origin), printed as a check; (c) peaks near twice the
-dataset because the in-memory probe indexes its (sub)set, ``x[arange(n)]``, a second copy. Peak RSS also counts allocator slack and the probe's own work
+(the eigenvalue or the loss at the origin), printed as a check. Peak RSS also counts allocator
+slack and the probe's own work
 (Lanczos vectors: ``steps × parameters``; autograd buffers of one batch), so (a) is some
 multiple of one batch + model, never a multiple of the dataset.
 """
