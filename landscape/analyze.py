@@ -327,7 +327,7 @@ def _check_stored(store: Store, targets: list[Target], probe: str, settings: dic
                 f"{asked['weights']} --strip-prefix {asked['strip_prefix']}; pass --force to replace "
                 "them, or write to another --out"
             )
-        if attrs.get("settings_hash") != wanted:
+        if attrs.get("settings_hash") != wanted and not _same_settings(probe, attrs.get("settings") or {}, settings):
             old = attrs.get("settings") or {}
             diff = ", ".join(f"{k} {old.get(k)!r} → {v!r}" for k, v in settings.items() if old.get(k) != v)
             raise ConfigError(
@@ -336,6 +336,21 @@ def _check_stored(store: Store, targets: list[Target], probe: str, settings: dic
             )
         found[group] = "partial" if attrs.get("complete", True) is False else "complete"
     return found
+
+
+def _same_settings(probe: str, stored: dict[str, Any], settings: dict[str, Any]) -> bool:
+    """Whether results stored with ``stored`` settings are these ``settings``: a setting added in a
+    later version counts as its default where the stored record lacks it."""
+    import json
+
+    defaults = {f.name: f.default for f in dataclasses.fields(PROBES[probe].config)
+                if f.default is not dataclasses.MISSING}
+
+    def same(a: Any, b: Any) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+    return set(stored) <= set(settings) and all(
+        same(stored[k], v) if k in stored else (k in defaults and same(defaults[k], v)) for k, v in settings.items())
 
 
 def _checkpoint_tensors(target: Target, which: str, info: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -37,7 +37,10 @@ accuracy is token accuracy (the convention and its subset approximation: :mod:`l
 
 The model may return a tensor, a tuple (its first element is the logits), or a mapping / object
 with ``logits`` (a Hugging Face output); ``output_fn(output) -> logits`` for anything else. The
-loss receives the logits tensor.
+loss receives the logits tensor. The representation probes (collapse, rankme, dse) read the input
+of ``layer=`` (default: the last linear layer's) by a forward hook, pooled over tokens for a
+sequence model with ``pool="mean"`` (over the attention mask) or ``"last"``; or
+``features_fn(model, x) -> [N, D]`` gives them any features.
 
 ``loss`` may be per-sample (``reduction="none"``) or mean-reduced: a module with a ``reduction``
 attribute is copied with ``reduction="none"``; any other mean loss is applied sample by sample
@@ -154,7 +157,8 @@ def model_sha256(model: nn.Module) -> str:
 
 def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = None, config: Any = None,
         device: str | torch.device = "auto", output_fn: Callable[[Any], torch.Tensor] | None = None,
-        target_key: str = "labels", task: str = "classification", **settings: Any) -> Result:
+        target_key: str = "labels", task: str = "classification",
+        features_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None, **settings: Any) -> Result:
     """Run ``probe`` on an in-memory ``model`` with the user's ``loss`` and ``data`` (``task``: see
     :mod:`landscape.facade`)."""
     spec = PROBES[probe]
@@ -179,7 +183,8 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
             first = dataset.train.take(torch.arange(min(2, len(dataset.train)))).to(dev)
             logits = logits_of(_first_call(work, first.x), output_fn)
         per_sample = task_loss(loss, logits, first.y, t, dataset)
-        ctx = ProbeContext(model=work, loss=per_sample, data=dataset, device=dev, output_fn=output_fn)
+        ctx = ProbeContext(model=work, loss=per_sample, data=dataset, device=dev, output_fn=output_fn,
+                           features_fn=features_fn)
         torch.manual_seed(getattr(cfg, "seed", 0))
         start = time.perf_counter()
         arrays = spec.run(ctx, cfg)
@@ -216,9 +221,10 @@ def _first_call(model: nn.Module, sample: Any) -> Any:
 def _facade(probe: str) -> Callable[..., Result]:
     def call(model: nn.Module, loss: Callable, data: Any, *, test: Any = None, config: Any = None,
              device: str | torch.device = "auto", output_fn: Callable[[Any], torch.Tensor] | None = None,
-             target_key: str = "labels", task: str = "classification", **settings: Any) -> Result:
+             target_key: str = "labels", task: str = "classification",
+        features_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None, **settings: Any) -> Result:
         return run(probe, model, loss, data, test=test, config=config, device=device, output_fn=output_fn,
-                   target_key=target_key, task=task, **settings)
+                   target_key=target_key, task=task, features_fn=features_fn, **settings)
 
     cfg = PROBES[probe].config
     fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cfg)

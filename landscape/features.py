@@ -15,7 +15,7 @@ layer, the classifier the neural-collapse measures NC2–NC4 compare ``h`` with.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,8 @@ def extract_features(
     batch_size: int = 1024,
     device: torch.device | str | None = None,
     output_fn: OutputFn | None = None,
+    pool: str = "flatten",
+    features_fn: FeaturesFn | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Features at the input of ``layer`` and the logits of ``model`` on inputs ``x``.
 
@@ -106,10 +108,16 @@ def extract_features(
             a parameter-free model).
         output_fn: model output → logits; ``None`` → :func:`landscape.outputs.logits_of`'s rule
             (a tensor, a tuple's first element, or ``.logits`` / ``["logits"]``).
+        pool: for per-token features ``N × T × D`` (a sequence model's layer input):
+            ``flatten`` (``N × T·D``), ``mean`` (over the tokens the batch's ``attention_mask``
+            marks, all tokens without one) or ``last`` (the last such token) → ``N × D``
+            (:func:`pool_tokens`). Features with no token axis are left as they are.
+        features_fn: ``features_fn(model, xb) → N × D`` in place of the hook on ``layer``
+            (called in eval mode under ``no_grad``, after the forward pass giving the logits).
 
     Returns:
         ``(features, logits)``: ``features`` is ``N × D`` (the module input flattened per
-        sample), ``logits`` ``N × C``; both on ``device``, in the model's dtype.
+        sample, or pooled), ``logits`` ``N × C``; both on ``device``, in the model's dtype.
 
     Raises:
         ConfigError: unknown ``layer`` (the message lists valid module names) or bad ``batch_size``.
@@ -118,6 +126,8 @@ def extract_features(
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}")
+    if pool not in POOLS:
+        raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
     name, module = find_module(model, layer)
     params = list(model.parameters()) + list(model.buffers())
     home = params[0].device if params else torch.device("cpu")
@@ -131,7 +141,7 @@ def extract_features(
         captured.append(args[0].detach())
 
     was_training = model.training
-    handle = module.register_forward_pre_hook(hook)
+    handle = module.register_forward_pre_hook(hook) if features_fn is None else None
     moved = device != home
     feats: list[Tensor] = []
     logits: list[Tensor] = []
@@ -144,15 +154,19 @@ def extract_features(
                 xb = xb.to(device)
                 captured.clear()
                 out = logits_of(forward(model, xb), output_fn)
+                if features_fn is not None:
+                    captured.append(_user_features(features_fn, model, xb))
                 if len(captured) != 1:
                     raise LandscapeError(
                         f"layer {name!r} ran {len(captured)} times in one forward pass; "
                         "name a module that is called exactly once"
                     )
-                feats.append(captured[0].reshape(xb.shape[0], -1))
+                mask = xb["attention_mask"] if isinstance(xb, InputBatch) and "attention_mask" in list(xb.keys()) else None
+                feats.append(pool_tokens(captured[0], pool, mask).reshape(xb.shape[0], -1))
                 logits.append(out.reshape(xb.shape[0], -1))
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
         model.train(was_training)
         if moved:
             model.to(home)
@@ -161,20 +175,60 @@ def extract_features(
     return torch.cat(feats), torch.cat(logits)
 
 
+POOLS = ("flatten", "mean", "last")
+FeaturesFn = Callable[[nn.Module, Any], Tensor]
+
+
+def pool_tokens(features: Tensor, pool: str, mask: Tensor | None = None) -> Tensor:
+    r"""Per-token features ``N × T × …`` as one vector per sequence.
+
+    ``mean``: :math:`\frac{1}{\sum_t m_t}\sum_t m_t h_t` with ``m`` the attention mask (1 = a real
+    token; all ones without a mask); ``last``: ``h_{t*}``, ``t*`` the last position with
+    ``m_t = 1`` (position ``T − 1`` without a mask); ``flatten`` (or features with fewer than 3
+    dimensions): unchanged.
+    """
+    if pool == "flatten" or features.ndim < 3:
+        return features
+    n, t = features.shape[:2]
+    if mask is None or tuple(mask.shape) != (n, t):
+        mask = torch.ones(n, t, dtype=features.dtype, device=features.device)
+    m = mask.to(features.dtype).reshape(n, t, *[1] * (features.ndim - 2))
+    if pool == "mean":
+        return (features * m).sum(1) / m.sum(1).clamp_min(1)
+    positions = torch.arange(t, device=features.device).expand(n, t)
+    last = torch.where(mask.bool(), positions, torch.zeros_like(positions)).amax(1)
+    return features[torch.arange(n, device=features.device), last]
+
+
+def _user_features(features_fn: FeaturesFn, model: nn.Module, xb: Any) -> Tensor:
+    try:
+        out = features_fn(model, xb)
+    except Exception as exc:
+        raise ConfigError(f"features_fn failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not isinstance(out, Tensor) or out.ndim < 1 or out.shape[0] != len(xb):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ConfigError(f"features_fn must return a tensor with one row per sample ({len(xb)}), got {shape}")
+    return out.detach()
+
+
 @dataclass(frozen=True)
 class FeatureSettings:
     """Which features a representation probe reads: the input of ``layer`` (default: the
-    classifier's), on each of ``splits``, for a fixed seeded subset of ``samples`` points."""
+    classifier's; or what the context's ``features_fn`` returns), on each of ``splits``, for a
+    fixed seeded subset of ``samples`` points; per-token features pooled by ``pool``."""
 
     layer: str | None = None
     splits: str = "train,test"
     samples: int | None = None
     batch_size: int = 1024
     seed: int = 0
+    pool: str = "flatten"  # per-token features: flatten | mean | last (landscape.features.pool_tokens)
 
     def __post_init__(self) -> None:
         from landscape.probes.base import parse_splits
 
+        if self.pool not in POOLS:
+            raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         object.__setattr__(self, "splits", ",".join(parse_splits(self.splits)))  # "both" → "train,test"
         if self.samples is not None and self.samples < 2:
             raise ConfigError(f"samples must be ≥ 2, got {self.samples}")
@@ -208,7 +262,9 @@ def split_features(ctx, settings: FeatureSettings) -> dict[str, tuple[Tensor, Te
 
     out = {}
     for split in parse_splits(settings.splits):
-        key = f"features:{split}:{settings.layer}:{settings.samples}:{settings.seed}"
+        features_fn = getattr(ctx, "features_fn", None)
+        key = f"features:{split}:{settings.layer}:{settings.samples}:{settings.seed}:{settings.pool}:{id(features_fn)}"
+        extra = {"pool": settings.pool, "features_fn": features_fn}
         if key not in ctx.cache:
             data = ctx.split(split)
             if is_stream(data) and settings.samples is None:  # streamed: one batch of inputs at a time
@@ -221,14 +277,14 @@ def split_features(ctx, settings: FeatureSettings) -> dict[str, tuple[Tensor, Te
 
                 feats, logits = extract_features(ctx.model, inputs(), layer=settings.layer,
                                                  batch_size=settings.batch_size, device=ctx.device,
-                                                 output_fn=getattr(ctx, "output_fn", None))
+                                                 output_fn=getattr(ctx, "output_fn", None), **extra)
                 ctx.cache[key] = (feats, logits, torch.cat(labels).to(feats.device), data)
             else:
                 idx = fixed_subset(len(data), settings.samples, settings.seed)
                 x, y = select(*samples_args(data), idx)
                 feats, logits = extract_features(ctx.model, x, layer=settings.layer,
                                                  batch_size=settings.batch_size, device=ctx.device,
-                                                 output_fn=getattr(ctx, "output_fn", None))
+                                                 output_fn=getattr(ctx, "output_fn", None), **extra)
                 ctx.cache[key] = (feats, logits, y.to(feats.device), x)
         out[split] = ctx.cache[key]
     return out

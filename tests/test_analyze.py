@@ -249,3 +249,27 @@ def test_bad_targets_for_analyze(tmp_path):
     for target, message in ((tmp_path / "missing", "does not exist"), (tmp_path / "empty", "no .safetensors")):
         proc = subprocess.run(_analyze_cmd(target), capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_results_stored_before_a_setting_existed_are_served(run_copy):
+    """A setting added later (rankme's ``pool``) counts as its default for results stored without it."""
+    import h5py
+
+    from landscape.analyze import run_probe
+    from landscape.errors import LandscapeError
+    from landscape.probes import make_config
+    from landscape.store import _decode_attr, _encode_attr, settings_hash
+
+    cfg = make_config("rankme", samples=64, splits="train")
+    first = run_probe(run_copy, "rankme", cfg, device="cpu")
+    out = run_copy / "analysis.h5"
+    group = first[0].group
+    with h5py.File(out, "r+") as f:  # as an older version wrote it: no "pool" in the settings
+        old = _decode_attr(f[group].attrs["settings"])
+        old.pop("pool")
+        f[group].attrs["settings"] = _encode_attr(old)
+        f[group].attrs["settings_hash"] = settings_hash(old)
+    again = run_probe(run_copy, "rankme", cfg, device="cpu")
+    assert again[0].skipped  # served, not recomputed and not refused
+    with pytest.raises(LandscapeError, match="other settings"):
+        run_probe(run_copy, "rankme", make_config("rankme", samples=64, splits="train", pool="mean"), device="cpu")

@@ -40,6 +40,7 @@ class ProbeContext:
     save_partial: Callable[[dict[str, Any]], None] = lambda arrays: None  # record work done so far
     resolve_checkpoint: Callable[[str], dict[str, torch.Tensor]] | None = None  # another checkpoint's tensors
     output_fn: Callable[[Any], torch.Tensor] | None = None  # model output → logits (see landscape.outputs)
+    features_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None  # (model, x) → features [N, D]
 
     def split(self, name: str) -> Split:
         table = {"train": self.data.train, "test": self.data.test}
