@@ -105,6 +105,10 @@ def train(
     checkpoints: str | None = typer.Option(
         None, help="Checkpoint schedule: every:K, epochs:1,2,5, steps:100,500, log:N, none."
     ),
+    stop_at_train_loss: float | None = typer.Option(
+        None, "--stop-at-train-loss", help="Stop at the first epoch whose full train-set loss is ≤ X "
+        "(checkpointed there and recorded in metrics.jsonl); Jiang et al.'s equal-loss protocol."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
@@ -120,6 +124,7 @@ def train(
         z_loss=z_loss, flooding=flooding, optimizer=optimizer, base_optimizer=base_optimizer, lr=lr,
         weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay, schedule=schedule,
         warmup_epochs=warmup_epochs, epochs=epochs, batch_size=batch_size, seed=seed, checkpoints=checkpoints,
+        stop_at_train_loss=stop_at_train_loss,
     )  # fmt: skip
     shortcuts = {"width": width, "depth": depth}
     model_params = {**{k: v for k, v in shortcuts.items() if v is not None}, **parse_key_values(model_param, "--model-param")}
@@ -146,6 +151,9 @@ def train(
         f"run directory: [bold]{_lit(result.run_dir)}[/]  steps {result.steps}  "
         f"train acc {final.get('train_acc', float('nan')):.4f}  test acc {final.get('test_acc', float('nan')):.4f}"
     )
+    if result.stopped is not None:
+        console.print(f"stopped at step {result.stopped['step']} (epoch {result.stopped['epoch']:g}): "
+                      f"train loss {result.stopped['value']:.4g} ≤ {result.stopped['threshold']:g}")
 
 
 @app.command()
@@ -637,26 +645,57 @@ def correlate(
     axes: Optional[str] = typer.Option(None, "--axes", help="Hyper-parameter axes of Ψ (default: those that vary across the runs)."),
     gap: str = typer.Option("acc", "--gap", help="acc (train − test accuracy) or loss (test − train loss)."),
     cmi: bool = typer.Option(False, "--cmi", help="Also the conditional-mutual-information score (PGDL)."),
+    cmi_variant: str = typer.Option("pgdl", "--cmi-variant", help="pgdl: the PGDL 2020 scorer (pairs of axes, "
+                                    "self-pairs, cells averaged uniformly); landscape: sets of 0–2 axes, distinct "
+                                    "pairs, cells weighted by their pairs."),
+    checkpoint: str = typer.Option("last", "--checkpoint", help="Which checkpoint of each run: last, epoch=K, "
+                                   "step=S, or stop_at_train_loss=X (each run's first checkpoint whose logged "
+                                   "train loss is ≤ X: Jiang et al.'s equal-loss protocol; runs that never reach "
+                                   "it are skipped and listed)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table here (.json or .csv) and scatter plots beside it."),
+    runs_table_out: Optional[Path] = typer.Option(None, "--runs-table", help="Write the per-run table (one row per run: "
+                                                  "hyper-parameters, gaps, every measure) here, .csv or .json "
+                                                  "(default with a .csv --out: OUT_runs.csv beside it)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
-    """Kendall τ (bootstrap 95% CI), Spearman and granulated Ψ of every stored measure against the generalization gap, ranked."""
-    from landscape.analyze import collect_runs, correlation_table, varying_axes
+    """Kendall τ (bootstrap 95% CI), Spearman, granulated Ψ (and CMI) of every stored measure against the generalization gap, ranked.
+
+    Seeds are not an axis unless named in --axes: runs that differ only in their seed are averaged into one configuration."""
+    from landscape.analyze import collect_runs, correlation_table, measure_family, varying_axes
     from landscape.correlate import generalization_gap
-    from landscape.plots import plot_measure_scatter, save_figure
+    from landscape.plots import plot_correlation_panels, plot_measure_scatter, save_figure
     from landscape.utils import atomic_write, atomic_write_json
 
+    if runs_table_out is not None and runs_table_out.suffix not in (".csv", ".json"):
+        raise ConfigError(f"--runs-table {runs_table_out} must end in .csv or .json")
+    runs_out = runs_table_out or (out.with_name(f"{out.stem}_runs.csv") if out is not None and out.suffix == ".csv" else None)
+    if out is not None and runs_out is not None and out.resolve() == runs_out.resolve():
+        raise ConfigError(f"--out and --runs-table are both {out}; name two files")
+    for path in (out, runs_out):
+        if path is not None and path.exists() and not overwrite:
+            raise ConfigError(f"{path} already exists; pass --overwrite to replace it, or name another file")
     run_dirs = []
     for r in runs:  # a folder of runs (a sweep's --out) stands for every RUN_DIR inside it
         if not r.is_dir():
             raise ConfigError(f"{r} is not a directory; give RUN_DIRs (or folders of them)")
         inner = sorted(p for p in r.iterdir() if (p / "config.json").is_file())
         run_dirs += [r] if (r / "config.json").is_file() or not inner else inner
-    records = collect_runs(run_dirs)
+    records = collect_runs(run_dirs, checkpoint,
+                           on_skip=lambda run, why: console.print(f"skipped {_lit(run)}: {_lit(why)}"))
     axis_list = [a.strip() for a in axes.split(",")] if axes else varying_axes(records)
-    rows = correlation_table(records, gap=gap, axes=axis_list, cmi=cmi)
+    rows = correlation_table(records, gap=gap, axes=axis_list, cmi=cmi, cmi_variant=cmi_variant)
     if not rows:
         raise ConfigError("no measure is stored for every run; run `landscape analyze` on each RUN_DIR first")
-    table = Table(title=f"measures vs generalization gap ({_lit(gap)}), {len(records)} runs, "
+    n_configs, seeds = rows[0]["n"], rows[0]["seeds_per_config"]
+    console.print(f"axes: {_lit(', '.join(axis_list) or '–')}")
+    if seeds != 1:
+        console.print(f"{_lit(seeds)} seeds averaged per configuration ({len(records)} runs → {n_configs} configurations)")
+    if cmi:
+        note = " (needs ≥ 2 axes)" if cmi_variant == "pgdl" and len(axis_list) < 2 else ""
+        if not note and all(math.isnan(row["cmi"]) for row in rows):
+            note = " (undefined here: the conditioning axes fix the gap's order in every cell)"
+        console.print(f"CMI: {_lit(cmi_variant)} variant{note}")
+    table = Table(title=f"measures vs generalization gap ({_lit(gap)}), {n_configs} configurations of {len(records)} runs, "
                         f"axes: {_lit(', '.join(axis_list) or '–')}")
     extra = [c for c in rows[0] if c.startswith("psi") or c == "cmi"]
     for c in ["measure", "τ", "τ 95% CI", "Spearman", *extra]:
@@ -665,18 +704,25 @@ def correlate(
         table.add_row(_lit(row["measure"]), f"{row['tau']:+.2f}", _lit(f"[{row['tau_low']:+.2f}, {row['tau_high']:+.2f}]"),
                       f"{row['spearman']:+.2f}", *(f"{row[c]:+.2f}" for c in extra))
     console.print(table)
-    if out is not None:
-        runs_table = _runs_table(records)
+    runs_table = _runs_table(records)
+    for path, write in ((out, "rows"), (runs_out, "runs")):
+        if path is None:
+            continue
         try:
-            if out.suffix == ".csv":  # the correlations, and beside them the per-run measures and gaps
-                runs_out = out.with_name(f"{out.stem}_runs.csv")
-                atomic_write(out, lambda fh: _write_csv(fh, rows))
-                atomic_write(runs_out, lambda fh: _write_csv(fh, runs_table))
+            if path.suffix == ".csv":  # the correlations, and the per-run measures and gaps
+                atomic_write(path, lambda fh, w=write: _write_csv(fh, rows if w == "rows" else runs_table))
+            elif write == "rows":
+                atomic_write_json(path, {"gap": gap, "axes": axis_list, "cmi_variant": cmi_variant if cmi else None,
+                                         "configurations": n_configs, "seeds_per_config": seeds,
+                                         "runs": [str(r) for r in run_dirs], "rows": rows, "runs_table": runs_table})
             else:
-                atomic_write_json(out, {"gap": gap, "axes": axis_list, "runs": [str(r) for r in run_dirs], "rows": rows,
-                                        "runs_table": runs_table})
+                atomic_write_json(path, runs_table)
         except OSError as exc:
-            raise ConfigError(f"cannot write {out} ({exc.strerror}); choose another --out") from exc
+            flag = "--out" if write == "rows" else "--runs-table"
+            raise ConfigError(f"cannot write {path} ({exc.strerror}); choose another {flag}") from exc
+    if runs_out is not None and out is None:
+        console.print(f"per-run table: [bold]{_lit(runs_out)}[/]")
+    if out is not None:
         g = generalization_gap(records, kind=gap)
         color = axis_list[0] if axis_list else None
         folder = out.parent / f"{out.stem}_plots"
@@ -686,8 +732,11 @@ def correlate(
                                        ylabel=f"gap ({gap})", group_label=color or "",
                                        title=f"τ = {row['tau']:+.2f}")
             save_figure(fig, folder / row["measure"].replace("@", "_at_"))
-        beside = f"  per-run table: [bold]{_lit(runs_out)}[/]" if out.suffix == ".csv" else ""
-        console.print(f"table: [bold]{_lit(out)}[/]{beside}  scatter plots: [bold]{_lit(folder)}[/]")
+        families = {row["measure"]: measure_family(row["measure"]) for row in rows}
+        save_figure(plot_correlation_panels(rows, families, title=f"Kendall τ and Ψ with the {gap} gap, "
+                                            f"{n_configs} configurations"), folder / "families")
+        beside = f"  per-run table: [bold]{_lit(runs_out)}[/]" if runs_out is not None else ""
+        console.print(f"table: [bold]{_lit(out)}[/]{beside}  scatter plots and families.png: [bold]{_lit(folder)}[/]")
 
 
 def _runs_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -7,7 +7,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_results": "landscape.results",
     **{name: "landscape.facade" for name in
-       ("hessian", "surface", "sharpness", "coherence", "collapse", "rankme", "dse", "Result")},
+       ("hessian", "surface", "sharpness", "coherence", "collapse", "rankme", "dse", "measures",
+        "Result")},
     "analyze": "landscape.analyze",
     "ModelSpec": "landscape.checkpoints",
 }

@@ -125,7 +125,7 @@ def run_probe(
 
     caches: dict[str, Any] = data_cache if data_cache is not None else {}
     if todo:  # fail now, not after an hour of work; a rerun with everything stored writes nothing
-        preload_data([t for t, _ in todo], data_spec, caches)
+        preload_data([t for t, _ in todo], data_spec, caches, model_spec)
         store.check_writable()
 
     def write(target: Target, group: str, result: dict[str, Any], info: dict[str, Any], complete: bool) -> None:
@@ -233,7 +233,8 @@ def _data_key(target: Target, data_spec: DataSpec | None) -> str:
     return f"data:{target.run_dir}:{data_spec if target.run_dir is None else ''}"
 
 
-def preload_data(targets: list[Target], data_spec: DataSpec | None, caches: dict[str, Any]) -> None:
+def preload_data(targets: list[Target], data_spec: DataSpec | None, caches: dict[str, Any],
+                 model_spec: ModelSpec | None = None) -> None:
     """Load (and so check) the data the checkpoints outside a RUN_DIR are probed on, once, before
     anything is written: an empty DataLoader or a batch the task cannot read is one line, and no
     results file is made. A RUN_DIR's own data are loaded where they are used."""
@@ -241,6 +242,33 @@ def preload_data(targets: list[Target], data_spec: DataSpec | None, caches: dict
         key = _data_key(target, data_spec)
         if target.run_dir is None and key not in caches:
             caches[key] = load_data_and_loss(target, data_spec)
+            if model_spec is not None:
+                check_model_on_data(target, model_spec, caches[key][0])
+
+
+def check_model_on_data(target: Target, model_spec: ModelSpec, data: Any) -> None:
+    """The model the spec builds (its own initial weights: no checkpoint is read) on two training
+    samples: an output with no logits, or logits the task cannot read with these targets, is one
+    line before anything runs."""
+    from landscape.batch import forward
+    from landscape.outputs import logits_of
+    from landscape.targets import model_spec_for
+    from landscape.tasks import check_shapes
+
+    model = model_spec_for(target, model_spec).build().eval()
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    first = data.train.take(torch.arange(min(2, len(data.train)))).to(dtype=dtype)  # as the probes cast it
+    try:
+        with torch.no_grad():
+            out = forward(model, first.x)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        raise ConfigError(f"the model from {model_spec.factory or model_spec.name} fails on the data's first "
+                          f"samples: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    logits = logits_of(out)
+    task = first.task
+    n = len(first.y)
+    check_shapes((n, *logits.shape[1:]) if logits.ndim and logits.shape[0] == n else logits.shape,
+                 tuple(first.y.shape), task)
 
 
 def compute_probe(
@@ -340,11 +368,13 @@ def _check_stored(store: Store, targets: list[Target], probe: str, settings: dic
 
 def _same_settings(probe: str, stored: dict[str, Any], settings: dict[str, Any]) -> bool:
     """Whether results stored with ``stored`` settings are these ``settings``: a setting added in a
-    later version counts as its default where the stored record lacks it."""
+    later version counts as its default where the stored record lacks it, or as what the config's
+    ``ABSENT_MEANS`` says the results were computed with before it existed."""
     import json
 
-    defaults = {f.name: f.default for f in dataclasses.fields(PROBES[probe].config)
-                if f.default is not dataclasses.MISSING}
+    config = PROBES[probe].config
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+    defaults.update(getattr(config, "ABSENT_MEANS", {}))  # a setting whose default changed when it was added
 
     def same(a: Any, b: Any) -> bool:
         return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
@@ -484,7 +514,7 @@ def analyze(
     check_model_specs(targets, model_spec)
     check_data_spec(targets, data_spec)
     data_cache: dict[str, Any] = {}
-    preload_data(targets, data_spec, data_cache)  # the user's data fail here, in one line, before any file is made
+    preload_data(targets, data_spec, data_cache, model_spec)  # the user's data (and model) fail here, in one line, before any file is made
     results: dict[str, list[ProbeRecord]] = {}
     failures: dict[str, str] = {}
 
@@ -518,7 +548,36 @@ MEASURES: dict[str, tuple[str, str]] = {  # name → (probe, key path in its sto
     "coherence_m_alpha": ("coherence", "m_alpha"),
     "nc1_train": ("collapse", "train/nc1"),
     "rankme_train": ("rankme", "train/rankme"),
+    # Jiang et al. 2020, Appendix C (landscape.probes.measures): stored under the same names
+    **{name: ("measures", name) for name in (
+        "num_params", "inv_margin2", "log_prod_spectral", "log_prod_spectral_over_margin", "log_sum_spectral",
+        "log_sum_spectral_over_margin", "fro_over_spectral", "log_spec_orig_main", "log_spec_init_main",
+        "log_prod_frobenius", "log_prod_frobenius_over_margin", "log_sum_frobenius",
+        "log_sum_frobenius_over_margin", "dist_init_frobenius", "dist_init_spectral", "param_norm",
+        "path_norm", "path_norm_over_margin", "steps_to_ce_0.1", "steps_ce_0.1_to_0.01", "gradient_noise",
+        "pacbayes_init", "pacbayes_orig", "pacbayes_flatness", "pacbayes_mag_init", "pacbayes_mag_orig",
+        "pacbayes_mag_flatness", "sharpness_init", "sharpness_orig", "sharpness_flatness")},
 }
+
+
+MEASURE_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (  # Jiang et al. 2020's grouping, first match wins
+    ("VC (parameter count)", ("num_params",)),
+    ("output margin", ("inv_margin2",)),
+    ("sharpness-based", ("pacbayes", "pac_bayes", "sharpness", "first_order_flatness")),
+    ("curvature (Hessian)", ("lambda_max", "hessian_")),
+    ("norm-based", ("log_prod_", "log_sum_", "fro_over", "log_spec_", "dist_init", "param_norm", "path_norm")),
+    ("optimization-based", ("steps_", "gradient_noise", "coherence")),
+    ("representation", ("nc1", "rankme")),
+)
+
+
+def measure_family(name: str) -> str:
+    """The family of a measure of :data:`MEASURES` (``sharpness@0.002`` is sharpness-based), for
+    the per-family figure of ``landscape correlate``."""
+    for family, prefixes in MEASURE_FAMILIES:
+        if name.startswith(prefixes):
+            return family
+    return "other"
 
 
 def _flat_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -531,17 +590,33 @@ def _flat_config(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def collect_runs(run_dirs: list[str | Path], checkpoint: str = "last") -> list[dict[str, Any]]:
+def collect_runs(run_dirs: list[str | Path], checkpoint: str = "last",
+                 on_skip: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
     """One record per run: its hyper-parameters (``lr``, ``optimizer_params.rho``, …), the metrics
     logged at the checkpoint (``train_acc``, ``test_acc``, …) and every measure of :data:`MEASURES`
-    stored for it in ``RUN_DIR/analysis.h5`` (sharpness once per radius: ``sharpness@0.002``)."""
+    stored for it in ``RUN_DIR/analysis.h5`` (sharpness once per radius: ``sharpness@0.002``).
+
+    ``checkpoint`` is one rule for every run (:func:`landscape.run_selection.select_run_checkpoint`):
+    ``last``, ``epoch=K``, ``step=S``, ``stop_at_train_loss=X`` (each run's first checkpoint whose
+    logged train loss is ≤ X), …; the record names the checkpoint chosen (``checkpoint``). A run
+    that never meets a ``stop_at_…`` rule is left out and told to ``on_skip(run, reason)``; without
+    ``on_skip`` it is a :class:`~landscape.errors.ConfigError` naming every such run."""
     from landscape.checkpoints import RunDir
+    from landscape.run_selection import NotReached, select_run_checkpoint
 
     records = []
+    missed: list[NotReached] = []
     for run_dir in run_dirs:
         run = RunDir(run_dir)
-        target = resolve_targets(run_dir, checkpoint)[0]
-        record: dict[str, Any] = {"run": str(run_dir), "step": target.step, **_flat_config(run.meta["config"])}
+        try:
+            target = select_run_checkpoint(run_dir, checkpoint)
+        except NotReached as exc:
+            missed.append(exc)
+            if on_skip is not None:
+                on_skip(exc.run, exc.reason)
+            continue
+        record: dict[str, Any] = {"run": str(run_dir), "step": target.step, "checkpoint": target.name,
+                                  **_flat_config(run.meta["config"])}
         record.update({k: v for k, v in target.metrics().items() if isinstance(v, int | float)})
         store = Store(Path(run_dir) / "analysis.h5")
         stored = set(store.groups())
@@ -558,49 +633,83 @@ def collect_runs(run_dirs: list[str | Path], checkpoint: str = "last") -> list[d
             for rho, delta in zip(np.atleast_1d(r["rhos"]), np.atleast_1d(r["delta_loss"]), strict=True):
                 record[f"sharpness@{rho:g}"] = float(delta)
         records.append(record)
+    if missed and on_skip is None:
+        shown = "; ".join(str(e) for e in missed[:3]) + (f"; and {len(missed) - 3} more" if len(missed) > 3 else "")
+        raise ConfigError(f"{len(missed)} of {len(run_dirs)} runs have no checkpoint under {checkpoint!r} ({shown}); "
+                          "train them further, or choose another rule")
     return records
 
 
 HYPERPARAMETERS = ("lr", "batch_size", "optimizer", "optimizer_params.rho", "weight_decay", "loss", "label_noise",
-                   "model_params.width", "model_params.depth", "seed", "epochs", "schedule")
+                   "model_params.width", "model_params.depth", "epochs", "schedule")
 
 
-def varying_axes(records: list[dict[str, Any]]) -> list[str]:
-    """The hyper-parameters (of :data:`HYPERPARAMETERS`) that take more than one value across the runs."""
-    return [k for k in HYPERPARAMETERS if len({json.dumps(r.get(k), sort_keys=True) for r in records}) > 1]
+def varying_axes(records: list[dict[str, Any]], *, seed: bool = False) -> list[str]:
+    """The hyper-parameters (of :data:`HYPERPARAMETERS`) that take more than one value across the runs.
+    ``seed`` is not an axis unless ``seed=True`` (Jiang et al. train one run per configuration;
+    :func:`correlation_table` averages the seeds of a configuration instead)."""
+    keys = (*HYPERPARAMETERS, "seed") if seed else HYPERPARAMETERS
+    return [k for k in keys if len({json.dumps(r.get(k), sort_keys=True) for r in records}) > 1]
 
 
 def correlation_table(records: list[dict[str, Any]], *, gap: str = "acc", axes: list[str] | None = None,
-                      n_boot: int = 1000, seed: int = 0, cmi: bool = False) -> list[dict[str, Any]]:
+                      n_boot: int = 1000, seed: int = 0, cmi: bool = False, cmi_variant: str = "pgdl",
+                      average_seeds: bool = True) -> list[dict[str, Any]]:
     """For every measure present in all records: Kendall τ with the generalization gap, its bootstrap
     95% interval, Spearman ρ, the granulated Kendall Ψ over ``axes`` (default: the hyper-parameters
-    that vary; Jiang et al. 2019) with its per-axis values, and optionally the CMI score. Rows are
-    ranked by |τ|."""
+    that vary, seed excepted; Jiang et al. 2019) with its per-axis values, and optionally the CMI
+    score (``cmi_variant``: "pgdl", the PGDL 2020 scorer, or "landscape"; see
+    :func:`landscape.correlate.conditional_mutual_information`; NaN where it is undefined, e.g. the
+    PGDL form with fewer than 2 axes). Rows are ranked by |τ|.
+
+    Unless ``seed`` is one of ``axes`` (or ``average_seeds=False``), runs that differ only in their
+    seed (every training-config key equal but ``seed``) are one configuration: its measure and gap
+    are the means over its seeds, and τ, Ψ, CMI and the bootstrap run over configurations. Each row
+    says so: ``n`` configurations from ``runs`` runs, ``seeds_per_config`` (a number, or "min-max")."""
     from landscape.correlate import (
+        CMI_VARIANTS,
         bootstrap_ci,
         conditional_mutual_information,
         generalization_gap,
         granulated_kendall,
         kendall_tau,
+        seed_groups,
         spearman,
     )
+    from landscape.train.config import TrainConfig
 
-    axes = varying_axes(records) if axes is None else axes
+    if cmi_variant not in CMI_VARIANTS:
+        raise ConfigError(f"unknown CMI variant {cmi_variant!r}; use one of {', '.join(CMI_VARIANTS)}")
+    axes = varying_axes(records) if axes is None else list(axes)
     if len(records) < 2:
         raise ConfigError(f"correlating needs at least 2 runs, got {len(records)}")
-    g = generalization_gap(records, kind=gap)
+    g_runs = generalization_gap(records, kind=gap)
+    if average_seeds and "seed" not in axes:
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        config_keys = [k for k in dict.fromkeys(k for r in records for k in r) if k.split(".")[0] in fields]
+        groups = seed_groups(records, [*config_keys, *axes])
+    else:
+        groups = [[k] for k in range(len(records))]
+    if len(groups) < 2:
+        raise ConfigError(f"the {len(records)} runs are {len(groups)} configuration once seeds are averaged; "
+                          "correlating needs at least 2 (or name seed in the axes)")
+    sizes = sorted({len(grp) for grp in groups})
+    seeds_per_config: int | str = sizes[0] if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    configs = [records[grp[0]] for grp in groups]
+    g = np.array([g_runs[grp].mean() for grp in groups])
     rows = []
     names = [k for k in records[0] if k in MEASURES or k.startswith("sharpness@")]
     for name in names:
         values = [r.get(name) for r in records]
         if any(v is None or not np.isfinite(v) for v in values):
             continue
-        mu = np.array(values, dtype=float)
+        per_run = np.array(values, dtype=float)
+        mu = np.array([per_run[grp].mean() for grp in groups])
         lo, hi = bootstrap_ci(mu, g, n_boot=n_boot, seed=seed)
         row = {"measure": name, "n": len(mu), "tau": kendall_tau(mu, g), "tau_low": lo, "tau_high": hi,
-               "spearman": spearman(mu, g)}
+               "spearman": spearman(mu, g), "runs": len(records), "seeds_per_config": seeds_per_config}
         with_gap = [{**{a: json.dumps(r.get(a)) for a in axes}, "_gap": gi, "_measure": m}
-                    for r, gi, m in zip(records, g, mu, strict=True)]
+                    for r, gi, m in zip(configs, g, mu, strict=True)]
         if axes:
             try:
                 psi = granulated_kendall(with_gap, "_measure", "_gap", axes)
@@ -608,7 +717,11 @@ def correlation_table(records: list[dict[str, Any]], *, gap: str = "acc", axes: 
                 row.update({f"psi({a})": v for a, v in psi["per_axis"].items()})
             except ConfigError:  # no axis has a group of ≥ 2 runs that agree on the other axes
                 row["psi"] = float("nan")
-        if cmi and axes:
-            row["cmi"] = conditional_mutual_information(with_gap, "_measure", "_gap", axes)["score"]
+        if cmi:
+            try:
+                row["cmi"] = conditional_mutual_information(with_gap, "_measure", "_gap", axes,
+                                                            variant=cmi_variant)["score"] if axes else float("nan")
+            except ConfigError:  # PGDL needs ≥ 2 axes; a constant gap has no ordering to explain
+                row["cmi"] = float("nan")
         rows.append(row)
     return sorted(rows, key=lambda r: -abs(r["tau"]))

@@ -10,12 +10,18 @@ References
   and Where to Find Them", ICLR 2020 (arXiv:1912.02178, 2019): Kendall's τ over runs, the
   granulated Kendall coefficient Ψ (§4), and the conditional-mutual-information score (§5).
 - Y. Jiang et al., "NeurIPS 2020 Competition: Predicting Generalization in Deep Learning"
-  (PGDL, arXiv:2012.07976), whose scoring program uses the same CMI score.
+  (PGDL, arXiv:2012.07976), whose scoring program (``scoring_program/mutual_information.py`` of
+  the competition's starting kit) defines the CMI score used by default here.
 
 Conventions
 -----------
 - Generalization gap ``g = train_acc − test_acc`` (or ``test_loss − train_loss``); a good
   measure μ grows with g, so positive τ / Ψ / high CMI is good.
+- The CMI score defaults to the PGDL 2020 scoring program's form (``variant="pgdl"``: pairs of
+  axes, every ordered pair of runs including self-pairs, cells averaged uniformly); the toolkit's
+  earlier form is ``variant="landscape"``.
+- Seed is not an axis: :func:`seed_groups` finds the runs that differ only in their seed, which
+  callers (``landscape.analyze.correlation_table``) average into one configuration.
 - Every function checks its input and raises :class:`~landscape.errors.ConfigError` (one line)
   on length mismatch, fewer than 2 runs, NaN/inf values, or an unknown axis / key.
 """
@@ -33,11 +39,13 @@ from scipy.stats import rankdata
 from .errors import ConfigError
 
 __all__ = [
+    "CMI_VARIANTS",
     "bootstrap_ci",
     "conditional_mutual_information",
     "generalization_gap",
     "granulated_kendall",
     "kendall_tau",
+    "seed_groups",
     "spearman",
 ]
 
@@ -140,6 +148,30 @@ def spearman(measure: Any, gap: Any) -> float:
     return float(rm @ rg / den) if den > 0 else float("nan")
 
 
+def _bootstrap_kendall(m: np.ndarray, g: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """:func:`kendall_tau` of every resample ``(m[idx[b]], g[idx[b]])`` at once.
+
+    With ``P_kl = sign(μ_k − μ_l) sign(g_k − g_l)`` over the original runs and ``c_b`` the number
+    of times each run is drawn in resample b, that resample's sum over its ordered pairs is
+    ``c_bᵀ P c_b`` (a repeated run ties with itself: ``P_kk = 0``), so τ_b = c_bᵀ P c_b / (n(n−1)).
+    """
+    n_boot, n = idx.shape
+    p = np.sign(m[:, None] - m[None, :]) * np.sign(g[:, None] - g[None, :])
+    flat = (idx + n * np.arange(n_boot)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(float)
+    return np.einsum("bk,bk->b", counts @ p, counts) / (n * (n - 1))
+
+
+def _batched_spearman(m: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """:func:`spearman` of each row of ``(B, n)`` arrays (NaN where a row is constant)."""
+    n = m.shape[1]
+    rm = rankdata(m, axis=1) - (n + 1) / 2
+    rg = rankdata(g, axis=1) - (n + 1) / 2
+    den = np.sqrt((rm * rm).sum(axis=1) * (rg * rg).sum(axis=1))
+    num = (rm * rg).sum(axis=1)
+    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
+
+
 def bootstrap_ci(
     measure: Any,
     gap: Any,
@@ -152,20 +184,26 @@ def bootstrap_ci(
     (μ_i, g_i)) with replacement (Efron & Tibshirani 1993, §13.3).
 
     Returns the ``(1 − level)/2`` and ``(1 + level)/2`` quantiles of the ``n_boot`` resampled
-    statistics (resamples where ``stat`` is NaN are ignored). Caveat: a resample repeats runs and
-    repeated runs tie, so resampled τ is shrunk towards 0 by a factor ≈ 1 − 1/n.
+    statistics (resamples where ``stat`` is NaN are ignored). The resample indices are drawn at
+    once, ``default_rng(seed).integers(0, n, size=(n_boot, n))`` (row b is resample b), so the
+    same seed gives the same interval. :func:`kendall_tau` and :func:`spearman` are evaluated
+    on all resamples at once (numpy, no Python loop over resamples); any other ``stat`` is
+    called once per resample. Caveat: a resample repeats runs and repeated runs tie, so
+    resampled τ is shrunk towards 0 by a factor ≈ 1 − 1/n.
     """
     m, g = _pair(measure, gap)
-    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ConfigError(f"n_boot must be a positive integer, got {n_boot!r}")
     if not 0 < level < 1:
         raise ConfigError(f"level must be in (0, 1), got {level!r}")
-    rng = np.random.default_rng(seed)
     n = m.size
-    stats = np.empty(int(n_boot))
-    for b in range(int(n_boot)):
-        idx = rng.integers(0, n, size=n)
-        stats[b] = stat(m[idx], g[idx])
+    idx = np.random.default_rng(seed).integers(0, n, size=(int(n_boot), n))
+    if stat is kendall_tau:
+        stats = _bootstrap_kendall(m, g, idx)
+    elif stat is spearman:
+        stats = _batched_spearman(m[idx], g[idx])
+    else:
+        stats = np.array([stat(m[row], g[row]) for row in idx], dtype=float)
     if np.all(np.isnan(stats)):
         raise ConfigError("the statistic is NaN on every bootstrap resample (constant data?)")
     alpha = (1 - level) / 2
@@ -220,78 +258,156 @@ def _entropy_bits(counts: np.ndarray) -> np.ndarray:
     return -(p * logp).sum(axis=-1)
 
 
+CMI_VARIANTS = ("pgdl", "landscape")
+
+
+def _axis_codes(records: Sequence[Mapping], axes: Sequence[str]) -> np.ndarray:
+    """``(n_runs, n_axes)`` integer codes of the runs' values on each axis."""
+    codes = np.empty((len(records), len(axes)), dtype=np.int64)
+    for c, a in enumerate(axes):
+        lookup: dict[Hashable, int] = {}
+        codes[:, c] = [lookup.setdefault(_key(r[a]), len(lookup)) for r in records]
+    return codes
+
+
+def _cell_tables(
+    codes: np.ndarray, i: np.ndarray, j: np.ndarray, outcome: np.ndarray, S: tuple[int, ...]
+) -> np.ndarray:
+    """``(n_cells, 2, 2)`` counts of (V_g, V_μ) over the pairs in each cell
+    ``U_S = (θ_i^S, θ_j^S)``; only cells holding at least one pair."""
+    if S:
+        cols = np.concatenate([codes[i][:, S], codes[j][:, S]], axis=1)
+        _, cell = np.unique(cols, axis=0, return_inverse=True)
+        cell = cell.ravel()
+    else:
+        cell = np.zeros(i.size, dtype=np.int64)
+    n_cells = int(cell.max()) + 1
+    return np.bincount(4 * cell + outcome, minlength=4 * n_cells).reshape(n_cells, 2, 2)
+
+
 def conditional_mutual_information(
     records: Sequence[Mapping],
     measure: str,
     gap: str,
     axes: Sequence[str],
-    max_set_size: int = 2,
+    variant: str = "pgdl",
+    max_set_size: int | None = None,
 ) -> dict:
     """Conditional-mutual-information score of a measure (Jiang et al. 2019, §5; PGDL 2020).
 
-    Over ordered pairs of runs ``(i, j)``, ``i ≠ j``, let ``V_g = [g_i > g_j]`` and
-    ``V_μ = [μ_i > μ_j]`` (a tie in μ counts as "not greater"; pairs whose gaps tie are dropped,
-    since V_g is undefined for them). For a set S of hyper-parameter axes let
-    ``U_S = (θ_i^S, θ_j^S)`` be the two runs' values on S. With plug-in probabilities over the
-    pairs, in bits,
+    Over ordered pairs of runs ``(i, j)`` let ``V_g = [g_i > g_j]`` and ``V_μ = [μ_i > μ_j]``
+    (a tie counts as "not greater"). For a set S of hyper-parameter axes the *cell* of a pair is
+    ``U_S = (θ_i^S, θ_j^S)``, the two runs' values on S. In each cell u, with plug-in
+    probabilities over its pairs and in bits, ``I_u = I(V_μ; V_g | U_S=u)`` and
+    ``H_u = H(V_g | U_S=u)``; the score of S is
 
-    .. math:: \\tilde I(V_μ, V_g | U_S) = \\frac{I(V_μ; V_g | U_S)}{H(V_g | U_S)},
-              \\qquad K(μ) = \\min_{|S| \\le 2} \\tilde I(V_μ, V_g | U_S),
+    .. math:: \\tilde I_S = \\frac{\\sum_u w_u I_u}{\\sum_u w_u H_u}, \\qquad
+              K(μ) = \\min_S \\tilde I_S ,
 
-    where ``I(·;·|U) = Σ_u p(u) I(·;·|U=u)`` and ``H(V_g|U) = Σ_u p(u) H(V_g|U=u)``. K is in
-    [0, 1]: 1 when the measure's ordering determines the gap's ordering whatever the
+    in [0, 1]: 1 when the measure's ordering determines the gap's ordering whatever the
     hyper-parameters held fixed, ≈ 0 when it carries no information about it beyond them.
-    Conditioning sets S range over all subsets of ``axes`` of size ≤ ``max_set_size`` (the
-    empty set included); a set with ``H(V_g|U_S) = 0`` (the hyper-parameters already fix the
-    gap's ordering) is undefined and skipped.
 
-    Differences from the PGDL scoring program (documented so results can be compared): it also
-    counts self-pairs (i, i), scores ties as "not greater", averages the per-cell MI and entropy
-    uniformly over cells instead of weighting by p(u), and uses only sets of size exactly 2.
+    ``variant="pgdl"`` (default) is the PGDL 2020 scoring program
+    (``scoring_program/mutual_information.py``): S ranges over the pairs of axes (sets of size
+    exactly 2), every ordered pair of runs counts, self-pairs ``(i, i)`` and gap ties included
+    (as "not greater"), and cells are weighted uniformly, ``w_u = 1``. On a complete grid (what
+    PGDL requires) every cell holds pairs and this is PGDL's number; on an incomplete grid
+    PGDL's empty cells are NaN, and here only cells holding pairs are averaged. Needs ≥ 2 axes.
+    PGDL adds 1e-12 inside the logarithm of its entropy; that shifts its scores by ~1e-12.
 
-    Returns ``{"score": K, "argmin": S (tuple of axes), "per_set": {S: Ĩ or nan}}``.
+    ``variant="landscape"`` is this toolkit's earlier form: S ranges over every subset of size
+    ≤ ``max_set_size`` (default 2; the empty set included), self-pairs and pairs whose gaps tie
+    are dropped (V_g is undefined for them), and cells are weighted by ``w_u = p(u)``, i.e.
+    ``Ĩ_S = I(V_μ; V_g | U_S) / H(V_g | U_S)``. It is usually lower than PGDL's (sets of
+    size 0 and 1 are also candidates for the minimum).
+
+    A set whose weighted gap entropy is 0 (its axes already fix the gap's ordering) is undefined
+    (NaN in ``per_set``) and skipped; if every set is, the score is NaN and ``argmin`` None.
+    Returns ``{"score": K, "argmin": S (tuple of axes), "per_set": {S: Ĩ_S}, "variant": …}``.
     """
+    if variant not in CMI_VARIANTS:
+        raise ConfigError(f"unknown CMI variant {variant!r}; use one of {', '.join(CMI_VARIANTS)}")
     axes = _check_axes(axes, measure, gap)
-    if not isinstance(max_set_size, (int, np.integer)) or max_set_size < 0:
+    if variant == "pgdl":
+        if max_set_size not in (None, 2):
+            raise ConfigError(
+                f"the PGDL CMI conditions on sets of exactly 2 axes (max_set_size={max_set_size!r});"
+                " use variant='landscape' for other sizes"
+            )
+        if len(axes) < 2:
+            raise ConfigError(
+                f"the PGDL CMI conditions on pairs of axes and needs at least 2, got {axes}; "
+                "name more axes or use variant='landscape'"
+            )
+    elif max_set_size is None:
+        max_set_size = 2
+    if variant == "landscape" and (
+        isinstance(max_set_size, bool) or not isinstance(max_set_size, (int, np.integer))
+        or max_set_size < 0
+    ):
         raise ConfigError(f"max_set_size must be a non-negative integer, got {max_set_size!r}")
     m, g = _columns(records, measure, gap, axes)
     n = m.size
-    codes = np.empty((n, len(axes)), dtype=np.int64)
-    for c, a in enumerate(axes):
-        lookup: dict[Hashable, int] = {}
-        codes[:, c] = [lookup.setdefault(_key(r[a]), len(lookup)) for r in records]
-
-    i, j = np.nonzero(~np.eye(n, dtype=bool))
-    keep = g[i] != g[j]
-    i, j = i[keep], j[keep]
-    if i.size == 0:
+    if np.all(g == g[0]):
         raise ConfigError("every run has the same gap; its ordering carries no information")
+    codes = _axis_codes(records, axes)
+
+    if variant == "pgdl":
+        i, j = (a.ravel() for a in np.indices((n, n)))  # every ordered pair, self-pairs included
+        sets = list(itertools.combinations(range(len(axes)), 2))
+    else:
+        i, j = np.nonzero(~np.eye(n, dtype=bool))
+        keep = g[i] != g[j]
+        i, j = i[keep], j[keep]
+        sizes = range(min(max_set_size, len(axes)) + 1)
+        sets = [S for k in sizes for S in itertools.combinations(range(len(axes)), k)]
     vg = (g[i] > g[j]).astype(np.int64)
     vm = (m[i] > m[j]).astype(np.int64)
     outcome = 2 * vg + vm  # 0..3: (V_g, V_μ)
 
     per_set: dict[tuple[str, ...], float] = {}
-    for size in range(min(max_set_size, len(axes)) + 1):
-        for S in itertools.combinations(range(len(axes)), size):
-            if S:
-                cols = np.concatenate([codes[i][:, S], codes[j][:, S]], axis=1)
-                _, cell = np.unique(cols, axis=0, return_inverse=True)
-                cell = cell.ravel()
-            else:
-                cell = np.zeros(i.size, dtype=np.int64)
-            n_cells = int(cell.max()) + 1
-            joint = np.bincount(4 * cell + outcome, minlength=4 * n_cells).reshape(n_cells, 2, 2)
+    for S in sets:
+        joint = _cell_tables(codes, i, j, outcome, S)
+        h_g = _entropy_bits(joint.sum(axis=2))  # H(V_g | U=u)
+        h_m = _entropy_bits(joint.sum(axis=1))  # H(V_μ | U=u)
+        h_gm = _entropy_bits(joint.reshape(-1, 4))  # H(V_g, V_μ | U=u)
+        if variant == "pgdl":
+            weight = np.full(joint.shape[0], 1.0 / joint.shape[0])  # uniform over cells
+        else:
             weight = joint.sum(axis=(1, 2)) / i.size  # p(u)
-            h_g = _entropy_bits(joint.sum(axis=2))  # H(V_g | U=u)
-            h_m = _entropy_bits(joint.sum(axis=1))  # H(V_μ | U=u)
-            h_gm = _entropy_bits(joint.reshape(n_cells, 4))  # H(V_g, V_μ | U=u)
-            cmi = float(weight @ (h_g + h_m - h_gm))
-            hg = float(weight @ h_g)
-            name = tuple(axes[k] for k in S)
-            per_set[name] = max(cmi, 0.0) / hg if hg > 1e-12 else float("nan")
+        cmi, hg = float(weight @ (h_g + h_m - h_gm)), float(weight @ h_g)
+        name = tuple(axes[k] for k in S)
+        per_set[name] = max(cmi, 0.0) / hg if hg > 1e-12 else float("nan")
     valid = {k: v for k, v in per_set.items() if not math.isnan(v)}
-    argmin = min(valid, key=valid.__getitem__)  # the empty set is always valid here
-    return {"score": valid[argmin], "argmin": argmin, "per_set": per_set}
+    if not valid:
+        return {"score": float("nan"), "argmin": None, "per_set": per_set, "variant": variant}
+    argmin = min(valid, key=valid.__getitem__)
+    return {"score": valid[argmin], "argmin": argmin, "per_set": per_set, "variant": variant}
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def seed_groups(
+    records: Sequence[Mapping], config_keys: Sequence[str], seed: str = "seed"
+) -> list[list[int]]:
+    """Indices of the runs to average into one configuration: runs that agree on every key of
+    ``config_keys`` (the ``seed`` key excepted; a key a run lacks counts as None) and differ in
+    ``seed`` form one group. Runs whose configuration, seed included, is shared by no run with
+    another seed stay alone (two copies of one run are two runs, not two seeds). Groups are
+    listed in the order of their first run."""
+    _check_records(records, [])
+    keys = [k for k in dict.fromkeys(config_keys) if k != seed]
+    by_config: dict[tuple, list[int]] = {}
+    for k, r in enumerate(records):
+        by_config.setdefault(tuple(_key(r.get(c)) for c in keys), []).append(k)
+    groups: list[list[int]] = []
+    for idx in by_config.values():
+        if len({_key(records[k].get(seed)) for k in idx}) > 1:
+            groups.append(idx)
+        else:
+            groups.extend([k] for k in idx)
+    return sorted(groups, key=lambda grp: grp[0])
 
 
 # --------------------------------------------------------------------------- gaps

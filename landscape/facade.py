@@ -74,7 +74,7 @@ from landscape.tasks import get_task
 from landscape.user_data import as_dataset
 from landscape.utils import resolve_device, versions
 
-PROBE_NAMES = ("hessian", "surface", "sharpness", "coherence", "collapse", "rankme", "dse")
+PROBE_NAMES = ("hessian", "surface", "sharpness", "coherence", "collapse", "rankme", "dse", "measures")
 
 
 class Result(Mapping):
@@ -242,3 +242,4 @@ coherence = _facade("coherence")
 collapse = _facade("collapse")
 rankme = _facade("rankme")
 dse = _facade("dse")
+measures = _facade("measures")

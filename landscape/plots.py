@@ -1167,3 +1167,42 @@ def plot_measure_scatter(measure: Any, gap: Any, groups: Sequence[Any] | None = 
         _legend(ax)
     _labels(ax, xlabel, ylabel, title)
     return fig
+
+
+def plot_correlation_panels(rows: Sequence[Mapping[str, Any]], families: Mapping[str, str], *,
+                            title: str | None = None) -> Figure:
+    """One panel per measure family (``families``: measure → family; Jiang et al. 2020's
+    grouping): each measure's Kendall τ with the gap as a bar with its bootstrap 95% interval,
+    and Ψ (granulated τ) as a marker. ``rows`` are :func:`landscape.analyze.correlation_table`'s."""
+    if not rows:
+        raise LandscapeError("no measure to draw: the correlation table is empty")
+    by_family: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_family.setdefault(families.get(str(row["measure"]), "other"), []).append(row)
+    names = list(by_family)
+    cols = min(3, len(names))
+    nrows = -(-len(names) // cols)
+    tallest = max(len(v) for v in by_family.values())
+    fig = _figure(4.2 * cols, max(2.2, 0.28 * tallest + 1.0) * nrows)
+    for i, family in enumerate(names):
+        ax = fig.add_subplot(nrows, cols, i + 1)
+        _style(ax)
+        group = sorted(by_family[family], key=lambda r: float(r["tau"]))
+        y = np.arange(len(group))
+        tau = np.array([float(r["tau"]) for r in group])
+        lo = np.array([float(r.get("tau_low", np.nan)) for r in group])
+        hi = np.array([float(r.get("tau_high", np.nan)) for r in group])
+        ax.barh(y, tau, color=["C3" if t < 0 else "C0" for t in tau], alpha=0.75, height=0.6, label="τ")
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        ax.errorbar(tau[ok], y[ok], xerr=np.vstack([tau[ok] - lo[ok], hi[ok] - tau[ok]]), fmt="none",
+                    ecolor="0.25", elinewidth=0.8, capsize=2)
+        psi = np.array([float(r.get("psi", np.nan)) for r in group])
+        if np.isfinite(psi).any():
+            ax.scatter(psi, y, marker="D", s=16, color="k", zorder=3, label="Ψ")
+        ax.set_yticks(y, [str(r["measure"]) for r in group], fontsize=TICK_SIZE)
+        ax.axvline(0.0, color="0.5", linewidth=0.6)
+        ax.set_xlim(-1.05, 1.05)
+        _labels(ax, "Kendall τ with the gap", None, family)
+        _legend(ax)
+    _suptitle(fig, title)
+    return fig

@@ -273,3 +273,27 @@ def test_results_stored_before_a_setting_existed_are_served(run_copy):
     assert again[0].skipped  # served, not recomputed and not refused
     with pytest.raises(LandscapeError, match="other settings"):
         run_probe(run_copy, "rankme", make_config("rankme", samples=64, splits="train", pool="mean"), device="cpu")
+
+
+def test_sharpness_stored_before_pac_eps_is_not_served_as_the_new_default(run_copy):
+    """Sharpness results stored without ``pac_eps`` were computed with ε = 0 (the former form): they
+    match ``pac_eps=0`` and are refused for the new default ε = 1e-3 (Jiang et al.)."""
+    import h5py
+
+    from landscape.analyze import run_probe
+    from landscape.errors import LandscapeError
+    from landscape.probes import make_config
+    from landscape.store import _decode_attr, _encode_attr, settings_hash
+
+    small = dict(m=32, rhos=0.01, iters=2, subset=64, pac_steps=3)
+    first = run_probe(run_copy, "sharpness", make_config("sharpness", pac_eps=0.0, **small), device="cpu")
+    group = first[0].group
+    with h5py.File(run_copy / "analysis.h5", "r+") as f:
+        old = _decode_attr(f[group].attrs["settings"])
+        for key in ("pac_eps", "pac_mag_form", "pac_draws", "momentum_form"):
+            old.pop(key, None)
+        f[group].attrs["settings"] = _encode_attr(old)
+        f[group].attrs["settings_hash"] = settings_hash(old)
+    assert run_probe(run_copy, "sharpness", make_config("sharpness", pac_eps=0.0, **small), device="cpu")[0].skipped
+    with pytest.raises(LandscapeError, match="other settings"):
+        run_probe(run_copy, "sharpness", make_config("sharpness", **small), device="cpu")

@@ -58,6 +58,16 @@ def gpt2():
 def linear():
     torch.manual_seed(3)
     return nn.Linear(4, 1)
+
+
+class NoLogits(Encoder):
+    def forward(self, ids):
+        return {"hidden": self.encoder(self.embed(ids))}  # an output a classifier probe cannot read
+
+
+def nologits():
+    torch.manual_seed(1)
+    return NoLogits()
 """
 
 DATA = """
@@ -129,7 +139,7 @@ def folder(tmp_path_factory):
         import mymodels
     finally:
         sys.path.remove(str(root))
-    for name in ("bert", "encoder", "gpt2", "linear"):
+    for name in ("bert", "encoder", "gpt2", "linear", "nologits"):
         (root / name).mkdir()
         torch.save(getattr(mymodels, name)().state_dict(), root / name / "step_100.pt")
     return root, mymodels, mydata
@@ -254,10 +264,12 @@ def test_a_regression_from_the_cli(folder):
     ("strings", [], "not an (x, y) pair"),
     ("pairs", ["--task", "causal_lm"], "needs integer token targets of shape (N, T)"),
     ("dicts", [], "no 'labels'"),
+    ("nologits", [], "logits"),  # the model's output holds no logits
 ])
 def test_bad_data_from_the_cli_is_one_line(folder, data, extra, message):
     root, _, _ = folder
-    model = "bert" if data == "dicts" else "encoder"
+    model = {"dicts": "bert", "nologits": "nologits"}.get(data, "encoder")
+    data = "pairs" if data == "nologits" else data
     proc = _analyze(root, model, data, "hessian", *extra, out=f"bad-{data}.h5")
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr

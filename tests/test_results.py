@@ -32,6 +32,8 @@ SETTINGS_LAST = {
     "rankme": dict(samples=64),
     "dse": dict(samples=48, n_random_subsets=1, n_clusters=3),
     "surface": dict(dim=2, x="-1:1:3", y="-1:1:3", splits="train,test", subset=64),
+    "measures": dict(grad_subset=64, grad_batch_size=16, pac_draws=1, pac_steps=2, pac_subset=64, pac_m=32,
+                     worst_iters=1, worst_steps=2),
 }
 SETTINGS_FIRST = {
     "hessian": dict(top_k=1, bottom_k=0, trace=False, lanczos_steps=4, subset=32),
@@ -86,7 +88,7 @@ def _stored_keys(group: h5py.Group) -> set[str]:
 
     def visit(name: str, obj) -> None:
         if isinstance(obj, h5py.Dataset):
-            keys.add(re.sub(r"^(train|test)/", "<split>/", name))
+            keys.add(re.sub(r"^reasons/.*", "reasons/<key>", re.sub(r"^(train|test)/", "<split>/", name)))
 
     group.visititems(visit)
     return keys
@@ -109,7 +111,7 @@ def test_every_stored_dataset_key_is_documented(results_file):
                 seen.add(probe)
                 missing = _stored_keys(group) - tables.get(probe, set())
                 assert not missing, f"{probe} writes keys docs/schema.md does not document: {sorted(missing)}"
-    assert seen == {"hessian", "sharpness", "coherence", "collapse", "rankme", "dse", "surface"}
+    assert seen == {"hessian", "sharpness", "coherence", "collapse", "rankme", "dse", "surface", "measures"}
 
 
 def test_every_stored_attribute_is_documented(results_file, tmp_path):
@@ -214,7 +216,7 @@ def test_rows_conventions(results_file):
 def test_results_is_a_mapping_over_groups(results_file):
     res = load_results(results_file)
     assert res.schema_version == 1
-    assert len(res) == 10 and res.probes == sorted(SETTINGS_LAST)
+    assert len(res) == len(SETTINGS_LAST) + len(SETTINGS_FIRST) and res.probes == sorted(SETTINGS_LAST)
     first, last = res.checkpoints
     assert res.checkpoint_attrs(first)["step"] < res.checkpoint_attrs(last)["step"]
     assert list(res)[:3] == [f"{first}/hessian", f"{first}/sharpness", f"{first}/surface"]
@@ -294,7 +296,7 @@ def test_export_csv_reads_back_as_the_hdf5_values(results_file, tmp_path, capsys
             if r["probe"] != "metrics":
                 assert r["settings_hash"] == f[f"{r['checkpoint']}/{r['probe']}"].attrs["settings_hash"]
     per_probe = {(r["checkpoint"], r["probe"]) for r in probe_rows}
-    assert len(per_probe) == 10  # every (checkpoint, probe) group has rows
+    assert len(per_probe) == len(SETTINGS_LAST) + len(SETTINGS_FIRST)  # every (checkpoint, probe) group has rows
     assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 

@@ -31,11 +31,15 @@ values :math:`\sigma_1 \ge \dots \ge \sigma_{\min(N,K)}`:
   where :math:`r` is the number of eigenvalues above ``alpha_rank_tol`` × :math:`\lambda_1`
   (the numerical rank). Default: :math:`k = 1 \dots \lfloor r/2\rfloor`, unweighted — the
   lower half of a finite-sample spectrum bends towards the noise floor. The reference code
-  (``reptrix.alpha.get_alpha``, after Stringer et al. 2019) fits ranks 6…100 with weights
-  :math:`1/k`: ``RankMeConfig(alpha_rank_min=6, alpha_rank_max=100, alpha_fraction=1.0,
-  alpha_weighting="inverse_rank")``. ``alpha_req_r2`` is the (unweighted) coefficient of
-  determination of the fit in log–log space on the fitted ranks. Fewer than two ranks to
-  fit → NaN.
+  (reptrix 0.1.0, ``reptrix.alpha.get_alpha``, after Stringer et al. 2019) fits the 0-based
+  indices ``np.arange(10, 100)``, i.e. ranks 11…100, with weights :math:`1/k`:
+  ``RankMeConfig(alpha_rank_min=11, alpha_rank_max=100, alpha_fraction=1.0,
+  alpha_weighting="inverse_rank")`` gives its α (to 1e-9 on a 300-eigenvalue power law; its
+  eigenvalues are PCA variance ratios, which moves only the intercept). ``alpha_req_r2`` is the
+  (unweighted) coefficient of determination of the fit in log–log space on the fitted ranks
+  (reptrix's ``fit_R2`` spans ranks 11 … min(500, K − 10) instead). Fewer than two ranks to
+  fit → NaN. reptrix's ``get_rankme`` is the entropy of the centred covariance eigenvalues, not
+  of :math:`\sigma(Z)` as in Garrido et al. and here: a different number.
 
 Computed in float64 on ``Z``'s device with ``torch.linalg.svdvals``.
 """

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -49,6 +49,8 @@ KINDS = ("worst", "average")
 NORMS = ("linf", "l2")
 PARAM_SETS = ("all", "no_norm_bias")
 ELLIPSOID = ("scaled", "euclidean")
+MOMENTUM_FORMS = ("croce_hein", "tml_epfl")
+PAC_MAG_FORMS = ("jiang", "linear")
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 # ρ grids of Andriushchenko et al. 2023 (CIFAR-10 ResNet-18), keyed by (kind, norm, adaptive).
@@ -65,13 +67,31 @@ PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class SharpnessConfig:
     """Settings of the sharpness probe (all recorded beside its results).
 
+    Results stored before ``pac_eps`` existed were computed with ε = 0 (``ABSENT_MEANS``).
+
     ``rhos=None`` takes the paper's grid for ``(kind, norm, adaptive)`` (:data:`DEFAULT_RHOS`);
     the resolved grid is stored back in the config. ``ellipsoid`` only matters for adaptive l2
     worst-case: ``"scaled"`` runs projected gradient ascent in ``u = δ/|w|`` (step along
     ``|w| ⊙ g`` in ``u``, projection ``u ← u·min(1, ρ/‖u‖)``), whose fixed points are the KKT
     points of the ellipsoid problem; ``"euclidean"`` is the reference's scheme (step
     ``|w| ⊙ g/‖g‖`` in ``δ``, Euclidean projection onto the ellipsoid by bisection on the
-    Lagrange multiplier, ``sharpness.py`` l. 124-145).
+    Lagrange multiplier, ``sharpness.py`` l. 124-145). The default is ``"scaled"`` on evidence:
+    it maximizes better — on three MLPs trained on digits (paper's grid ρ = 0.25…2, 20
+    iterations, m = 128, 1024 points) it found a 6–40 % larger sharpness than ``"euclidean"`` in
+    all 12 (model, ρ) cells, and 6–33 % larger at 100 iterations, where both have stopped
+    improving (the reference steps along ``g`` in u, not along the u-gradient ``|w|⊙g``, and
+    stalls below the maximum; on a linear objective ``"scaled"`` attains the closed-form
+    maximum ``ρ‖|w|⊙g‖``), in a third of the time (no bisection).
+    Since worst-case sharpness is a maximum, the larger value is the better estimate of it; a
+    user reproducing Andriushchenko et al.'s numbers sets ``ellipsoid="euclidean",
+    momentum_form="tml_epfl"`` (their code's update; adaptive l2 values come out lower).
+
+    ``momentum_form``: ``"croce_hein"`` (default, the Auto-PGD paper's update) or
+    ``"tml_epfl"`` (the reference code's ``0.75·z + 0.25·δ_{k−1}``; :func:`worst_case_ascent`).
+    ``pac_eps`` / ``pac_mag_form``: the magnitude-aware PAC-Bayes noise std
+    ``√(σ²w² + ε²)`` with Jiang et al.'s ε = 1e-3 (default), or ``σ(|w| + ε)``
+    (:func:`magnitude_aware_std`); ``pac_eps=0`` is the former ``σ|w|``. ``pac_draws``: Monte-Carlo
+    draws per σ, 3 by default (the reference code averages 10).
     """
 
     kind: str = "worst"
@@ -96,11 +116,16 @@ class SharpnessConfig:
     # first-order flatness (GAM); None switches it off
     first_order_rho: float | None = 0.05
     first_order_iters: int = 10
+    # Auto-PGD momentum update: Croce & Hein's, or the tml-epfl code's 0.75·z + 0.25·δ_{k−1}
+    momentum_form: str = "croce_hein"
     # PAC-Bayes flatness (Jiang et al. 2019); target = allowed drop of train accuracy
     pac_bayes: bool = True
     pac_target: float = 0.1
     pac_draws: int = 3
     pac_steps: int = 12
+    pac_eps: float = 1e-3  # ε of the magnitude-aware noise (Jiang et al.; 0 = noise σ|w| only)
+    pac_mag_form: str = "jiang"  # std √(σ²w² + ε²) (Jiang et al.) or "linear": σ(|w| + ε)
+    ABSENT_MEANS: ClassVar[dict[str, Any]] = {"pac_eps": 0.0}  # what older stored results were computed with
 
     def __post_init__(self) -> None:
         checks = [
@@ -126,6 +151,11 @@ class SharpnessConfig:
             (self.first_order_iters >= 1, f"first_order_iters must be ≥ 1, got {self.first_order_iters}"),
             (0 < self.pac_target < 1, f"pac_target must be in (0, 1), got {self.pac_target}"),
             (self.pac_draws >= 1 and self.pac_steps >= 1, "pac_draws and pac_steps must be ≥ 1"),
+            (self.momentum_form in MOMENTUM_FORMS,
+             f"momentum_form must be one of {', '.join(MOMENTUM_FORMS)}, got {self.momentum_form!r}"),
+            (self.pac_eps >= 0 and math.isfinite(self.pac_eps), f"pac_eps must be ≥ 0, got {self.pac_eps}"),
+            (self.pac_mag_form in PAC_MAG_FORMS,
+             f"pac_mag_form must be one of {', '.join(PAC_MAG_FORMS)}, got {self.pac_mag_form!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -301,6 +331,7 @@ def worst_case_ascent(
     ellipsoid: str = "scaled",
     clean: tuple[float, float] | None = None,
     on_iterate: Callable[[torch.Tensor], None] | None = None,
+    momentum_form: str = "croce_hein",
 ) -> tuple[float, float, torch.Tensor]:
     """Auto-PGD (Croce & Hein 2020) for ``max_{δ = s⊙u, ‖u‖ ≤ ρ} F(δ)``; returns ``(F*, err*, δ*)``.
 
@@ -317,6 +348,13 @@ def worst_case_ascent(
 
     ``ellipsoid="euclidean"`` (adaptive l2 only) reproduces the reference's update instead: a step
     ``η·s⊙g/‖g‖`` in δ and the Euclidean projection onto the ellipsoid (:func:`project_ellipsoid`).
+
+    ``momentum_form="tml_epfl"`` takes the reference code's update (``weight_ascent_step_momentum``)
+    instead of Croce & Hein's: ``u_{k+1} = α·z + (1−α)·u_{k−1}`` (a convex combination of two
+    feasible points, no projection; ``u_{−1} = u₀``, so ``u₁ = α·z + (1−α)·u₀``). The two agree
+    only for α = 1. From ``u₀ = 0`` on a linear ``F`` the reference form repeats ``u₂ = u₁`` (its
+    code starts from a random point by default). The reference's restart reloads the best weights
+    for the next gradient but keeps its δ iterates; here both forms restart from the best point.
     """
     euclid = norm == "l2" and ellipsoid == "euclidean"
     active = s > 0
@@ -366,7 +404,9 @@ def worst_case_ascent(
                 if best_g is not None:  # None: every iterate so far was NaN; go on from where we are
                     u, u_prev, g = best_u, best_u, best_g  # restart from the best point (gradient stored)
         z = proj(u + eta * step_dir(g))
-        if i == 0:
+        if momentum_form == "tml_epfl":
+            u_new = momentum * z + (1 - momentum) * u_prev
+        elif i == 0:
             u_new = z
         else:
             u_new = proj(u + momentum * (z - u) + (1 - momentum) * (u - u_prev))
@@ -590,7 +630,7 @@ def _sharpness(model, loss, x, y, cfg: SharpnessConfig, dev, dtype, on_step, out
                     u0 = _random_u(s, rho, cfg.norm, gen) if cfg.random_start else None
                     res = worst_case_ascent(fn, s, rho, norm=cfg.norm, iters=cfg.iters, momentum=cfg.momentum,
                                             step_mult=cfg.step_mult, u0=u0, ellipsoid=cfg.ellipsoid,
-                                            clean=(loss_clean[b], err_clean[b]))
+                                            clean=(loss_clean[b], err_clean[b]), momentum_form=cfg.momentum_form)
                     if res[0] > best[0]:
                         best = res
                 out_loss[r, b], out_err[r, b] = best[0], best[1]
@@ -647,11 +687,32 @@ def _sharpness(model, loss, x, y, cfg: SharpnessConfig, dev, dtype, on_step, out
     return out
 
 
+def magnitude_aware_std(theta: torch.Tensor, sigma: float, eps: float, form: str = "jiang") -> torch.Tensor:
+    r"""Per-coordinate noise std of the magnitude-aware PAC-Bayes perturbation.
+
+    ``"jiang"``: :math:`\sqrt{σ^2 w_i^2 + ε^2}` — Jiang et al. 2020, App. C, the noise
+    :math:`u_i ∼ N(0, σ'^2|w_i|^2 + ε^2)` behind their magnitude-aware bound, ε = 1e-3.
+    ``"linear"``: :math:`σ(|w_i| + ε)`. Both are exactly :math:`σ|w_i|` for ε = 0 (the noise of
+    this probe before ε was added, bit for bit)."""
+    if eps == 0:
+        return sigma * theta.abs()
+    if form == "linear":
+        return sigma * (theta.abs() + eps)
+    return torch.sqrt(sigma**2 * theta * theta + eps**2)
+
+
 def _pac_bayes(obj: _Objective, batches, cfg: SharpnessConfig, dtype, dev) -> dict[str, float]:
     """PAC-Bayes flatness (Jiang et al. 2019, §C; Dziugaite et al. 2020): the largest σ such that
     ``acc(w) − E_δ acc(w+δ) ≤ pac_target`` on the subset, for ``δ ~ N(0, σ²I)`` and the
-    magnitude-aware ``δ_i ~ N(0, σ²w_i²)``; the expectation is the mean over ``pac_draws`` draws,
-    the same draws ``ξ`` for every σ (``δ = σ·ξ``), so the drop is a deterministic function of σ."""
+    magnitude-aware ``δ_i ~ N(0, σ²w_i² + ε²)`` (:func:`magnitude_aware_std`, ε = ``pac_eps``,
+    ``pac_mag_form``); the expectation is the mean over ``pac_draws`` draws, the same draws ``ξ``
+    for every σ (``δ = std(σ)⊙ξ``), so the drop is a deterministic function of σ.
+
+    Conventions against the references: ε = 1e-3 is Jiang et al.'s (``pac_eps=0`` gives the
+    noise ``σ|w|`` of this probe before ε was added: zero weights unperturbed). ``pac_draws=3``
+    draws per σ here; the robust-generalization-measures code (Dziugaite et al. 2020) averages 10
+    and bisects σ on [0, 2] for 15 steps — ``pac_draws=10`` is that count, at 3.3× the forward
+    passes. All three settings are stored with the results (the group's ``settings``)."""
 
     def accuracy(delta: torch.Tensor) -> float:
         errs = [obj.value(delta, xb, yb)[1] for xb, yb in batches]
@@ -666,9 +727,16 @@ def _pac_bayes(obj: _Objective, batches, cfg: SharpnessConfig, dtype, dev) -> di
     if acc0 <= cfg.pac_target:  # the drop acc0 − acc(w+δ) ≤ acc0 never exceeds the target: σ = ∞, no search
         out.update(sigma=math.inf, inv_sigma2=0.0, sigma_mag=math.inf, inv_sigma2_mag=0.0)
         return out
-    for suffix, scale in (("", torch.ones_like(obj.theta)), ("_mag", obj.theta.abs())):
-        def drop(sigma: float, scale=scale) -> float:
-            return acc0 - float(np.mean([accuracy(sigma * scale * xi) for xi in xis]))
+
+    def plain(sigma: float) -> torch.Tensor:
+        return torch.full_like(obj.theta, sigma)
+
+    def mag(sigma: float) -> torch.Tensor:
+        return magnitude_aware_std(obj.theta, sigma, cfg.pac_eps, cfg.pac_mag_form)
+
+    for suffix, std in (("", plain), ("_mag", mag)):
+        def drop(sigma: float, std=std) -> float:
+            return acc0 - float(np.mean([accuracy(std(sigma) * xi) for xi in xis]))
 
         sigma, _ = largest_sigma(drop, cfg.pac_target, sigma0=0.01 if suffix == "" else 0.1, steps=cfg.pac_steps)
         out["sigma" + suffix] = sigma

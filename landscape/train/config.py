@@ -54,6 +54,8 @@ class TrainConfig:
     eval_batch_size: int = 1024
     seed: int = 0
     checkpoints: str = "every:5"
+    # stop at the first epoch end whose full-train-set ``train_loss`` (as logged) is ≤ this
+    stop_at_train_loss: float | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -65,6 +67,8 @@ class TrainConfig:
             (self.warmup_epochs >= 0, f"warmup_epochs must be ≥ 0, got {self.warmup_epochs}"),
             (0.0 <= self.label_noise <= 1.0, f"label_noise must be in [0, 1], got {self.label_noise}"),
             (self.imbalance_ratio >= 1.0, f"imbalance_ratio must be ≥ 1, got {self.imbalance_ratio}"),
+            (self.stop_at_train_loss is None or math.isfinite(self.stop_at_train_loss),
+             f"stop_at_train_loss must be a finite number or null, got {self.stop_at_train_loss}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -6,6 +6,12 @@ RUN_DIR/
   checkpoints/step_000000.state.pt    optimizer / schedule / RNG state for resume (weights_only)
   metrics.jsonl                       one object per evaluation: step, epoch, lr, train/test loss, CE, acc
 
+Early stop (``stop_at_train_loss=X``): at every epoch end (step 0 included) the evaluated full
+train-set ``train_loss`` (the training objective's per-sample loss, no flooding; ``train_ce`` is
+logged beside it) is compared with X; at the first one ≤ X the run saves a checkpoint there,
+appends ``{"step", "epoch", "event": "stopped", "rule": "stop_at_train_loss", "threshold": X,
+"value": train_loss}`` to metrics.jsonl and ends (:attr:`TrainResult.stopped`).
+
 Determinism: the model is initialized from ``seed``; epoch ``e`` visits the training set in the
 order ``randperm(N, generator=seed·1_000_003 + e)``; the torch RNG state (dropout) is saved with
 every checkpoint. A run resumed from any checkpoint therefore ends with bit-identical weights
@@ -64,6 +70,7 @@ class TrainResult:
     steps: int
     final: dict[str, Any]
     resumed_from: int | None = None
+    stopped: dict[str, Any] | None = None  # the "stopped" event when stop_at_train_loss ended the run
 
 
 def load_data(config: TrainConfig, meta: dict[str, Any] | None = None) -> Dataset:
@@ -386,17 +393,46 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
             "lower the learning rate or change the loss/optimizer settings"
         )
 
+    stopped: dict[str, Any] | None = None
+    threshold = config.stop_at_train_loss
+
+    def stop_event(step: int, value: float) -> dict[str, Any]:
+        """The record of the early stop at ``step``: appended once to metrics.jsonl."""
+        event = {"step": step, "epoch": step / spe, "event": "stopped", "rule": "stop_at_train_loss",
+                 "threshold": threshold, "value": value}
+        writing["path"] = metrics_path
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps(event) + "\n")
+        return event
+
+    def reached(step: int, record: dict[str, Any]) -> bool:
+        return threshold is not None and step % spe == 0 and record.get("train_loss", math.inf) <= threshold
+
     record: dict[str, Any] = {}
     if step == 0 and resumed_from is None:
         record = log_metrics(0)
         save_checkpoint(0)
+        if reached(0, record):
+            stopped = stop_event(0, record["train_loss"])
+    elif threshold is not None and step % spe == 0:
+        # resumed at an epoch end: did the run stop here? (its event may have been lost with a kill)
+        rows = RunDir(out).metrics()
+        events = [r for r in rows if r.get("event") == "stopped" and r.get("step") == step]
+        logged = [r for r in rows if "event" not in r and r.get("step") == step]
+        if events:
+            stopped = events[-1]
+        else:
+            if not logged:  # the record of this checkpoint was lost (a half-written line): evaluate again
+                logged = [log_metrics(step)]
+            if reached(step, logged[-1]):
+                stopped = stop_event(step, logged[-1]["train_loss"])
 
     bar = _Progress(progress, total, step)
     start_step = step
     model.train()
     order = None
     try:
-        while step < total:
+        while step < total and stopped is None:
             epoch, i = divmod(step, spe)
             if order is None or i == 0:
                 order = epoch_order(config.seed, epoch, n_train).to(dev)
@@ -433,8 +469,11 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
                 )
             if epoch_end:
                 running = {"loss": 0.0, "correct": 0, "count": 0}
-            if step in save_at:
+            stop = epoch_end and reached(step, record)
+            if step in save_at or stop:
                 save_checkpoint(step)
+            if stop:
+                stopped = stop_event(step, record["train_loss"])
             bar.update(step)
             if stop_after is not None and step - start_step >= stop_after:
                 break
@@ -447,4 +486,4 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
             # the final record was lost (a half-written last line, dropped on reading): evaluate again
             model.eval()
             record = log_metrics(step)
-    return TrainResult(run_dir=out, steps=step, final=record, resumed_from=resumed_from)
+    return TrainResult(run_dir=out, steps=step, final=record, resumed_from=resumed_from, stopped=stopped)

@@ -79,13 +79,13 @@ def test_alpha_req_recovers_a_power_law(alpha):
     assert out["alpha_req"] == pytest.approx(alpha, rel=1e-8)
     assert out["alpha_req_r2"] == pytest.approx(1.0, abs=1e-10)
     assert out["alpha_fit_ranks"].tolist() == [1, k // 2]
-    # the reference preset (reptrix: ranks 6…100 weighted by 1/k) on the same spectrum
+    # the reference preset (reptrix 0.1.0: ranks 11…100 weighted by 1/k) on the same spectrum
     preset = RankMeConfig(
-        alpha_rank_min=6, alpha_rank_max=100, alpha_fraction=1.0, alpha_weighting="inverse_rank"
+        alpha_rank_min=11, alpha_rank_max=100, alpha_fraction=1.0, alpha_weighting="inverse_rank"
     )
     out = rankme(torch.tensor(z), preset)
     assert out["alpha_req"] == pytest.approx(alpha, rel=1e-8)
-    assert out["alpha_fit_ranks"].tolist() == [6, k]
+    assert out["alpha_fit_ranks"].tolist() == [11, k]
 
 
 def test_power_law_fit_range_and_weights():
