@@ -644,11 +644,27 @@ HYPERPARAMETERS = ("lr", "batch_size", "optimizer", "optimizer_params.rho", "wei
                    "model_params.width", "model_params.depth", "epochs", "schedule")
 
 
+NOT_AXES = ("seed", "data_seed", "checkpoints", "eval_batch_size")  # training settings that are not hyper-parameters
+
+
+def _config_keys(records: list[dict[str, Any]]) -> list[str]:
+    """The training-config keys of the records (``lr``, ``optimizer_params.momentum``, …): those whose
+    first part is a :class:`~landscape.train.config.TrainConfig` field."""
+    from landscape.train.config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    keys = dict.fromkeys(k for r in records for k in r if k.split(".", 1)[0] in fields)
+    return list(keys)
+
+
 def varying_axes(records: list[dict[str, Any]], *, seed: bool = False) -> list[str]:
-    """The hyper-parameters (of :data:`HYPERPARAMETERS`) that take more than one value across the runs.
-    ``seed`` is not an axis unless ``seed=True`` (Jiang et al. train one run per configuration;
-    :func:`correlation_table` averages the seeds of a configuration instead)."""
-    keys = (*HYPERPARAMETERS, "seed") if seed else HYPERPARAMETERS
+    """The hyper-parameters that take more than one value across the runs: those of
+    :data:`HYPERPARAMETERS` first, in that order, then any other training-config key that varies
+    (``optimizer_params.momentum``, ``loss_params.smoothing``, …). ``seed`` is not an axis unless
+    ``seed=True`` (Jiang et al. train one run per configuration; :func:`correlation_table` averages
+    the seeds of a configuration instead)."""
+    others = [k for k in _config_keys(records) if k not in HYPERPARAMETERS and k not in NOT_AXES]
+    keys = [*HYPERPARAMETERS, *others, *(("seed",) if seed else ())]
     return [k for k in keys if len({json.dumps(r.get(k), sort_keys=True) for r in records}) > 1]
 
 
