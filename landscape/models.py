@@ -1,4 +1,5 @@
-"""Model registry: MLP, small CNN, CIFAR-style ResNet-20 (BatchNorm and skips optional).
+"""Model registry: MLP (optionally on embedded token ids), small CNN, CIFAR-style ResNet-20
+(BatchNorm and skips optional), GPT-style decoder-only transformer.
 
 Every model ends in a linear layer called ``classifier`` whose input is the
 penultimate feature vector (what the neural-collapse probes read).
@@ -14,9 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from landscape.errors import ConfigError
+from landscape.errors import ConfigError, DataError
 from landscape.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -43,7 +45,12 @@ def _norm1d(norm: str, width: int) -> nn.Module:
 
 @MODELS.register("mlp")
 class MLP(nn.Module):
-    """Fully connected net: flatten → ``depth`` × [Linear(width) → norm → activation] → classifier."""
+    """Fully connected net: flatten → ``depth`` × [Linear(width) → norm → activation] → classifier.
+
+    With ``vocab`` the inputs are integer token ids (e.g. the ``modular`` dataset's ``pairs``):
+    each is embedded by ``nn.Embedding(vocab, embed_dim)`` first and the embeddings are
+    concatenated (``features[0]`` is the embedding).
+    """
 
     def __init__(
         self,
@@ -54,13 +61,21 @@ class MLP(nn.Module):
         activation: str = "relu",
         norm: str = "none",
         bias: bool = True,
+        vocab: int | None = None,
+        embed_dim: int = 32,
     ) -> None:
         super().__init__()
         if width < 1 or depth < 0:
             raise ConfigError(f"mlp needs width ≥ 1 and depth ≥ 0, got width={width}, depth={depth}")
+        if vocab is not None and (vocab < 1 or embed_dim < 1):
+            raise ConfigError(f"mlp needs vocab ≥ 1 and embed_dim ≥ 1, got {vocab}, {embed_dim}")
         act = ACTIVATIONS[activation]
+        self.embedded = vocab is not None
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = math.prod(input_shape)
+        if vocab is not None:
+            layers.insert(0, nn.Embedding(vocab, embed_dim))
+            fan_in *= embed_dim
         for _ in range(depth):
             layers += [nn.Linear(fan_in, width, bias=bias), _norm1d(norm, width), act()]
             fan_in = width
@@ -68,6 +83,12 @@ class MLP(nn.Module):
         self.classifier = nn.Linear(fan_in, num_classes, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_floating_point() == self.embedded:
+            raise DataError(
+                "mlp with vocab=… takes integer token ids, got floating inputs"
+                if self.embedded
+                else f"mlp got integer inputs ({x.dtype}, e.g. token ids); give vocab=… to embed them"
+            )
         return self.classifier(self.features(x))
 
 
@@ -182,6 +203,181 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+TRANSFORMER_HEADS = ("last_token", "lm")
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention through ``F.scaled_dot_product_attention(is_causal=True)``.
+
+    With ``qk_layernorm`` the queries and keys are layer-normalized per head before the product
+    (Dehghani et al. 2023; Wortsman et al. 2023). With ``track`` set, each forward pass also
+    stores in :attr:`stats` the largest attention logit ``max |qᵀk|/√d`` over allowed (causal)
+    pairs and the mean attention entropy ``−Σ_j a_ij log a_ij`` (nats) over queries, batch and
+    heads (an explicit softmax, so tracking costs one extra ``[N, H, T, T]`` product).
+    """
+
+    def __init__(self, width: int, heads: int, qk_layernorm: bool, bias: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = width // heads
+        self.qkv = nn.Linear(width, 3 * width, bias=bias)
+        self.proj = nn.Linear(width, width, bias=bias)
+        self.q_norm: nn.Module = nn.LayerNorm(self.head_dim) if qk_layernorm else nn.Identity()
+        self.k_norm: nn.Module = nn.LayerNorm(self.head_dim) if qk_layernorm else nn.Identity()
+        self.track = False
+        self.stats: dict[str, float] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, w = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.track:
+            self.stats = _attention_stats(q.detach(), k.detach())
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(out.transpose(1, 2).reshape(n, t, w))
+
+
+def _attention_stats(q: torch.Tensor, k: torch.Tensor) -> dict[str, float]:
+    t = q.shape[-2]
+    logits = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    allowed = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    max_logit = logits.abs().masked_fill(~allowed, 0.0).amax()
+    log_a = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+    entropy = -(log_a.exp() * log_a.masked_fill(~allowed, 0.0)).sum(-1).mean()
+    return {"max_logit": float(max_logit), "entropy": float(entropy)}
+
+
+class DecoderBlock(nn.Module):
+    """Pre-LN block: ``x + attn(LN(x))``, then ``x + MLP(LN(x))`` (MLP: width → ratio·width → width)."""
+
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: int, activation: str, qk_layernorm: bool, bias: bool
+    ) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(width)
+        self.attn = CausalSelfAttention(width, heads, qk_layernorm, bias)
+        self.ln2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, mlp_ratio * width, bias=bias),
+            ACTIVATIONS[activation](),
+            nn.Linear(mlp_ratio * width, width, bias=bias),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+@MODELS.register("transformer", "gpt")
+class Transformer(nn.Module):
+    """GPT-style decoder-only transformer on int64 token ids ``[N, T]`` (``T ≤ context``).
+
+    Token + learned position embeddings → ``layers`` pre-LN blocks (causal attention with
+    ``heads`` heads, optional qk-layernorm) → final LayerNorm → ``classifier``. ``head``:
+    ``last_token`` gives class logits ``[N, num_classes]`` from the last position (e.g. the
+    ``=`` of the ``modular`` dataset's tokens); ``lm`` gives next-token logits ``[N, T, vocab]``
+    (task ``causal_lm``; ``vocab`` defaults to ``num_classes``). ``tie_embeddings`` makes the
+    classifier's weight the token-embedding matrix itself (one tensor; needs an output of
+    ``vocab`` classes). ``context`` defaults to the dataset's sequence length. Initialization as
+    GPT-2: weights ``N(0, 0.02²)``, residual output projections ``N(0, 0.02²/(2·layers))``,
+    zero biases, unit LayerNorm gains. No dropout.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        vocab: int | None = None,
+        layers: int = 2,
+        width: int = 128,
+        heads: int = 4,
+        context: int | None = None,
+        mlp_ratio: int = 4,
+        activation: str = "gelu",
+        qk_layernorm: bool = False,
+        tie_embeddings: bool = False,
+        head: str = "last_token",
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 1:
+            raise ConfigError(
+                f"transformer needs token-id inputs of shape (T,), got input shape {tuple(input_shape)}"
+            )
+        if head not in TRANSFORMER_HEADS:
+            raise ConfigError(f"transformer head must be one of {', '.join(TRANSFORMER_HEADS)}, got {head!r}")
+        if vocab is None:
+            if head != "lm":
+                raise ConfigError(
+                    "transformer needs vocab=<number of token ids> (the dataset's info['vocab'], "
+                    "e.g. p + 2 for modular tokens)"
+                )
+            vocab = num_classes
+        context = int(input_shape[0]) if context is None else context
+        for name, value, low in (("vocab", vocab, 1), ("layers", layers, 0), ("width", width, 1),
+                                 ("heads", heads, 1), ("context", context, 1), ("mlp_ratio", mlp_ratio, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"transformer {name} must be an integer ≥ {low}, got {value!r}")
+        if width % heads:
+            raise ConfigError(f"transformer width ({width}) must be a multiple of heads ({heads})")
+        if context < input_shape[0]:
+            raise ConfigError(f"transformer context={context} is shorter than the inputs' {input_shape[0]} tokens")
+        out = vocab if head == "lm" else num_classes
+        if tie_embeddings and out != vocab:
+            raise ConfigError(
+                f"tie_embeddings needs the output size to equal vocab ({vocab}), got {out} classes; "
+                "use head='lm' or untied embeddings"
+            )
+        self.head, self.vocab, self.context = head, vocab, context
+        self.tok_emb = nn.Embedding(vocab, width)
+        self.pos_emb = nn.Embedding(context, width)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(width, heads, mlp_ratio, activation, qk_layernorm, bias) for _ in range(layers)
+        )
+        self.ln_f = nn.LayerNorm(width)
+        self.classifier = nn.Linear(width, out, bias=bias and not tie_embeddings)
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * max(layers, 1)) if name.endswith(("proj.weight", "mlp.2.weight")) else 0.02
+                nn.init.normal_(p, 0.0, std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        if tie_embeddings:
+            self.classifier.weight = self.tok_emb.weight
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """Final-LayerNorm hidden states ``[N, T, width]`` (the classifier's input)."""
+        if ids.is_floating_point() or ids.dim() != 2:
+            raise DataError(
+                f"transformer takes int64 token ids of shape [N, T], got {ids.dtype} {tuple(ids.shape)}"
+            )
+        t = ids.shape[1]
+        if t > self.context:
+            raise DataError(f"sequence of {t} tokens is longer than the transformer's context {self.context}")
+        h = self.tok_emb(ids) + self.pos_emb(torch.arange(t, device=ids.device))
+        for block in self.blocks:
+            h = block(h)
+        return self.ln_f(h)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.hidden(ids)
+        return self.classifier(h if self.head == "lm" else h[:, -1])
+
+    @torch.no_grad()
+    def attention_stats(self, ids: torch.Tensor) -> list[dict[str, float]]:
+        """Per layer: ``max_logit`` (max |qᵀk|/√d over causal pairs) and mean attention ``entropy``
+        (nats) on ``ids``, from one extra forward pass."""
+        attns = [b.attn for b in self.blocks]
+        for a in attns:
+            a.track = True
+        try:
+            self.hidden(ids)
+        finally:
+            for a in attns:
+                a.track = False
+        return [dict(a.stats) for a in attns]
 
 
 def model_params(name: str) -> dict[str, Any]:

@@ -129,7 +129,9 @@ def test_registry_names_and_aliases():
         "fashion_mnist",
         "gaussian_mixture",
         "mnist",
+        "modular",
         "npz",
+        "sparse_parity",
         "teacher_student",
     ]
     assert DATASETS["gmm"] is DATASETS["gaussian_mixture"]

@@ -6,14 +6,17 @@ from landscape.errors import ConfigError
 from landscape.models import MODELS, build_model, count_parameters, model_params
 from landscape.registry import UnknownNameError
 
-SHAPES = {"mlp": (1, 8, 8), "cnn": (3, 16, 16), "resnet20": (3, 32, 32)}
+SHAPES = {"mlp": (1, 8, 8), "cnn": (3, 16, 16), "resnet20": (3, 32, 32), "transformer": (6,)}
+PARAMS = {"transformer": {"vocab": 11, "width": 16, "heads": 2}}  # token ids in [0, 11)
 
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_model_builds_runs_and_ends_in_a_classifier(name):
     torch.manual_seed(0)
-    model = build_model(name, SHAPES[name], 7)
+    model = build_model(name, SHAPES[name], 7, **PARAMS.get(name, {}))
     x = torch.randn(5, *SHAPES[name])
+    if "vocab" in PARAMS.get(name, {}):
+        x = torch.randint(0, PARAMS[name]["vocab"], (5, *SHAPES[name]))
     out = model(x)
     assert out.shape == (5, 7)
     assert isinstance(model.classifier, nn.Linear) and model.classifier.out_features == 7

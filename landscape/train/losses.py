@@ -57,6 +57,9 @@ __all__ = [
     "mse",
     "temperature_ce",
     "sparsemax_loss",
+    "stablemax",
+    "stablemax_ce",
+    "spherical_zloss",
 ]
 
 LOSSES: Registry[Callable[..., Tensor]] = Registry("loss")
@@ -353,6 +356,70 @@ def sparsemax_loss(logits: Tensor, targets: Tensor) -> Tensor:
     support = (z > tau).to(z.dtype)
     quad = 0.5 * (support * (z.square() - tau.square())).sum(dim=-1)
     return quad - _pick(z, targets) + 0.5
+
+
+def _log_stablemax_s(x: Tensor) -> Tensor:
+    r""":math:`\log s(x)`, :math:`s(x) = x + 1` for :math:`x \ge 0`, :math:`1/(1 - x)` for :math:`x < 0`.
+
+    Both branches are evaluated on clamped inputs so that neither produces a NaN
+    (or a NaN gradient) where :func:`torch.where` does not select it.
+    """
+    pos = torch.log1p(x.clamp_min(0.0))
+    neg = -torch.log1p((-x).clamp_min(0.0))
+    return torch.where(x >= 0, pos, neg)
+
+
+def stablemax(z: Tensor, dim: int = -1) -> Tensor:
+    r"""StableMax (Prieto et al. 2025): :math:`p_i = s(z_i)/\sum_j s(z_j)` along ``dim``.
+
+    .. math:: s(x) = \begin{cases} x + 1 & x \ge 0 \\ 1/(1 - x) & x < 0 \end{cases}
+
+    :math:`s` is positive, increasing and continuously differentiable (:math:`s(0) = 1`,
+    :math:`s'(0) = 1`); it grows linearly, not exponentially, so float32 probabilities do
+    not round to exactly 1 at moderate logits. Not shift invariant.
+    """
+    log_s = _log_stablemax_s(z)
+    return torch.exp(log_s - torch.logsumexp(log_s, dim=dim, keepdim=True))
+
+
+@_register("stablemax", "stablemax_ce")
+def stablemax_ce(logits: Tensor, targets: Tensor) -> Tensor:
+    r"""StableMax cross-entropy (Prieto, Barsbey, Mediano & Birdal 2025, "Grokking at the
+    Edge of Numerical Stability").
+
+    .. math:: \ell = -\log \frac{s(z_y)}{\sum_j s(z_j)},\quad
+              s(x) = \begin{cases} x + 1 & x \ge 0 \\ 1/(1 - x) & x < 0 \end{cases}
+
+    computed as :math:`\log\sum_j e^{\log s(z_j)} - \log s(z_y)` (the authors'
+    ``log_stablemax``; their code evaluates it in float64, here it runs in the logits' dtype).
+    """
+    log_s = _log_stablemax_s(logits)
+    return torch.logsumexp(log_s, dim=-1) - _pick(log_s, targets)
+
+
+@_register("spherical_zloss", "spherical_z", a=_POSITIVE, eps=_POSITIVE)
+def spherical_zloss(
+    logits: Tensor, targets: Tensor, *, a: float = 1.0, b: float = 1.0, eps: float = 1e-12
+) -> Tensor:
+    r"""The spherical Z-loss of de Brébisson & Vincent (2016, "The Z-loss: a shift and scale
+    invariant classification loss belonging to the Spherical Family").
+
+    .. math:: \tilde z = \frac{z - \mu}{\sigma},\quad
+              \mu = \tfrac1C\textstyle\sum_k z_k,\quad
+              \sigma = \sqrt{\tfrac1C\textstyle\sum_k (z_k - \mu)^2 + \epsilon},\qquad
+              \ell = \tfrac1a\,\mathrm{softplus}\big(a\,(b - \tilde z_y)\big)
+
+    (population σ as in the paper; ``eps`` only keeps a constant logit vector finite).
+    Invariant to shifting and to positively scaling the logits. The paper tunes ``a > 0``
+    and ``b`` per task; the defaults here (1, 1) are a neutral start, not the paper's values.
+    **Not** the PaLM logit z-loss :math:`\lambda\log^2 Z` — that is the ``z_loss`` weight of
+    :class:`Loss` (``--z-loss``).
+    """
+    mu = logits.mean(dim=-1, keepdim=True)
+    centered = logits - mu
+    sigma = torch.sqrt(centered.square().mean(dim=-1, keepdim=True) + eps)
+    zt = _pick(centered / sigma, targets)
+    return torch.nn.functional.softplus(a * (b - zt)) / a
 
 
 # --------------------------------------------------------------------------- objective

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import numbers
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
@@ -46,19 +47,27 @@ from landscape.registry import Registry
 __all__ = [
     "ADAPTIVE_ETA",
     "ASAM",
+    "FSAM",
     "GAM",
     "GNR",
+    "EntropySGD",
     "OPTIMIZERS",
     "SAM",
     "SAMON",
     "SGD",
     "Adam",
     "AdamW",
+    "PerpAdam",
+    "PerpAdamW",
+    "PerpSGD",
     "SharpnessAware",
     "bn_first_pass_only",
     "build_optimizer",
+    "no_decay_parameters",
     "normalization_parameters",
     "optimizer_names",
+    "orthogonal_gradient",
+    "orthogonalized",
 ]
 
 Closure = Callable[[], Tensor]
@@ -72,7 +81,10 @@ ADAPTIVE_ETA = 0.01
 _BUILDER_ARGS = ("lr", "weight_decay", "decoupled_weight_decay")
 # Constructor arguments that are not hyperparameters.
 _STRUCTURAL_ARGS = ("self", "params", "base_optimizer", "model", "norm_params")
-_BASES = ("sgd", "adam", "adamw")
+
+def _base_names() -> list[str]:
+    """Registered optimizers that can be the base of a wrapper (everything but the wrappers)."""
+    return [n for n, c in OPTIMIZERS.items() if not issubclass(c, SharpnessAware)]
 
 
 # --------------------------------------------------------------------------- BatchNorm
@@ -302,6 +314,96 @@ class AdamW(torch.optim.AdamW):
         )
 
 
+# --------------------------------------------------------------------------- ⊥Grad
+
+
+@torch.no_grad()
+def orthogonal_gradient(w: Tensor, g: Tensor, *, rescale: bool = True) -> Tensor:
+    r"""⊥Grad of one tensor (Prieto et al. 2025): the part of ``g`` orthogonal to ``w``.
+
+    .. math::
+        g_\perp = g - \frac{\langle w, g\rangle}{\langle w, w\rangle}\, w,
+        \qquad g_\perp ← g_\perp\,\frac{\lVert g\rVert}{\lVert g_\perp\rVert}
+        \ \text{(if rescale)}
+
+    over the whole tensor flattened. The rescaling to ``‖g‖`` is the authors' ``orthograd.py``
+    (LucasPrietoAl/grokking-at-the-edge-of-numerical-stability); the paper's formula is
+    ``rescale=False``. ``w = 0`` leaves ``g`` as it is; ``g_⊥ = 0`` stays 0. Computed in at
+    least float32, returned in ``g``'s dtype.
+    """
+    dtype = torch.promote_types(g.dtype, torch.float32)
+    wf, gf = w.detach().reshape(-1).to(dtype), g.reshape(-1).to(dtype)
+    ww = torch.dot(wf, wf)
+    coef = _safe_ratio(torch.dot(wf, gf), ww)
+    out = gf - coef * wf
+    if rescale:
+        out = out * _safe_ratio(torch.linalg.vector_norm(gf), torch.linalg.vector_norm(out))
+    return out.reshape(g.shape).to(g.dtype)
+
+
+def _unhooked(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` without torch's step-hook wrapper (torch wraps ``step`` of each class it builds)."""
+    while getattr(func, "hooked", False) and hasattr(func, "__wrapped__"):
+        func = func.__wrapped__  # type: ignore[attr-defined]
+    return func
+
+
+class _Orthogonal:
+    """Mixin: replace every gradient by its ⊥Grad (per tensor) before the base class's step."""
+
+    param_groups: list[dict[str, Any]]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad = orthogonal_gradient(p, p.grad, rescale=group["rescale"])
+        base = next(c for c in type(self).__mro__[1:] if "step" in c.__dict__ and c is not _Orthogonal)
+        _unhooked(base.__dict__["step"])(self)
+        return loss
+
+
+_ORTHOGONALIZED: dict[type, type] = {}
+
+
+def orthogonalized(base_cls: type[Optimizer]) -> type[Optimizer]:
+    r"""The ⊥Grad version of any optimizer class: same signature plus ``rescale=True``.
+
+    Its ``step`` replaces each parameter tensor's gradient ``g`` by
+    :func:`orthogonal_gradient` ``(w, g)`` and then runs ``base_cls``'s own update, so weight
+    decay, momentum and Adam's moments act on ``g_⊥`` exactly as on a plain gradient (coupled
+    L2 decay is added *after* the projection, by the base). One closure call per step.
+    """
+    if base_cls in _ORTHOGONALIZED:
+        return _ORTHOGONALIZED[base_cls]
+    if issubclass(base_cls, SharpnessAware):
+        raise ConfigError(f"⊥Grad wraps a plain optimizer, not {base_cls.__name__}")
+
+    def __init__(self: Any, params: Iterable[Any], *args: Any, rescale: bool = True, **kwargs: Any) -> None:
+        base_cls.__init__(self, params, *args, **kwargs)
+        self.defaults["rescale"] = bool(rescale)
+        for group in self.param_groups:
+            group.setdefault("rescale", bool(rescale))
+
+    sig = inspect.signature(base_cls.__init__)
+    extra = inspect.Parameter("rescale", inspect.Parameter.KEYWORD_ONLY, default=True)
+    plain = [q for q in sig.parameters.values() if q.kind is not inspect.Parameter.VAR_KEYWORD]
+    rest = [q for q in sig.parameters.values() if q.kind is inspect.Parameter.VAR_KEYWORD]
+    __init__.__signature__ = sig.replace(parameters=[*plain, extra, *rest])  # type: ignore[attr-defined]
+    name = f"Perp{base_cls.__name__}"
+    doc = f"⊥Grad (Prieto et al. 2025) around :class:`{base_cls.__name__}`; see :func:`orthogonalized`."
+    cls = type(name, (_Orthogonal, base_cls), {"__init__": __init__, "__doc__": doc,
+                                                 "__module__": __name__, "__qualname__": name})
+    _ORTHOGONALIZED[base_cls] = cls
+    return cls
+
+
+
 # --------------------------------------------------------------------------- helpers
 
 _Groups = list[tuple[dict[str, Any], list[Tensor]]]
@@ -376,9 +478,9 @@ def _resolve_base(base_optimizer: Any) -> Callable[..., Optimizer]:
         return SGD
     if isinstance(base_optimizer, str):
         key = OPTIMIZERS.canonical(base_optimizer)
-        if key not in _BASES:
+        if key not in _base_names():
             raise ConfigError(
-                f"base optimizer must be one of {', '.join(_BASES)}, got {base_optimizer!r}"
+                f"base optimizer must be one of {', '.join(_base_names())}, got {base_optimizer!r}"
             )
         return OPTIMIZERS[key]
     if isinstance(base_optimizer, type) and issubclass(base_optimizer, SharpnessAware):
@@ -827,6 +929,190 @@ class GAM(SharpnessAware):
         return loss
 
 
+@OPTIMIZERS.register("fsam", "friendly_sam")
+class FSAM(SharpnessAware):
+    r"""Friendly SAM (Li, Zhou, He, Cheng & Huang, CVPR 2024; nblt/F-SAM): SAM whose
+    perturbation drops the full-gradient component, estimated by an EMA of past gradients.
+
+    Two closure calls per step, with ``m`` the EMA (state kept across steps):
+
+    .. math::
+        g = ∇L(w),\quad d = g − σ\,m,\quad m ← λ\,m + (1 − λ)\,g,\quad
+        ε = ρ\,\frac{T_w^2 d}{\lVert T_w d\rVert_2},\quad w ← \mathrm{base}(w, ∇L(w + ε)),
+
+    and on the first step ``m ← g``, ``d = g`` (the reference's initialization, i.e. plain
+    SAM once). ``T_w`` as in :class:`SAM` (``adaptive``). Defaults: the reference's CIFAR-100
+    setting ``rho=0.2, sigma=1, lmbda=0.6`` (its logs; ``lmbda=0.95`` is its other one).
+    The EMA is saved in ``state_dict()["fsam_ema"]`` (one tensor per parameter, in group order).
+
+    Not the Fisher-mask SAM of Zhong et al. 2022, which ../REFERENCES.md lists under the same
+    acronym; that one is not implemented.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        base_optimizer: Any = None,
+        *,
+        rho: float = 0.2,
+        sigma: float = 1.0,
+        lmbda: float = 0.6,
+        adaptive: bool = False,
+        eta: float = ADAPTIVE_ETA,
+        **base_kwargs: Any,
+    ) -> None:
+        _check_nonnegative("rho", rho)
+        _check_nonnegative("sigma", sigma)
+        _check_unit("lmbda", lmbda, closed=True)
+        _check_nonnegative("eta", eta)
+        hyper = {"rho": rho, "sigma": sigma, "lmbda": lmbda, "adaptive": bool(adaptive), "eta": eta}
+        super().__init__(params, base_optimizer, hyper, base_kwargs)
+        self._ema: dict[int, Tensor] = {}
+
+    def _all_params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Update the EMA, save ``w`` and move to ``w + ρ d/‖d‖`` (``d = g − σ m``)."""
+        groups = self._with_grad()
+        directions: list[list[Tensor]] = []
+        for group, params in groups:
+            ds = []
+            for p in params:
+                g = p.grad
+                m = self._ema.get(id(p))
+                if m is None:
+                    self._ema[id(p)] = g.detach().clone()
+                    ds.append(g)
+                else:
+                    ds.append(g - group["sigma"] * m)
+                    m.mul_(group["lmbda"]).add_(g, alpha=1.0 - group["lmbda"])
+            directions.append(ds)
+        steps = _ascent(groups, directions, "rho")
+        self._save(groups)
+        self._move(groups, steps)
+        if zero_grad:
+            self.zero_grad()
+
+    def state_dict(self) -> dict[str, Any]:
+        out = dict(self.base_optimizer.state_dict())
+        out["fsam_ema"] = [self._ema.get(id(p)) for p in self._all_params()]
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        ema = state_dict.pop("fsam_ema", None)
+        super().load_state_dict(state_dict)
+        self._ema = {}
+        if ema is not None:
+            for p, m in zip(self._all_params(), ema, strict=True):
+                if m is not None:
+                    self._ema[id(p)] = m.detach().clone().to(device=p.device, dtype=p.dtype)
+
+
+@OPTIMIZERS.register("entropy_sgd", "entropysgd")
+class EntropySGD(SharpnessAware):
+    r"""Entropy-SGD (Chaudhari et al. 2017, "Entropy-SGD: Biasing Gradient Descent into Wide
+    Valleys"; ucla-vision/entropy-sgd): an inner SGLD loop estimates the local-entropy
+    gradient, the base optimizer takes the outer step.
+
+    ``L`` closure calls per step (the first, at ``x' = x``, is the trainer's call at ``w``):
+
+    .. math::
+        \begin{aligned}
+        &x = w,\ x'_0 = x,\ μ_0 = x;\qquad \text{for } l = 0,\dots,L-1:\\
+        &\quad x'_{l+1} = x'_l − η'\big(∇L(x'_l) + γ\,(x'_l − x)\big) + ε\sqrt{2η'}\,ξ_l,
+          \quad ξ_l \sim \mathcal N(0, I),\\
+        &\quad μ_{l+1} = α\,μ_l + (1 − α)\,x'_{l+1};\\
+        &w ← \mathrm{base}\big(x,\ x − μ_L\big).
+        \end{aligned}
+
+    As in the reference code, the outer "gradient" is ``x − μ`` (the paper writes
+    ``η γ (x − μ)``: its η is ``lr/γ`` here, and ``lr = 1`` with plain SGD sets ``x ← μ``);
+    ``α`` weighs the *old* average (reference ``beta1 = 0.75``), the noise is the
+    reference's ``ε·sqrt(2η')``. Unlike the reference the inner loop is plain SGLD (no
+    momentum) and γ is constant (no scoping). Noise is drawn with the global torch RNG
+    (``torch.randn_like``, parameter by parameter), so a seeded run repeats exactly.
+    Defaults: ``L=20, gamma=1e-4, noise=1e-4, inner_lr=0.1, alpha=0.75``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        base_optimizer: Any = None,
+        *,
+        L: int = 20,
+        gamma: float = 1e-4,
+        noise: float = 1e-4,
+        inner_lr: float = 0.1,
+        alpha: float = 0.75,
+        **base_kwargs: Any,
+    ) -> None:
+        if isinstance(L, bool) or not isinstance(L, numbers.Integral) or L < 1:
+            raise ConfigError(f"invalid L={L!r}: the number of inner steps must be an integer ≥ 1")
+        _check_nonnegative("gamma", gamma)
+        _check_nonnegative("noise", noise)
+        _check_positive("inner_lr", inner_lr)
+        _check_unit("alpha", alpha, closed=False)
+        hyper = {"L": int(L), "gamma": gamma, "noise": noise, "inner_lr": inner_lr, "alpha": alpha}
+        super().__init__(params, base_optimizer, hyper, base_kwargs)
+
+    @property
+    def closure_calls(self) -> int:  # type: ignore[override]
+        return int(self.param_groups[0]["L"])
+
+    def first_step(self, zero_grad: bool = False) -> None:
+        raise NotImplementedError("Entropy-SGD takes L gradient evaluations: use step(closure)")
+
+    def second_step(self, zero_grad: bool = False) -> None:
+        raise NotImplementedError("Entropy-SGD takes L gradient evaluations: use step(closure)")
+
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+        closure = self._require_closure(self, closure)
+        loss = _evaluate(closure)
+        groups = self._with_grad()
+        if not groups:
+            self.base_optimizer.step()
+            return loss
+        self._save(groups)
+        assert self._backup is not None
+        x = self._backup[1]
+        mu = [xi.clone() for xi in x]
+        inner_steps = int(groups[0][0]["L"])
+        try:
+            for inner in range(inner_steps):
+                if inner > 0:
+                    _evaluate(closure)
+                k = 0
+                for group, params in groups:
+                    lr_in, gamma, eps = group["inner_lr"], group["gamma"], group["noise"]
+                    for p in params:
+                        g = p.grad if p.grad is not None else torch.zeros_like(p)
+                        update = g + gamma * (p - x[k])
+                        p.add_(update, alpha=-lr_in)
+                        if eps:
+                            p.add_(torch.randn_like(p), alpha=eps * math.sqrt(2.0 * lr_in))
+                        mu[k].mul_(group["alpha"]).add_(p, alpha=1.0 - group["alpha"])
+                        k += 1
+        finally:
+            self._restore()
+        k = 0
+        for _, params in groups:
+            for p in params:
+                p.grad = p.detach() - mu[k]
+                k += 1
+        self.base_optimizer.step()
+        return loss
+
+
+# ⊥Grad around the base optimizers (registered here: orthogonalized() needs SharpnessAware).
+PerpSGD = OPTIMIZERS.register("perp_sgd", "orthograd_sgd")(orthogonalized(SGD))
+PerpAdam = OPTIMIZERS.register("perp_adam", "orthograd_adam")(orthogonalized(Adam))
+PerpAdamW = OPTIMIZERS.register("perp_adamw", "orthograd_adamw", "orthograd")(orthogonalized(AdamW))
+
+
 # --------------------------------------------------------------------------- builder
 
 
@@ -838,6 +1124,36 @@ def _accepted(cls: type) -> list[str]:
     return [n for n in _keyword_names(cls) if n not in _BUILDER_ARGS]
 
 
+def no_decay_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Biases and normalization parameters of ``model``: those weight-decay exclusion spares.
+
+    A bias is a parameter registered under the name ``bias`` (``Linear``, ``Conv*``,
+    attention projections, …); normalization parameters are found by module type
+    (:func:`normalization_parameters`). Shared parameters are listed once.
+    """
+    found: dict[int, nn.Parameter] = {id(p): p for p in normalization_parameters(model)}
+    for module in model.modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if pname == "bias" or pname.endswith("_bias"):
+                found.setdefault(id(p), p)
+    return list(found.values())
+
+
+def _param_groups(model: nn.Module, trainable: list[Tensor], exclude: bool) -> list[Any]:
+    """The trainable parameters, or two groups (decay, no decay) with ``weight_decay=0`` on the second."""
+    if not exclude:
+        return trainable
+    spared = {id(p) for p in no_decay_parameters(model)}
+    decay = [p for p in trainable if id(p) not in spared]
+    rest = [p for p in trainable if id(p) in spared]
+    groups: list[dict[str, Any]] = []
+    if decay:
+        groups.append({"params": decay})
+    if rest:
+        groups.append({"params": rest, "weight_decay": 0.0})
+    return groups
+
+
 def build_optimizer(
     name: str,
     model: nn.Module,
@@ -846,6 +1162,7 @@ def build_optimizer(
     weight_decay: float = 0.0,
     decoupled_weight_decay: bool = False,
     base: str = "sgd",
+    no_decay_bias_norm: bool = False,
     **params: Any,
 ) -> torch.optim.Optimizer:
     """Build a registered optimizer over the trainable parameters of ``model``.
@@ -855,7 +1172,12 @@ def build_optimizer(
     signature between the wrapper (``rho``, ``alpha``, …) and the base
     optimizer (``momentum``, ``nesterov``, ``betas``, …). Weight decay is
     coupled (L2 added to the gradient) unless ``decoupled_weight_decay``;
-    ``adamw`` is always decoupled.
+    ``adamw`` is always decoupled. ``base`` may be any registered optimizer that is not
+    itself a wrapper (e.g. ``perp_adamw``).
+
+    ``no_decay_bias_norm=True`` (``--optimizer-param no_decay_bias_norm=true``) puts the
+    biases and normalization parameters (:func:`no_decay_parameters`) in a second parameter
+    group with ``weight_decay = 0``; the first group keeps ``weight_decay``.
     """
     cls = OPTIMIZERS[name]
     canonical = OPTIMIZERS.canonical(name)
@@ -864,12 +1186,16 @@ def build_optimizer(
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ConfigError("the model has no trainable parameters to optimize")
+    if not isinstance(no_decay_bias_norm, bool):
+        raise ConfigError(f"no_decay_bias_norm must be true or false, got {no_decay_bias_norm!r}")
+    trainable = _param_groups(model, trainable, no_decay_bias_norm)  # type: ignore[assignment]
 
     if issubclass(cls, SharpnessAware):
         base_key = OPTIMIZERS.canonical(base) if base in OPTIMIZERS else base
-        if base_key not in _BASES:
+        if base_key not in _base_names():
             raise ConfigError(
-                f"base optimizer for {canonical} must be one of {', '.join(_BASES)}, got {base!r}"
+                f"base optimizer for {canonical} must be one of {', '.join(_base_names())}, "
+                f"got {base!r}"
             )
         base_cls = OPTIMIZERS[base_key]
         own, inner = _accepted(cls), _accepted(base_cls)

@@ -80,6 +80,8 @@ NONDEFAULT = {
     "mse": {"softmax": True, "scale": 2.0},
     "temperature_ce": {"temperature": 3.0},
     "sparsemax": {},
+    "stablemax": {},
+    "spherical_zloss": {"a": 2.0, "b": 0.5},
 }
 
 
@@ -381,6 +383,8 @@ def test_loss_names():
             "mse",
             "temperature_ce",
             "sparsemax",
+            "stablemax",
+            "spherical_zloss",
         ]
     )
 

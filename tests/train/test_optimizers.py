@@ -552,7 +552,8 @@ def test_hyperparameters_round_trip_through_state_dict():
 
 
 def test_registry_names():
-    assert optimizer_names() == sorted(ALL)
+    dynamics = ["entropy_sgd", "fsam", "perp_adam", "perp_adamw", "perp_sgd"]  # test_optimizers_dynamics
+    assert optimizer_names() == sorted(ALL + dynamics)
     assert OPTIMIZERS["sam-on"] is SAMON and OPTIMIZERS["samon"] is SAMON
 
 
