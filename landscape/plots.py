@@ -1192,17 +1192,24 @@ def plot_correlation_panels(rows: Sequence[Mapping[str, Any]], families: Mapping
         tau = np.array([float(r["tau"]) for r in group])
         lo = np.array([float(r.get("tau_low", np.nan)) for r in group])
         hi = np.array([float(r.get("tau_high", np.nan)) for r in group])
-        ax.barh(y, tau, color=["C3" if t < 0 else "C0" for t in tau], alpha=0.75, height=0.6, label="τ")
+        ax.barh(y, tau, color=["C3" if t < 0 else "C0" for t in tau], alpha=0.75, height=min(0.6, 0.2 * len(group) + 0.2))
         ok = np.isfinite(lo) & np.isfinite(hi)
         ax.errorbar(tau[ok], y[ok], xerr=np.vstack([tau[ok] - lo[ok], hi[ok] - tau[ok]]), fmt="none",
                     ecolor="0.25", elinewidth=0.8, capsize=2)
         psi = np.array([float(r.get("psi", np.nan)) for r in group])
         if np.isfinite(psi).any():
-            ax.scatter(psi, y, marker="D", s=16, color="k", zorder=3, label="Ψ")
+            ax.scatter(psi, y, marker="D", s=16, color="k", zorder=3)
         ax.set_yticks(y, [str(r["measure"]) for r in group], fontsize=TICK_SIZE)
         ax.axvline(0.0, color="0.5", linewidth=0.6)
         ax.set_xlim(-1.05, 1.05)
+        ax.set_ylim(-0.75, len(group) - 0.25)
         _labels(ax, "Kendall τ with the gap", None, family)
-        _legend(ax)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    fig.legend([Patch(color="C0", alpha=0.75), Patch(color="C3", alpha=0.75),
+                Line2D([], [], color="0.25", linewidth=0.8), Line2D([], [], marker="D", color="k", linestyle="")],
+               ["τ > 0", "τ < 0", "95% bootstrap CI", "Ψ (granulated τ)"], loc="outside lower center", ncols=4,
+               fontsize=LEGEND_SIZE, frameon=False)
     _suptitle(fig, title)
     return fig
