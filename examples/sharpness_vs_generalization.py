@@ -1,13 +1,13 @@
 """Do sharpness and flatness measures rank a sweep of trained networks by their generalization gap?
 
 Claim. Over a sweep of training hyper-parameters, the measures based on sharpness and flatness
-(PAC-Bayes flatness, worst-case sharpness) correlate with the generalization gap better than
-most of the ~40 complexity measures Jiang et al. compared (Kendall τ, their granulated Ψ, which
-averages τ over groups of runs that differ along one hyper-parameter only, and the conditional
-mutual information score, CMI), while norm-based measures such as the log-product of spectral
-norms correlate negatively (Jiang et al. 2020, "Fantastic generalization measures and where to find
-them"; they stop every run at the same cross-entropy, 0.01, to take the loss level out of the
-comparison). Andriushchenko et al. 2023 ("A modern look at the relationship between sharpness and
+(PAC-Bayes flatness, worst-case sharpness) correlate with the generalization gap better than most of
+the ~40 complexity measures Jiang et al. compared (Kendall τ, their granulated Ψ, which averages τ
+over groups of runs that differ along one hyper-parameter only, and the conditional mutual
+information score, CMI), while norm-based measures such as the log-product of spectral norms
+correlate negatively (Jiang et al. 2020, "Fantastic generalization measures and where to find them";
+they stop every run at the same cross-entropy, 0.01, to take the loss level out of the comparison).
+Andriushchenko et al. 2023 ("A modern look at the relationship between sharpness and
 generalization") find that adaptive worst-case sharpness correlates weakly, often negatively, with
 generalization once the setup is modern: it tracks hyper-parameters such as the learning rate more
 than the gap, so the correlation depends on the setup.
@@ -18,10 +18,10 @@ batch 32/128, weight decay 0/0.005, constant lr, 60 epochs, a checkpoint every e
 ``OUT/runs/``, and compares the runs under two protocols, each a checkpoint rule of
 ``landscape.analyze.collect_runs``: ``last`` (a fixed budget of 60 epochs) and
 ``stop_at_train_loss=0.1`` (Jiang et al.'s equal-loss protocol: each run's first checkpoint whose
-training loss is ≤ 0.1; their 0.01 is out of reach for most runs here, weight decay 0.005 holding
-the loss near 0.02). The rule rather than the trainer's ``stop_at_train_loss``: with a constant lr
-the stopped run is exactly the first epochs of the fixed one, so one sweep serves both protocols
-(no retraining), the hyper-parameters stay the grid's, and the protocol is one flag of
+training loss is ≤ 0.1; their 0.01 is out of reach for 10 of the 16 runs here, weight decay 0.005
+holding the loss near 0.02). The rule rather than the trainer's ``stop_at_train_loss``: with a
+constant lr the stopped run is exactly the first epochs of the fixed one, so one sweep serves both
+protocols (no retraining), the hyper-parameters stay the grid's, and the protocol is one flag of
 ``landscape correlate``. On the checkpoint(s) each rule selects, ``landscape.analyze.analyze`` runs
 the probes ``measures`` (Jiang et al.'s Appendix C: output margin, spectral / Frobenius norm
 products and sums and their margin-normalized forms, distance from initialization, parameter and
@@ -32,16 +32,49 @@ trace) and ``coherence``, ``collapse`` (NC1), ``rankme``. ``collect_runs`` + ``c
 rank every measure the library stores: Kendall τ with the gap (bootstrap 95% interval), Ψ with its
 value per axis, and the PGDL CMI score, for the accuracy gap (train − test accuracy, Jiang et al.'s)
 and the loss gap (test − train loss). No measure is computed here; the one number beside them, the
-final training loss as a control, is a logged metric. The same tables from the command line:
-``landscape correlate OUT/runs --axes lr,batch_size,optimizer,weight_decay --cmi`` and the same with
-``--checkpoint stop_at_train_loss=0.1`` (after ``landscape analyze RUN --probes
+training loss at the checkpoint as a control, is a logged metric. The same tables from the command
+line: ``landscape correlate OUT/runs --axes lr,batch_size,optimizer,weight_decay --cmi`` and the
+same with ``--checkpoint stop_at_train_loss=0.1`` (after ``landscape analyze RUN --probes
 measures,sharpness,hessian --checkpoints last,step:S``, S the stop step listed in ``numbers.json``).
 Figures: ``correlation_panels_fixed.png`` and ``correlation_panels_equal_loss.png`` (one panel per
-measure family, τ bars with CI whiskers and Ψ markers, accuracy gap; ``landscape.plots.plot_correlation_panels``)
-and ``gap_vs_measures.png`` (gap against a few measures, one point per run); every row is in
-``OUT/correlation_table.csv`` and ``numbers.json``.
+measure family, τ bars with CI whiskers and Ψ markers, accuracy gap;
+``landscape.plots.plot_correlation_panels``) and ``gap_vs_measures.png`` (gap against a few
+measures, one point per run); every row is in ``OUT/correlation_table.csv`` and ``numbers.json``.
 
-Finding (default scale, ``numbers.json``). TODO
+Finding (default scale, ``numbers.json``: 38 measures, 16 runs, 3–6.5 minutes on 2 shared CPU
+cores). Fixed budget (accuracy gap 0.033–0.056, train accuracy ≥ 0.988, final train loss 2e-5 to
+0.09): Jiang et al.'s ranking appears. The sharpness-based measures lead — magnitude-aware PAC-Bayes
+flatness τ = +0.68 [0.34, 0.85] (Ψ +0.62), the worst-case sharpness bound ``sharpness_orig`` +0.68,
+adaptive sharpness +0.59 to +0.62 and first-order flatness +0.62 (both Ψ +0.81 and the largest CMI,
+0.29–0.32), λ_max +0.61 (Ψ +0.69); family means: sharpness-based +0.46, curvature +0.57 — while the
+norm-based family averages +0.03: distance from initialization is negative (Frobenius −0.61 [−0.82,
+−0.22], spectral −0.44), the log-product of spectral norms −0.28 with an interval containing 0
+([−0.61, +0.18]), path norm −0.09, and the margin-normalized forms positive (+0.26 to +0.33). But
+the control says what drives it: the final training loss alone has τ +0.54 [0.11, 0.79] (the runs
+still far from a minimum, lr 0.01 with batch 128 at loss 0.07–0.09, are both the sharpest and the
+worst generalizers), and NC1 (+0.66), gradient noise (+0.54) and the inverse margin (+0.51) rank
+about as well; Ψ along weight decay is 0 to +0.25 for the leaders. With the loss gap the signs flip
+(sharpness and λ_max −0.57 to −0.63; log-product of spectral norms +0.70, spectral distance from
+init +0.72 with the largest CMI, 0.36; train-loss control −0.67).
+
+Stopped at equal training loss (0.058–0.100, epochs 5–56, accuracy gap 0.033–0.076; train-loss
+control −0.09): no measure's 95% interval excludes 0 for the accuracy gap, and every CMI is ≤ 0.14
+(≤ 0.32 under the fixed budget). The sharpness-based measures stay positive but weak (family mean
++0.22: adaptive sharpness +0.21 to +0.26, the magnitude-aware PAC-Bayes and worst-case sharpness
+bounds from the initialization +0.38, magnitude-aware PAC-Bayes flatness +0.14, PAC-Bayes flatness
++0.06), λ_max +0.19, the norm-based measures near 0 (−0.03 to +0.16; log-product of spectral norms
++0.09). Within one learning rate the sharper runs still have the larger gap (τ among the 8 runs of
+one lr, ``tau_within_lr_acc_gap``: λ_max +0.96 and +0.29, magnitude-aware PAC-Bayes flatness +0.61
+and +0.71 for lr 0.01 and 0.1), but across learning rates the order breaks (Ψ along lr −0.5 for
+both: the lr 0.1 runs, stopped after 5–10 epochs, are flatter yet generalize worse) — the
+learning-rate-driven, setup-dependent picture of Andriushchenko et al. With the loss gap, adaptive
+sharpness does rank (+0.45 to +0.52, CMI 0.21–0.22, the largest), but so, positively and against
+Jiang et al.'s sign, do most norm-based measures (+0.40 to +0.48; ``fro_over_spectral`` −0.43). So
+Jiang et al.'s signs (sharpness and PAC-Bayes flatness positive, norms negative) appeared under a
+fixed budget, where the loss level explains much of them, and did not survive their own equal-loss
+protocol at this scale (16 runs of one architecture: the parameter count is the same for every run,
+τ 0, and left out of the figures; ``steps_ce_0.1_to_0.01`` is missing from the tables, as 10 runs
+never reach 0.01).
 """
 from __future__ import annotations
 
@@ -77,10 +110,6 @@ PROTOCOLS = {"fixed": "last", "equal_loss": "stop_at_train_loss={stop_loss:g}"}
 TITLES = {"fixed": "fixed budget ({epochs} epochs)", "equal_loss": "stopped at train loss ≤ {stop_loss:g}"}
 GAPS = ("acc", "loss")
 SCATTER = ("lambda_max", "sharpness@{rho}", "pacbayes_mag_flatness", "log_prod_spectral", "dist_init_frobenius")
-
-
-def label(measure: str) -> str:
-    return measure
 
 
 def grid_spec(opts: Options) -> dict[str, Any]:
@@ -121,30 +150,45 @@ def analyze_run(opts: Options, run_dir: Path, rules: list[str]) -> dict[str, str
     from landscape.errors import LandscapeError
     from landscape.run_selection import NotReached, select_run_checkpoint
 
-    chosen: dict[str, str | None] = {}
+    targets = {}
     for rule in rules:
         try:
-            chosen[rule] = select_run_checkpoint(run_dir, rule).name
+            targets[rule] = select_run_checkpoint(run_dir, rule)
         except NotReached:
-            chosen[rule] = None
-    steps = sorted({f"step:{select_run_checkpoint(run_dir, r).step}" for r, name in chosen.items() if name})
+            targets[rule] = None
+    steps = sorted({t.step for t in targets.values() if t is not None})
     settings = probe_settings(opts)
-    report = analyze(run_dir, list(settings), settings=settings, checkpoints=",".join(steps), device=opts.device,
-                     force=opts.force)
+    report = analyze(run_dir, list(settings), settings=settings, checkpoints=",".join(f"step:{s}" for s in steps),
+                     device=opts.device, force=opts.force)
     if report.failures:
         key, error = next(iter(report.failures.items()))
         raise LandscapeError(f"{run_dir}: probe {key} failed: {error.splitlines()[0]}")
-    return chosen
+    return {rule: t.name if t is not None else None for rule, t in targets.items()}
 
 
 def control_row(records: list[dict[str, Any]], gap: np.ndarray, n_boot: int) -> dict[str, float]:
-    """τ (bootstrap 95% interval) of the final training loss, a logged metric, with the gap: how much
-    of a measure's τ the loss level alone would give."""
+    """τ (bootstrap 95% interval) of the training loss logged at the checkpoint with the gap: how
+    much of a measure's τ the loss level alone would give."""
     from landscape.correlate import bootstrap_ci, kendall_tau
 
     loss = np.array([r["train_loss"] for r in records], dtype=float)
     lo, hi = bootstrap_ci(loss, gap, n_boot=n_boot, seed=0)
     return {"tau": kendall_tau(loss, gap), "tau_low": lo, "tau_high": hi}
+
+
+def within_lr(records: list[dict[str, Any]], measures: list[str], n_boot: int) -> dict[str, dict[str, float]]:
+    """``{measure: {lr: τ}}``: ``correlation_table`` on the runs of one learning rate (accuracy gap),
+    to tell an order that holds within a learning rate from one that only separates them."""
+    from landscape.analyze import correlation_table
+
+    lrs = sorted({r["lr"] for r in records})
+    tables = {}
+    for lr in lrs:
+        subset = [r for r in records if r["lr"] == lr]
+        if len(subset) >= 2:
+            tables[f"{lr:g}"] = {row["measure"]: row["tau"] for row in
+                                 correlation_table(subset, gap="acc", axes=[], n_boot=n_boot)}
+    return {m: {lr: t[m] for lr, t in tables.items() if m in t} for m in measures}
 
 
 def write_csv(path: Path, tables: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
@@ -192,7 +236,7 @@ def scatter_figure(records_by_protocol: dict[str, list[dict[str, Any]]],
         row[0].set_ylabel(f"{titles[protocol]}\n{'train − test acc' if gap == 'acc' else 'test − train loss'}",
                           fontsize=8.5)
     for ax, m in zip(grid[-1], measures, strict=True):
-        ax.set_xlabel(label(m), fontsize=9)
+        ax.set_xlabel(m, fontsize=9)
     handles = [Line2D([], [], marker="o", color=f"C{i}", ls="", label=f"lr = {v:g}") for i, v in enumerate(lrs)]
     handles += [Line2D([], [], marker=markers[i % len(markers)], color="0.4", ls="", label=f"batch = {v}")
                 for i, v in enumerate(sizes)]
@@ -229,6 +273,7 @@ def summary(records: list[dict[str, Any]], tables: dict[str, list[dict[str, Any]
                 by_family.setdefault(measure_family(r["measure"]), []).append(r["tau"])
         out[f"family_mean_tau_{gap}_gap"] = {f: float(np.mean(t)) for f, t in by_family.items()}
         out[f"control_train_loss_{gap}_gap"] = control_row(records, gaps[gap], n_boot)
+    out["tau_within_lr_acc_gap"] = within_lr(records, scatter, n_boot)
     out["runs"] = [{"name": Path(r["run"]).name, "checkpoint": r["checkpoint"], "step": r["step"], "epoch": r["epoch"],
                     "gap_acc": ga, "gap_loss": gl, "train_loss": r["train_loss"], "train_acc": r["train_acc"],
                     "test_acc": r["test_acc"], **{m: r.get(m) for m in scatter}}
@@ -267,8 +312,9 @@ def run(opts: Options) -> dict:
                                for gap in GAPS}
     write_csv(opts.out / "correlation_table.csv", tables_by)
 
-    for protocol, tables in tables_by.items():
-        rows = tables["acc"]
+    for protocol, tables in tables_by.items():  # a measure equal for every run (num_params here) has no panel
+        records = records_by[protocol]
+        rows = [r for r in tables["acc"] if len({rec[r["measure"]] for rec in records}) > 1]
         fig = plot_correlation_panels(rows, {r["measure"]: measure_family(r["measure"]) for r in rows},
                                       title=f"{titles[protocol]}: Kendall τ (95% CI) and Ψ with train − test accuracy, "
                                             f"{len(records_by[protocol])} runs")
