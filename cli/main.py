@@ -109,6 +109,11 @@ def train(
         None, "--stop-at-train-loss", help="Stop at the first epoch whose full train-set loss is ≤ X "
         "(checkpointed there and recorded in metrics.jsonl); Jiang et al.'s equal-loss protocol."
     ),
+    monitor: list[str] | None = typer.Option(
+        None, "--monitor", help="NAME[:every=K,subset=N,KEY=VALUE,...], repeatable: a monitor measured while "
+        "training, into metrics.jsonl (lambda_max, grad_norm, weight_norm, update_norm, logit_stats, "
+        "softmax_collapse)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
@@ -145,7 +150,8 @@ def train(
         cfg = RunDir(out).config  # `landscape train --out RUN --resume` continues the stored config
     else:
         cfg = build_train_config(config, overrides, params)
-    result = run_training(cfg, out, resume=resume, overwrite=overwrite, device=device, progress=progress)
+    result = run_training(cfg, out, resume=resume, overwrite=overwrite, device=device, progress=progress,
+                          monitors=monitor)
     final = result.final
     console.print(
         f"run directory: [bold]{_lit(result.run_dir)}[/]  steps {result.steps}  "

@@ -11,6 +11,7 @@ _LAZY = {
         "Result")},
     "analyze": "landscape.analyze",
     "ModelSpec": "landscape.checkpoints",
+    "Monitor": "landscape.train.monitors",
 }
 __all__ = ["__version__", *_LAZY]
 

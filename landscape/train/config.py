@@ -56,6 +56,8 @@ class TrainConfig:
     checkpoints: str = "every:5"
     # stop at the first epoch end whose full-train-set ``train_loss`` (as logged) is ≤ this
     stop_at_train_loss: float | None = None
+    # monitors (landscape.train.monitors): {name: {"every": K, "subset": N, <monitor settings>}}
+    monitors: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = [
@@ -74,6 +76,10 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         parse_checkpoint_schedule(self.checkpoints)  # validates the syntax
+        if self.monitors:
+            from landscape.train.monitors import monitors_from_config
+
+            monitors_from_config(self.monitors)  # validates names and settings
 
     # ---- JSON round trip -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

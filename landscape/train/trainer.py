@@ -4,7 +4,9 @@ RUN_DIR/
   config.json                         {"config": TrainConfig, "model_spec", "dataset", "versions", ...}
   checkpoints/step_000000.safetensors model weights (state_dict incl. BatchNorm buffers)
   checkpoints/step_000000.state.pt    optimizer / schedule / RNG state for resume (weights_only)
-  metrics.jsonl                       one object per evaluation: step, epoch, lr, train/test loss, CE, acc
+  metrics.jsonl                       one object per evaluation: step, epoch, lr, train/test loss, CE, acc;
+                                      monitor values (config.monitors) join the record of their step, or
+                                      make one of their own ({"step", "epoch", "lr", values}) between evaluations
 
 Early stop (``stop_at_train_loss=X``): at every epoch end (step 0 included) the evaluated full
 train-set ``train_loss`` (the training objective's per-sample loss, no flooding; ``train_ce`` is
@@ -15,7 +17,9 @@ appends ``{"step", "epoch", "event": "stopped", "rule": "stop_at_train_loss", "t
 Determinism: the model is initialized from ``seed``; epoch ``e`` visits the training set in the
 order ``randperm(N, generator=seed·1_000_003 + e)``; the torch RNG state (dropout) is saved with
 every checkpoint. A run resumed from any checkpoint therefore ends with bit-identical weights
-(on CPU) to an uninterrupted one.
+(on CPU) to an uninterrupted one. Monitors (:mod:`landscape.train.monitors`) read the model
+functionally and touch no RNG; their states (warm-start vector, previous weights) are saved with
+every checkpoint, so a resumed run repeats their values too.
 """
 
 from __future__ import annotations
@@ -231,14 +235,23 @@ def train(
     device: str | torch.device = "auto",
     progress: bool = True,
     stop_after: int | None = None,
+    monitors: list[Any] | None = None,
 ) -> TrainResult:
     """Train ``config`` into the run directory ``out``.
 
     ``resume`` continues from the newest checkpoint that has its trainer state (a new run if ``out``
     is empty); ``overwrite`` replaces an existing run directory. ``stop_after`` ends this call after
-    that many optimizer steps (as if interrupted; resume finishes the run).
+    that many optimizer steps (as if interrupted; resume finishes the run). ``monitors``
+    (names, ``"name:every=K,..."`` strings or :class:`~landscape.train.monitors.MonitorConfig`)
+    are added to ``config.monitors`` (and so recorded in config.json); their values go into
+    metrics.jsonl at every step they are due (:mod:`landscape.train.monitors`).
     """
     out = Path(out)
+    if monitors:
+        from landscape.train.monitors import parse_monitor
+
+        added = {c.name: c.to_dict() for c in map(parse_monitor, monitors)}
+        config = config.replace(monitors={**config.monitors, **added})
     dev = resolve_device(device)
 
     previous = None
@@ -304,6 +317,7 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
     step = 0
     running = {"loss": 0.0, "correct": 0, "count": 0}
     resumed_from = None
+    monitor_state: dict[str, Any] = {}
     if resuming:
         cp = _latest_resumable(RunDir(out))
         if cp is not None:
@@ -315,6 +329,7 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
             if dev.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], dev)
             step, running = int(state["step"]), dict(state["running"])
+            monitor_state = dict(state.get("monitors", {}))
             resumed_from = step
         kept = _read_metrics(metrics_path, step if cp is not None else -1)
         writing["path"] = metrics_path
@@ -348,8 +363,24 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
     x_train, y_train = data.train.x.to(dev), data.train.y.to(dev)
     x_test, y_test = data.test.x.to(dev), data.test.y.to(dev)
     eval_losses = {"loss": loss_fn.per_sample, "ce": build_loss("ce").per_sample}
+    monitor_set = None
+    if config.monitors:  # on the training set, with the training objective per sample (no flooding)
+        from landscape.train.monitors import MonitorSet, monitors_from_config
 
-    def log_metrics(step: int) -> dict[str, Any]:
+        monitor_set = MonitorSet(monitors_from_config(config.monitors), loss_fn.per_sample, x_train, y_train)
+        monitor_set.load_state_dict(monitor_state, dev)
+
+    def run_monitors(step: int) -> dict[str, Any]:
+        return monitor_set.run(step, model, optimizer) if monitor_set is not None else {}
+
+    def log_monitors(step: int, values: dict[str, Any]) -> None:
+        """A record of monitor values at a step that is not evaluated."""
+        record = {"step": step, "epoch": step / spe, "lr": optimizer.param_groups[0]["lr"], **values}
+        writing["path"] = metrics_path
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def log_metrics(step: int, monitored: dict[str, Any] | None = None) -> dict[str, Any]:
         record: dict[str, Any] = {"step": step, "epoch": step / spe, "lr": optimizer.param_groups[0]["lr"]}
         for split, (x, y) in (("train", (x_train, y_train)), ("test", (x_test, y_test))):
             values = evaluate(model, x, y, eval_losses, config.eval_batch_size)
@@ -357,6 +388,7 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
         if running["count"]:
             record["train_loss_running"] = running["loss"] / running["count"]
             record["train_acc_running"] = running["correct"] / running["count"]
+        record.update(monitored or {})
         record["time"] = time.time()
         if not all(math.isfinite(v) for k, v in record.items() if k.endswith("loss")):
             _diverged(step, "evaluation loss")
@@ -374,6 +406,8 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
             "torch_rng": torch.get_rng_state(),
             "running": dict(running),
         }
+        if monitor_set is not None:
+            state["monitors"] = monitor_set.state_dict()
         if dev.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(dev)
         writing["path"] = ckpt_dir / f"{name}.state.pt"
@@ -410,7 +444,7 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
 
     record: dict[str, Any] = {}
     if step == 0 and resumed_from is None:
-        record = log_metrics(0)
+        record = log_metrics(0, run_monitors(0))
         save_checkpoint(0)
         if reached(0, record):
             stopped = stop_event(0, record["train_loss"])
@@ -460,13 +494,16 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
             running["count"] += len(yb)
 
             epoch_end = step % spe == 0
+            monitored = run_monitors(step)
             if epoch_end or step in save_at:
-                record = log_metrics(step)
+                record = log_metrics(step, monitored)
                 bar.update(
                     step,
                     f"epoch {step / spe:.1f}  loss {record['train_loss']:.4f}  "
                     f"train acc {record['train_acc']:.3f}  test acc {record['test_acc']:.3f}",
                 )
+            elif monitored:
+                log_monitors(step, monitored)
             if epoch_end:
                 running = {"loss": 0.0, "correct": 0, "count": 0}
             stop = epoch_end and reached(step, record)

@@ -1,0 +1,458 @@
+r"""Monitors: the probes' measurements taken while a model trains, on a budget.
+
+A monitor is a small function over the model, the per-sample loss, a fixed set of samples (the
+training set, or a seeded ``subset`` of it: :func:`landscape.probes.base.fixed_subset`), the
+optimizer and the step, returning a flat dict of numbers; its cost is declared beside it. It may
+keep a state between calls (the previous eigenvector, the previous weights): that state is saved
+with every trainer checkpoint, so a resumed run repeats the monitor values bit for bit.
+
+Every quantity is evaluated functionally in eval mode (BatchNorm running statistics, no
+dropout), on the model's own weights, without touching its ``.grad``, its buffers or the global
+RNG: a run with monitors trains exactly as one without.
+
+Registered monitors (``landscape train --monitor NAME[:every=K,subset=N,KEY=VALUE,...]``):
+
+- ``grad_norm``: :math:`\|\nabla L(\theta)\|_2`, ``L = (1/N) Σ_n ℓ_n`` over the monitor samples
+  (the Hessian probe's ``grad_norm``). Cost: one forward + backward pass over them.
+- ``weight_norm``: :math:`\|\theta\|_2` over the trainable parameters (a tied tensor once);
+  ``per_layer=true`` adds ``weight_norm/<module>``. Cost: one pass over the weights.
+- ``update_norm``: :math:`\|\theta_t - \theta_{s}\|_2`, ``s`` the step of the previous call
+  (``update_steps = t − s``; ``every=1`` gives the per-step update); absent at the first call.
+  Cost: one pass over the weights, one copy of them kept.
+- ``logit_stats``: ``logit_norm`` = mean_n :math:`\|z_n\|_2`, ``log_z`` = mean_n
+  :math:`\log\sum_k e^{z_{nk}}`, ``max_abs_logit`` = :math:`\max_{n,k} |z_{nk}|`
+  (a token task's positions count as samples). Cost: one forward pass.
+- ``softmax_collapse``: the fraction of samples whose float32 per-sample loss is exactly 0
+  (Softmax Collapse, Prieto et al. 2025: their gradient is exactly 0). Cost: one forward pass.
+- ``lambda_max``: the top eigenvalue of :math:`\nabla^2 L(\theta)` over the monitor samples by
+  Lanczos (:func:`landscape.linalg.lanczos` on :class:`landscape.linalg.HessianOperator`, as
+  the ``hessian`` probe), started from the previous call's Ritz vector (``warm=true``) and
+  stopped at ``tol`` relative accuracy (``rule``: :func:`top_eigenpair`) or after ``steps`` HVPs.
+  Reports ``lambda_max``, ``lambda_max_residual`` (:math:`\|Hv - θv\|`: an eigenvalue lies
+  within it), ``lambda_max_error`` (the estimate :math:`r^2/\mathrm{gap}` the stop used),
+  ``lambda_max_hvps`` and ``lambda_max_converged``. Cost: at most ``steps`` (default 20)
+  Hessian-vector products (≈ 1.2–2.4 gradients each); warm starts typically need 1–6.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from landscape.core.data import iter_batches, select
+from landscape.core.kernel import logits_at
+from landscape.errors import ConfigError
+from landscape.linalg import HessianOperator, lanczos
+from landscape.outputs import OutputFn
+from landscape.params import layer_blocks, model_state, select_parameters
+from landscape.registry import Registry
+
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class MonitorInputs:
+    """What a monitor reads at one call: the samples are ``(x, y)`` tensors, or ``x`` a
+    ``Split`` / :class:`~landscape.core.data.Stream` with ``y=None``."""
+
+    model: nn.Module
+    loss: PerSampleLoss
+    x: Any
+    y: torch.Tensor | None
+    step: int
+    optimizer: Any = None
+    batch_size: int | None = None
+    output_fn: OutputFn | None = None
+
+    def batches(self) -> Iterator[tuple[Any, torch.Tensor]]:
+        yield from iter_batches(self.x, self.y, self.batch_size)
+
+
+MonitorFn = Callable[[MonitorInputs, dict[str, Any]], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class MonitorSpec:
+    """A registered monitor: ``fn(inputs, state, **params) -> {key: number}``, its parameters'
+    defaults, its default schedule and its cost (in words)."""
+
+    name: str
+    fn: Callable[..., dict[str, float]]
+    cost: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    every: int = 1
+
+
+MONITORS: Registry[MonitorSpec] = Registry("monitor")
+
+
+def register_monitor(name: str, cost: str, every: int = 1, **defaults: Any):
+    """Decorator: ``@register_monitor("grad_norm", "one forward + backward pass")``."""
+
+    def decorator(fn: Callable[..., dict[str, float]]):
+        MONITORS.register(name)(MonitorSpec(name, fn, cost, dict(defaults), every))
+        return fn
+
+    return decorator
+
+
+# ---- the monitors -------------------------------------------------------------------------------
+
+
+def _flat_weights(model: nn.Module) -> tuple[torch.Tensor, Any]:
+    layout = select_parameters(model)
+    params = dict(model.named_parameters())
+    return torch.cat([params[n].detach().reshape(-1) for n in layout.names]), layout
+
+
+def _logits(inp: MonitorInputs) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    state = model_state(inp.model)
+    with torch.no_grad():
+        for xb, yb in inp.batches():
+            yield logits_at(inp.model, state, xb, bn_mode="eval", output_fn=inp.output_fn), yb
+
+
+@register_monitor("grad_norm", "one forward + backward pass over the monitor samples")
+def grad_norm(inp: MonitorInputs, state: dict[str, Any]) -> dict[str, float]:
+    op = HessianOperator(inp.model, inp.loss, inp.x, inp.y, batch_size=inp.batch_size, output_fn=inp.output_fn)
+    _, grad = op.loss_and_gradient()
+    return {"grad_norm": float(grad.norm())}
+
+
+@register_monitor("weight_norm", "one pass over the weights", per_layer=False)
+def weight_norm(inp: MonitorInputs, state: dict[str, Any], per_layer: bool = False) -> dict[str, float]:
+    flat, layout = _flat_weights(inp.model)
+    out = {"weight_norm": float(flat.double().norm())}
+    if per_layer:
+        slices = layout.slices()
+        for block, names in layer_blocks(inp.model, layout).items():
+            parts = torch.cat([flat[slices[n]] for n in names]).double()
+            out[f"weight_norm/{block}"] = float(parts.norm())
+    return out
+
+
+@register_monitor("update_norm", "one pass over the weights; one copy of them kept between calls")
+def update_norm(inp: MonitorInputs, state: dict[str, Any]) -> dict[str, float]:
+    flat, _ = _flat_weights(inp.model)
+    out: dict[str, float] = {}
+    previous = state.get("weights")
+    if previous is not None:
+        out["update_norm"] = float((flat.double() - previous.to(flat.device).double()).norm())
+        out["update_steps"] = int(inp.step - int(state["step"]))
+    state["weights"], state["step"] = flat.clone(), inp.step
+    return out
+
+
+@register_monitor("logit_stats", "one forward pass over the monitor samples")
+def logit_stats(inp: MonitorInputs, state: dict[str, Any]) -> dict[str, float]:
+    norm = log_z = torch.zeros((), dtype=torch.float64)
+    peak = 0.0
+    count = 0
+    for z, _ in _logits(inp):
+        z = z.reshape(-1, z.shape[-1]).double()
+        norm = norm + z.norm(dim=1).sum().cpu()
+        log_z = log_z + torch.logsumexp(z, dim=1).sum().cpu()
+        peak = max(peak, float(z.abs().max())) if z.numel() else peak
+        count += len(z)
+    n = max(count, 1)
+    return {"logit_norm": float(norm) / n, "log_z": float(log_z) / n, "max_abs_logit": peak}
+
+
+@register_monitor("softmax_collapse", "one forward pass over the monitor samples")
+def softmax_collapse(inp: MonitorInputs, state: dict[str, Any]) -> dict[str, float]:
+    zeros = count = 0
+    for z, yb in _logits(inp):
+        values = inp.loss(z.float(), yb)
+        zeros += int((values == 0).sum())
+        count += int(values.numel())
+    return {"softmax_collapse": zeros / count if count else math.nan}
+
+
+@register_monitor("lambda_max", "at most `steps` Hessian-vector products over the monitor samples",
+                  every=10, steps=20, tol=1e-3, rule="error", warm=True, dtype="float32", seed=0)
+def lambda_max(inp: MonitorInputs, state: dict[str, Any], steps: int = 20, tol: float = 1e-3,
+               rule: str = "error", warm: bool = True, dtype: str = "float32",
+               seed: int = 0) -> dict[str, Any]:
+    if dtype not in DTYPES:
+        raise ConfigError(f"lambda_max dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if rule not in RULES:
+        raise ConfigError(f"lambda_max rule must be one of {', '.join(RULES)}, got {rule!r}")
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 2):
+        raise ConfigError(f"lambda_max steps must be an integer ≥ 2, got {steps!r}")
+    if not (isinstance(tol, int | float) and 0 < tol < 1):
+        raise ConfigError(f"lambda_max tol must be a number in (0, 1), got {tol!r}")
+    result = top_eigenpair(inp, steps=steps, tol=float(tol), rule=rule, dtype=DTYPES[dtype], seed=seed,
+                           v0=state.get("vector") if warm else None, gap=state.get("gap"))
+    state["vector"], state["gap"] = result.pop("vector"), result.pop("gap")
+    return result
+
+
+RULES = ("error", "residual")
+
+
+def top_eigenpair(inp: MonitorInputs, *, steps: int, tol: float, rule: str = "error",
+                  dtype: torch.dtype = torch.float32, seed: int = 0, v0: torch.Tensor | None = None,
+                  gap: float | None = None) -> dict[str, Any]:
+    r"""The top eigenpair of the Hessian over ``inp``'s samples by (explicitly restarted) Lanczos
+    from ``v0`` (a seeded Gaussian vector when ``None``), at most ``steps`` HVPs in all.
+
+    With the Ritz pair :math:`(θ, v)` and residual :math:`r = \|Hv - θv\|`,
+    ``rule="residual"`` stops at :math:`r ≤ \mathrm{tol}·|θ|` (an eigenvalue lies within ``r``
+    of θ); ``rule="error"`` also at the eigenvalue-error estimate
+    :math:`r^2/(g|θ|) ≤ \mathrm{tol}·|θ|` (Parlett 1980 §11-7), ``g`` the relative gap
+    :math:`(θ - θ_2)/|θ|` to the next Ritz value, kept no larger than ``gap`` (the previous
+    measurement's) since a short run's θ₂ lies far below λ₂. It is an estimate, not a bound: the
+    gap is estimated. A run is asked for the residual :math:`|θ|\sqrt{\mathrm{tol}·g}` that
+    the error rule needs, and restarted from its Ritz vector when the gap it finds is smaller.
+    Returns ``lambda_max``, ``lambda_max_residual`` (r), ``lambda_max_error`` (the estimate,
+    ``≤ r``), ``lambda_max_hvps``, ``lambda_max_converged``, ``vector`` and ``gap``.
+    """
+    op = HessianOperator(inp.model, inp.loss, inp.x, inp.y, batch_size=inp.batch_size,
+                         dtype=dtype, output_fn=inp.output_fn)
+    v, rel_gap = v0, gap
+    while True:
+        ask = tol
+        if rule == "error" and rel_gap is not None and rel_gap > 0:
+            ask = max(tol, math.sqrt(tol * rel_gap))
+        budget = steps - op.num_matvecs
+        res = lanczos(op.matvec, op.size, max_steps=budget, top_k=1, tol=ask, v0=v, seed=seed, dtype=dtype,
+                      device=op.device, eigenvectors=True, check_every=1)
+        theta, r = float(res.eigenvalues[-1]), float(res.residuals[-1])
+        scale = max(abs(theta), torch.finfo(torch.float64).tiny)
+        found = (theta - float(res.eigenvalues[-2])) / scale if len(res.eigenvalues) > 1 else rel_gap
+        if found is not None and rel_gap is not None:
+            found = min(found, rel_gap)  # a short run's θ₂ lies far below λ₂: keep the smaller gap
+        error = min(r, r * r / (found * scale)) if found and found > 0 else r
+        v = res.eigenvectors[:, -1].detach().clone()
+        done = r <= tol * scale or (rule == "error" and error <= tol * scale)
+        if done or op.num_matvecs >= steps - 1 or found is None or (rel_gap is not None and found >= rel_gap):
+            break
+        rel_gap = found  # the run stopped on a gap larger than the one it found: restart from v
+    return {"lambda_max": theta, "lambda_max_residual": r, "lambda_max_error": error,
+            "lambda_max_hvps": op.num_matvecs, "lambda_max_converged": bool(done),
+            "vector": v, "gap": found if found is not None else rel_gap}
+
+
+# ---- schedules and sets of monitors -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """One monitor and its schedule: called at every step ``s`` with ``s % every == 0`` (step 0,
+    before training, included), on ``subset`` samples of the data (all when ``None``; the same
+    seeded subset at every call), ``batch_size`` at a time (all at once when ``None``)."""
+
+    name: str
+    every: int | None = None
+    subset: int | None = None
+    batch_size: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        spec = MONITORS[self.name]
+        object.__setattr__(self, "name", spec.name)
+        if self.every is None:
+            object.__setattr__(self, "every", spec.every)
+        for key, value in (("every", self.every), ("subset", self.subset), ("batch_size", self.batch_size)):
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ConfigError(f"monitor {self.name}: {key} must be an integer ≥ 1, got {value!r}")
+        unknown = sorted(set(self.params) - set(spec.defaults))
+        if unknown:
+            valid = ", ".join(["every", "subset", "batch_size", *spec.defaults])
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)} for monitor {self.name!r}; valid: {valid}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"every": self.every}
+        if self.subset is not None:
+            out["subset"] = self.subset
+        if self.batch_size is not None:
+            out["batch_size"] = self.batch_size
+        return {**out, **self.params}
+
+
+def parse_monitor(spec: str | MonitorConfig) -> MonitorConfig:
+    """``"lambda_max:every=50,subset=512,steps=30"`` → a :class:`MonitorConfig` (values read as
+    JSON when they can be: ``per_layer=true``, ``tol=1e-4``)."""
+    if isinstance(spec, MonitorConfig):
+        return spec
+    name, _, rest = str(spec).partition(":")
+    settings: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"monitor settings are KEY=VALUE separated by commas, got {item!r} in {spec!r}")
+        try:
+            settings[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key.strip()] = value
+    return monitor_from_dict(name.strip(), settings)
+
+
+def monitor_from_dict(name: str, settings: dict[str, Any]) -> MonitorConfig:
+    """A :class:`MonitorConfig` from ``{"every": K, "subset": N, <monitor params>}``."""
+    if not isinstance(settings, dict):
+        raise ConfigError(f"monitor {name!r}: settings must be a JSON object, got {settings!r}")
+    rest = dict(settings)
+    common = {k: rest.pop(k) for k in ("every", "subset", "batch_size") if k in rest}
+    return MonitorConfig(name, params=rest, **common)
+
+
+def monitors_from_config(monitors: dict[str, dict[str, Any]]) -> list[MonitorConfig]:
+    """The monitors of a ``TrainConfig.monitors`` mapping, in order."""
+    return [monitor_from_dict(name, settings) for name, settings in monitors.items()]
+
+
+class MonitorSet:
+    """Monitors over fixed data: :meth:`run` at every step, :meth:`state_dict` for resume.
+
+    ``x, y`` are the samples (tensors, or ``x`` a Split / Stream with ``y=None``); ``loss`` maps
+    ``(logits, y)`` to one value per sample. A monitor's subset is drawn once, here."""
+
+    def __init__(self, monitors: Iterable[str | MonitorConfig], loss: PerSampleLoss, x: Any,
+                 y: torch.Tensor | None = None, *, output_fn: OutputFn | None = None,
+                 default_every: int | None = None) -> None:
+        from landscape.probes.base import fixed_subset
+
+        configs = [parse_monitor(m) for m in monitors]
+        if default_every is not None:
+            configs = [MonitorConfig(c.name, default_every, c.subset, c.batch_size, c.params)
+                       if not _explicit_every(m) else c for m, c in zip(monitors, configs, strict=True)]
+        names = [c.name for c in configs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"monitor(s) {', '.join(twice)} given twice; give each monitor once")
+        self.configs = configs
+        self.loss = loss
+        self.output_fn = output_fn
+        self.data: dict[str, tuple[Any, torch.Tensor | None]] = {}
+        n = len(x)
+        for c in configs:
+            if c.subset is not None and c.subset > n:
+                raise ConfigError(f"monitor {c.name}: subset={c.subset} but the data hold {n} samples; "
+                                  f"use a subset ≤ {n}")
+            self.data[c.name] = (x, y) if c.subset is None else select(x, y, fixed_subset(n, c.subset, 0))
+        self.states: dict[str, dict[str, Any]] = {c.name: {} for c in configs}
+
+    def due(self, step: int) -> bool:
+        return any(step % c.every == 0 for c in self.configs)
+
+    def run(self, step: int, model: nn.Module, optimizer: Any = None) -> dict[str, Any]:
+        """The values of every monitor due at ``step`` (an empty dict when none is)."""
+        out: dict[str, Any] = {}
+        for c in self.configs:
+            if step % c.every:
+                continue
+            x, y = self.data[c.name]
+            inp = MonitorInputs(model, self.loss, x, y, step, optimizer, c.batch_size, self.output_fn)
+            out.update(MONITORS[c.name].fn(inp, self.states[c.name], **c.params))
+        return out
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """The monitors' states (tensors on the CPU, numbers), for a trainer checkpoint."""
+        return {name: {k: (v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+                for name, s in self.states.items()}
+
+    def load_state_dict(self, states: dict[str, dict[str, Any]], device: torch.device | None = None) -> None:
+        for name in self.states:
+            saved = states.get(name, {})
+            self.states[name] = {k: (v.to(device) if isinstance(v, torch.Tensor) and device is not None else v)
+                                 for k, v in saved.items()}
+
+
+def _explicit_every(spec: str | MonitorConfig) -> bool:
+    if isinstance(spec, MonitorConfig):
+        return True
+    _, _, rest = str(spec).partition(":")
+    return any(item.strip().startswith("every=") for item in rest.split(","))
+
+
+# ---- a user's own training loop -----------------------------------------------------------------
+
+
+class Monitor:
+    """Monitors for a training loop the toolkit did not write.
+
+    >>> mon = ls.Monitor(model, nn.CrossEntropyLoss(), (x, y), ["lambda_max", "grad_norm"],
+    ...                  every=50, out="my_metrics.jsonl")
+    >>> for step in range(1, steps + 1):
+    ...     ...; optimizer.step()
+    ...     mon.step(step, optimizer)      # writes {"step", "lr", <values>} when a monitor is due
+
+    ``data`` and ``loss`` are taken as :mod:`landscape.facade` takes them (tensors / arrays, a
+    Dataset, a DataLoader, dict batches; a per-sample or mean loss; ``task=``). ``every``
+    schedules the monitors named without their own ``every=``. ``out`` (optional) receives one
+    JSON line per call that measured something; an existing non-empty file is kept and refused
+    unless ``append=True``. :meth:`state_dict` / :meth:`load_state_dict` carry the warm-start
+    vectors across a restart of the user's loop.
+    """
+
+    def __init__(self, model: nn.Module, loss: Callable, data: Any, monitors: Sequence[str | MonitorConfig],
+                 every: int | None = None, out: str | Path | None = None, *, append: bool = False,
+                 task: str = "classification", target_key: str = "labels",
+                 output_fn: OutputFn | None = None) -> None:
+        from landscape.batch import forward
+        from landscape.core.data import samples_args
+        from landscape.core.loss import task_loss
+        from landscape.outputs import logits_of
+        from landscape.tasks import get_task
+        from landscape.user_data import as_dataset
+
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(monitors, str):
+            monitors = [monitors]
+        t = get_task(task)
+        dataset = as_dataset(data, None, target_key=target_key, task=t)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        train = dataset.train.to(device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                first = dataset.train.take(torch.arange(min(2, len(dataset.train)))).to(device)
+                logits = logits_of(forward(model, first.x), output_fn)
+        finally:
+            model.train(was_training)
+        per_sample = task_loss(loss, logits, first.y, t, dataset)
+        x, y = samples_args(train)
+        self.model = model
+        self.monitors = MonitorSet(monitors, per_sample, x, y, output_fn=output_fn, default_every=every)
+        self.out = Path(out) if out is not None else None
+        if self.out is not None:
+            if self.out.is_dir():
+                raise ConfigError(f"monitor output {self.out} is a directory; name a file")
+            if self.out.is_file() and self.out.stat().st_size and not append:
+                raise ConfigError(f"{self.out} already holds records; pass append=True to add to it, "
+                                  "or name another file")
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.out.touch()
+
+    def step(self, step: int, optimizer: Any = None) -> dict[str, Any] | None:
+        """Measure the monitors due at ``step`` (call it after ``optimizer.step()``); the record
+        written, or ``None`` when no monitor was due."""
+        if not self.monitors.due(step):
+            return None
+        values = self.monitors.run(step, self.model, optimizer)
+        record: dict[str, Any] = {"step": step}
+        if optimizer is not None and getattr(optimizer, "param_groups", None):
+            record["lr"] = optimizer.param_groups[0]["lr"]
+        record.update(values)
+        if self.out is not None:
+            with open(self.out, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        return record
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        return self.monitors.state_dict()
+
+    def load_state_dict(self, states: dict[str, dict[str, Any]]) -> None:
+        device = next((p.device for p in self.model.parameters()), None)
+        self.monitors.load_state_dict(states, device)
