@@ -13,10 +13,14 @@ _LAZY = {
     "ModelSpec": "landscape.checkpoints",
     "Monitor": "landscape.train.monitors",
 }
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "train", *_LAZY]
 
 
 def __getattr__(name: str):
+    if name == "train":  # ls.train(cfg, out, monitors=[...]): the callable training package
+        import importlib
+
+        return importlib.import_module("landscape.train")
     if name in _LAZY:
         import importlib
 
