@@ -828,20 +828,34 @@ def export(
 
 @app.command()
 def plot(
-    results: Path = typer.Argument(..., help="A results file (analysis.h5)."),
+    results: Path = typer.Argument(..., help="A results file (analysis.h5), or a RUN_DIR (its analysis.h5, "
+                                   "and its monitors over training)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the figures (default: plots/ beside the file)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write PDF."),
     vtp: bool = typer.Option(False, "--vtp", help="Also export 2D loss surfaces for ParaView (.vtp)."),
 ) -> None:
-    """Draw every figure a results file supports, from the file alone."""
-    from landscape.figures import all_figures, plots_dir_for, surface_vtps
+    """Draw every figure a results file (or a run directory) supports, from the files alone."""
+    from landscape.figures import all_figures, monitor_figures, plots_dir_for, surface_vtps
     from landscape.store import Store
 
+    formats = ("png", "pdf") if pdf else ("png",)
+    if results.is_dir() and not (results / "analysis.h5").is_file():  # a RUN_DIR not analyzed yet
+        if not (results / "metrics.jsonl").is_file():
+            raise ConfigError(f"{results} holds neither analysis.h5 nor metrics.jsonl; give a results file or a RUN_DIR")
+        folder = out if out is not None else results / "plots"
+        written = monitor_figures(results, folder, formats)
+        if not written:
+            raise ConfigError(f"{results} has no results file and logged no monitor values (train with --monitor "
+                              "lambda_max, …), so there is nothing to draw; run `landscape analyze` first")
+        console.print(f"figures: [bold]{_lit(folder)}[/] ({len(written)} files)")
+        return
+    if results.is_dir():
+        results = results / "analysis.h5"
     if not results.is_file():
         raise ConfigError(f"results file {results} does not exist")
     Store(results).groups()  # a clear error for a file that is not HDF5
     folder = out if out is not None else plots_dir_for(results)
-    written = all_figures(results, folder, ("png", "pdf") if pdf else ("png",))
+    written = all_figures(results, folder, formats)
     if vtp:
         written += surface_vtps(results, folder)
     console.print(f"figures: [bold]{_lit(folder)}[/] ({len(written)} files)")

@@ -186,10 +186,35 @@ def surface_vtps(store_path: str | Path, plots_dir: str | Path) -> list[Path]:
 
 
 def all_figures(store_path: str | Path, plots_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    """Every figure the results file supports, drawn from the file alone."""
+    """Every figure the results file supports, drawn from the file alone (and, for an
+    ``analysis.h5`` inside a RUN_DIR, the run's monitor values: :func:`monitor_figures`)."""
     store = Store(store_path)
     probes = sorted({g.rpartition("/")[2] for g in store.groups()})
-    return [p for probe in probes for p in probe_figures(store_path, probe, plots_dir, formats)]
+    written = [p for probe in probes for p in probe_figures(store_path, probe, plots_dir, formats)]
+    run_dir = Path(store_path).parent
+    if (run_dir / "config.json").is_file() and (run_dir / "metrics.jsonl").is_file():
+        written += monitor_figures(run_dir, plots_dir, formats)
+    return written
+
+
+def monitor_figures(run_dir: str | Path, plots_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """``plots_dir/monitors``: the monitor values of ``run_dir/metrics.jsonl`` over steps, λ_max
+    against 2/η (η per step from the records, else the run's ``lr``); nothing when no monitor
+    value was logged."""
+    from landscape.checkpoints import RunDir
+    from landscape.plots import monitor_value_keys, plot_monitors, save_figure
+
+    run = RunDir(run_dir)
+    records = run.metrics()
+    if not monitor_value_keys(records):
+        return []
+    cfg = run.config
+    params = cfg.optimizer_params or {}
+    beta = 0.0  # heavy-ball momentum moves GD's threshold (sgd's momentum defaults to 0.9 here)
+    if cfg.optimizer == "sgd" and not params.get("nesterov", False):
+        beta = float(params.get("momentum", 0.9))
+    fig = plot_monitors(records, lr=cfg.lr, momentum=beta, title=f"Monitors — {run.path.name}")
+    return save_figure(fig, Path(plots_dir) / "monitors", formats)
 
 
 def _curve_figures(store: Store, probe: str, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:

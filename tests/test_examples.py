@@ -48,8 +48,12 @@ def _finite_leaves(value, path=""):
 
 
 def test_the_examples_are_the_seven_of_the_issue():
-    assert set(EXAMPLES) == {"sam_vs_sgd", "batch_size_sharpness", "skip_connections", "neural_collapse",
+    assert set(EXAMPLES) >= {"sam_vs_sgd", "batch_size_sharpness", "skip_connections", "neural_collapse",
                              "random_labels", "sharpness_vs_generalization", "hessian_spectrum"}
+
+
+def test_the_training_dynamics_examples_are_there():
+    assert "edge_of_stability" in EXAMPLES
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
