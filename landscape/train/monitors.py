@@ -32,6 +32,27 @@ Registered monitors (``landscape train --monitor NAME[:every=K,subset=N,KEY=VALU
   within it), ``lambda_max_error`` (the estimate :math:`r^2/\mathrm{gap}` the stop used),
   ``lambda_max_hvps`` and ``lambda_max_converged``. Cost: at most ``steps`` (default 20)
   Hessian-vector products (≈ 1.2–2.4 gradients each); warm starts typically need 1–6.
+- ``adam_sharpness``: Adam's preconditioned sharpness (Cohen et al. 2022, "Adaptive gradient
+  methods at the edge of stability"): :math:`\lambda_{max}(P^{-1/2} H P^{-1/2})`,
+  :math:`P = \mathrm{diag}(\sqrt{\hat v} + \epsilon)`, :math:`\hat v` the optimizer's
+  bias-corrected ``exp_avg_sq``, by the same warm-started Lanczos and settings as ``lambda_max``
+  (keys ``adam_sharpness``, ``adam_sharpness_residual``, …), with ``adam_sharpness_threshold``
+  = :math:`(2 + 2\beta_1)/((1 - \beta_1)\eta)` (38/η at β₁ = 0.9). Absent before the first
+  step; a one-line error for an optimizer without Adam state. Cost: as ``lambda_max``.
+- ``nlm_cosine``: :math:`\cos(\nabla L, -\theta)`, the cosine between the gradient and the
+  naïve-loss-minimization direction of Prieto et al. 2025 (−θ for a homogeneous model: the
+  direction in which the gradient only scales the weights, hence the logits, up); +1 when the
+  step :math:`-\eta\nabla L` is parallel to θ. Cost: one forward + backward pass.
+- ``per_sample_loss``: ``per_sample_losses``, the list of per-sample losses on a fixed
+  ``subset`` (default 32, so a metrics line stays short), and ``per_sample_loss_mean``
+  (opposing signals, Rosenfeld & Risteski 2023). Cost: one forward pass over the subset.
+- ``coherence``: ``coherence_m_alpha`` (m·α = ‖Σ_i g_i‖² / Σ_i ‖g_i‖²), ``coherence_alpha``,
+  ``coherence_gsnr_mean`` on a fixed ``subset`` (default 128), by the coherence probe's own
+  :func:`landscape.probes.coherence.coherence`. Cost: per-example gradients of the subset.
+- ``attention_logits``: per layer ``attn_max_logit/<i>`` (max |qᵀk|/√d) and
+  ``attn_entropy/<i>`` (mean attention entropy, nats), and ``attn_max_logit`` over layers, from
+  the model's ``attention_stats(ids)`` (the ``transformer``); a one-line error before training
+  for a model without it. Cost: one forward pass.
 """
 
 from __future__ import annotations
@@ -89,16 +110,22 @@ class MonitorSpec:
     cost: str
     defaults: dict[str, Any] = field(default_factory=dict)
     every: int = 1
+    subset: int | None = None
+    check: Callable[[nn.Module], None] | None = None
 
 
 MONITORS: Registry[MonitorSpec] = Registry("monitor")
 
 
-def register_monitor(name: str, cost: str, every: int = 1, **defaults: Any):
-    """Decorator: ``@register_monitor("grad_norm", "one forward + backward pass")``."""
+def register_monitor(name: str, cost: str, every: int = 1, subset: int | None = None,
+                     check: Callable[[nn.Module], None] | None = None, **defaults: Any):
+    """Decorator: ``@register_monitor("grad_norm", "one forward + backward pass")``. ``subset``:
+    the default number of samples (all when ``None``); ``check(model)`` raises a one-line
+    :class:`ConfigError` when the monitor cannot measure this model (called before the first
+    measurement)."""
 
     def decorator(fn: Callable[..., dict[str, float]]):
-        MONITORS.register(name)(MonitorSpec(name, fn, cost, dict(defaults), every))
+        MONITORS.register(name)(MonitorSpec(name, fn, cost, dict(defaults), every, subset, check))
         return fn
 
     return decorator
@@ -181,14 +208,7 @@ def softmax_collapse(inp: MonitorInputs, state: dict[str, Any]) -> dict[str, flo
 def lambda_max(inp: MonitorInputs, state: dict[str, Any], steps: int = 20, tol: float = 1e-3,
                rule: str = "error", warm: bool = True, dtype: str = "float32",
                seed: int = 0) -> dict[str, Any]:
-    if dtype not in DTYPES:
-        raise ConfigError(f"lambda_max dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if rule not in RULES:
-        raise ConfigError(f"lambda_max rule must be one of {', '.join(RULES)}, got {rule!r}")
-    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 2):
-        raise ConfigError(f"lambda_max steps must be an integer ≥ 2, got {steps!r}")
-    if not (isinstance(tol, int | float) and 0 < tol < 1):
-        raise ConfigError(f"lambda_max tol must be a number in (0, 1), got {tol!r}")
+    lambda_max_settings(steps, tol, rule, dtype, "lambda_max")
     result = top_eigenpair(inp, steps=steps, tol=float(tol), rule=rule, dtype=DTYPES[dtype], seed=seed,
                            v0=state.get("vector") if warm else None, gap=state.get("gap"))
     state["vector"], state["gap"] = result.pop("vector"), result.pop("gap")
@@ -198,9 +218,170 @@ def lambda_max(inp: MonitorInputs, state: dict[str, Any], steps: int = 20, tol: 
 RULES = ("error", "residual")
 
 
+def lambda_max_settings(steps: Any, tol: Any, rule: Any, dtype: Any, name: str) -> None:
+    """Check the Lanczos settings of ``lambda_max`` / ``adam_sharpness`` (one-line errors)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"{name} dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if rule not in RULES:
+        raise ConfigError(f"{name} rule must be one of {', '.join(RULES)}, got {rule!r}")
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 2):
+        raise ConfigError(f"{name} steps must be an integer ≥ 2, got {steps!r}")
+    if not (isinstance(tol, int | float) and 0 < tol < 1):
+        raise ConfigError(f"{name} tol must be a number in (0, 1), got {tol!r}")
+
+
+# ---- more monitors: NLM direction, per-sample losses, coherence, attention, Adam sharpness -----
+
+
+@register_monitor("nlm_cosine", "one forward + backward pass over the monitor samples")
+def nlm_cosine(inp: MonitorInputs, state: dict[str, Any]) -> dict[str, float]:
+    r"""``nlm_cosine`` = :math:`\cos(\nabla L, -\theta) = -\theta^\top\nabla L / (\|\theta\|\,
+    \|\nabla L\|)` over the trainable parameters: +1 when the gradient step :math:`-\eta\nabla L`
+    points along θ, i.e. only scales the weights (for a homogeneous net, scales the logits up: the
+    naïve-loss-minimization direction of Prieto et al. 2025, −θ in gradient space)."""
+    op = HessianOperator(inp.model, inp.loss, inp.x, inp.y, batch_size=inp.batch_size, output_fn=inp.output_fn)
+    _, grad = op.loss_and_gradient()
+    g, theta = grad.double(), op.theta.detach().double()
+    denom = float(g.norm() * theta.norm())
+    return {"nlm_cosine": -float(g @ theta) / denom if denom > 0 else math.nan}
+
+
+@register_monitor("per_sample_loss", "one forward pass over the subset (default 32 samples)", subset=32)
+def per_sample_loss(inp: MonitorInputs, state: dict[str, Any]) -> dict[str, Any]:
+    """``per_sample_losses``: the list of the subset's per-sample losses (float32, in the subset's
+    fixed order; a token task's positions averaged per sequence) and ``per_sample_loss_mean``."""
+    values: list[float] = []
+    for z, yb in _logits(inp):
+        v = inp.loss(z.float(), yb)
+        v = v.reshape(len(yb), -1).mean(dim=1) if v.dim() > 1 else v
+        values.extend(float(a) for a in v.cpu())
+    return {"per_sample_losses": values, "per_sample_loss_mean": sum(values) / len(values) if values else math.nan}
+
+
+@register_monitor("coherence", "per-example gradients of the subset (default 128): ≈ one backward pass "
+                  "with per-example norms", subset=128, method="hooks", dtype="float32")
+def coherence(inp: MonitorInputs, state: dict[str, Any], method: str = "hooks",
+              dtype: str = "float32") -> dict[str, float]:
+    """``coherence_m_alpha`` (m·α = ‖Σ_i g_i‖² / Σ_i ‖g_i‖²), ``coherence_alpha`` and
+    ``coherence_gsnr_mean`` of the subset, by the coherence probe's own function
+    (:func:`landscape.probes.coherence.coherence`, all of the monitor's samples)."""
+    from landscape.probes.coherence import CoherenceConfig
+    from landscape.probes.coherence import coherence as probe
+
+    x, y = inp.x, inp.y
+    if y is None:
+        if not hasattr(x, "x"):
+            raise ConfigError("the coherence monitor needs in-memory samples; give it a subset=N")
+        x, y = x.x, x.y
+    cfg = CoherenceConfig(subset=None, method=method, batch_size=inp.batch_size, per_layer=False,
+                          histogram_bins=1, dtype=dtype)
+    out = probe(inp.model, inp.loss, x, y, cfg, output_fn=inp.output_fn)
+    return {"coherence_m_alpha": float(out["m_alpha"]), "coherence_alpha": float(out["alpha"]),
+            "coherence_gsnr_mean": float(out["gsnr_mean"])}
+
+
+def _has_attention_stats(model: nn.Module) -> None:
+    if not callable(getattr(model, "attention_stats", None)):
+        raise ConfigError(f"the attention_logits monitor needs a model with attention_stats(ids) (the "
+                          f"transformer); {type(model).__name__} has none: drop the monitor")
+
+
+@register_monitor("attention_logits", "one forward pass over the monitor samples", check=_has_attention_stats)
+def attention_logits(inp: MonitorInputs, state: dict[str, Any]) -> dict[str, float]:
+    """Per layer ``i``: ``attn_max_logit/i`` = max |qᵀk|/√d over the samples' causal pairs and
+    heads, ``attn_entropy/i`` = the mean attention entropy (nats) over samples, heads and query
+    positions (the model's ``attention_stats``); ``attn_max_logit`` = the max over layers."""
+    model = inp.model
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    peaks: list[float] = []
+    entropy: list[float] = []
+    count = 0
+    try:
+        with torch.no_grad():
+            for xb, _ in inp.batches():
+                stats = model.attention_stats(xb)
+                if not peaks:
+                    peaks, entropy = [-math.inf] * len(stats), [0.0] * len(stats)
+                for i, s in enumerate(stats):
+                    peaks[i] = max(peaks[i], float(s["max_logit"]))
+                    entropy[i] += float(s["entropy"]) * len(xb)
+                count += len(xb)
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+    out = {f"attn_max_logit/{i}": p for i, p in enumerate(peaks)}
+    out.update({f"attn_entropy/{i}": e / max(count, 1) for i, e in enumerate(entropy)})
+    if peaks:
+        out["attn_max_logit"] = max(peaks)
+    return out
+
+
+def _adam_state(optimizer: Any) -> Any:
+    """The Adam-family optimizer holding ``exp_avg_sq`` (the optimizer, or the base of a wrapper)."""
+    for opt in (optimizer, getattr(optimizer, "base_optimizer", None), getattr(optimizer, "base", None)):
+        if opt is not None and any("exp_avg_sq" in s for s in getattr(opt, "state", {}).values()):
+            return opt
+    return None
+
+
+def adam_preconditioner(model: nn.Module, optimizer: Any, names: Sequence[str]) -> torch.Tensor | None:
+    r""":math:`P = \sqrt{\hat v} + \epsilon` over the parameters ``names`` (flattened in order),
+    :math:`\hat v = v / (1 - \beta_2^t)` the bias-corrected ``exp_avg_sq`` (``max_exp_avg_sq``
+    with amsgrad) of each parameter's group: Adam's step is :math:`-\eta\,\hat m / P`. ``None``
+    before the optimizer's first step."""
+    opt = _adam_state(optimizer)
+    if opt is None:
+        if optimizer is not None and not getattr(optimizer, "state", None):
+            return None  # no step taken yet
+        raise ConfigError(f"adam_sharpness needs an Adam-family optimizer (one with exp_avg_sq state), got "
+                          f"{type(optimizer).__name__ if optimizer is not None else 'none'}")
+    groups = {id(p): g for g in opt.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    parts = []
+    for name in names:
+        p = params[name]
+        st, group = opt.state.get(p, {}), groups.get(id(p))
+        if "exp_avg_sq" not in st or group is None:
+            raise ConfigError(f"adam_sharpness: parameter {name} has no Adam state; the optimizer must "
+                              "hold every trainable parameter")
+        v = st["max_exp_avg_sq"] if group.get("amsgrad") else st["exp_avg_sq"]
+        t = float(st["step"])
+        vhat = v.double() / (1 - group["betas"][1] ** t)
+        parts.append((vhat.sqrt() + group["eps"]).reshape(-1))
+    return torch.cat(parts)
+
+
+@register_monitor("adam_sharpness", "at most `steps` Hessian-vector products over the monitor samples",
+                  every=10, steps=20, tol=1e-3, rule="error", warm=True, dtype="float32", seed=0)
+def adam_sharpness(inp: MonitorInputs, state: dict[str, Any], steps: int = 20, tol: float = 1e-3,
+                   rule: str = "error", warm: bool = True, dtype: str = "float32",
+                   seed: int = 0) -> dict[str, Any]:
+    r"""Adam's preconditioned sharpness (Cohen et al. 2022): :math:`\lambda_{max}(P^{-1/2} H
+    P^{-1/2})`, ``P = diag(√v̂ + ε)`` from the optimizer's state, by the Lanczos of ``lambda_max``
+    (same settings, same keys with the prefix ``adam_sharpness``), and
+    ``adam_sharpness_threshold`` = :math:`(2 + 2\beta_1) / ((1 - \beta_1)\eta)` (38/η at
+    β₁ = 0.9), the first group's. Absent before the optimizer's first step."""
+    lambda_max_settings(steps, tol, rule, dtype, "adam_sharpness")
+    opt = inp.optimizer
+    pre = adam_preconditioner(inp.model, opt, select_parameters(inp.model).names)
+    if pre is None:
+        return {}
+    d = pre.rsqrt()
+    result = top_eigenpair(inp, steps=steps, tol=float(tol), rule=rule, dtype=DTYPES[dtype], seed=seed,
+                           v0=state.get("vector") if warm else None, gap=state.get("gap"), scale=lambda op: d)
+    state["vector"], state["gap"] = result.pop("vector"), result.pop("gap")
+    out = {k.replace("lambda_max", "adam_sharpness"): v for k, v in result.items()}
+    group = _adam_state(opt).param_groups[0]
+    beta1 = group["betas"][0]
+    out["adam_sharpness_threshold"] = (2 + 2 * beta1) / ((1 - beta1) * group["lr"])
+    return out
+
+
 def top_eigenpair(inp: MonitorInputs, *, steps: int, tol: float, rule: str = "error",
                   dtype: torch.dtype = torch.float32, seed: int = 0, v0: torch.Tensor | None = None,
-                  gap: float | None = None) -> dict[str, Any]:
+                  gap: float | None = None,
+                  scale: Callable[[HessianOperator], torch.Tensor] | None = None) -> dict[str, Any]:
     r"""The top eigenpair of the Hessian over ``inp``'s samples by (explicitly restarted) Lanczos
     from ``v0`` (a seeded Gaussian vector when ``None``), at most ``steps`` HVPs in all.
 
@@ -214,16 +395,25 @@ def top_eigenpair(inp: MonitorInputs, *, steps: int, tol: float, rule: str = "er
     the error rule needs, and restarted from its Ritz vector when the gap it finds is smaller.
     Returns ``lambda_max``, ``lambda_max_residual`` (r), ``lambda_max_error`` (the estimate,
     ``≤ r``), ``lambda_max_hvps``, ``lambda_max_converged``, ``vector`` and ``gap``.
+
+    ``scale(op)`` (optional) gives a vector ``d`` over ``op``'s coordinates: the operator is then
+    :math:`DHD`, ``D = diag(d)`` (the preconditioned Hessian of ``adam_sharpness``).
     """
     op = HessianOperator(inp.model, inp.loss, inp.x, inp.y, batch_size=inp.batch_size,
                          dtype=dtype, output_fn=inp.output_fn)
+    matvec = op.matvec
+    if scale is not None:
+        d = scale(op).to(op.device, dtype)
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            return d * op.matvec(d * v)
     v, rel_gap = v0, gap
     while True:
         ask = tol
         if rule == "error" and rel_gap is not None and rel_gap > 0:
             ask = max(tol, math.sqrt(tol * rel_gap))
         budget = steps - op.num_matvecs
-        res = lanczos(op.matvec, op.size, max_steps=budget, top_k=1, tol=ask, v0=v, seed=seed, dtype=dtype,
+        res = lanczos(matvec, op.size, max_steps=budget, top_k=1, tol=ask, v0=v, seed=seed, dtype=dtype,
                       device=op.device, eigenvectors=True, check_every=1)
         theta, r = float(res.eigenvalues[-1]), float(res.residuals[-1])
         scale = max(abs(theta), torch.finfo(torch.float64).tiny)
@@ -305,6 +495,14 @@ def monitor_from_dict(name: str, settings: dict[str, Any]) -> MonitorConfig:
     return MonitorConfig(name, params=rest, **common)
 
 
+def check_monitors(monitors: Iterable[str | MonitorConfig], model: nn.Module) -> None:
+    """Raise the one-line error of the first monitor that cannot measure ``model``."""
+    for m in monitors:
+        check = MONITORS[parse_monitor(m).name].check
+        if check is not None:
+            check(model)
+
+
 def monitors_from_config(monitors: dict[str, dict[str, Any]]) -> list[MonitorConfig]:
     """The monitors of a ``TrainConfig.monitors`` mapping, in order."""
     return [monitor_from_dict(name, settings) for name, settings in monitors.items()]
@@ -338,14 +536,24 @@ class MonitorSet:
             if c.subset is not None and c.subset > n:
                 raise ConfigError(f"monitor {c.name}: subset={c.subset} but the data hold {n} samples; "
                                   f"use a subset ≤ {n}")
-            self.data[c.name] = (x, y) if c.subset is None else select(x, y, fixed_subset(n, c.subset, 0))
+            default = MONITORS[c.name].subset
+            size = c.subset if c.subset is not None else (min(default, n) if default is not None else None)
+            self.data[c.name] = (x, y) if size is None else select(x, y, fixed_subset(n, size, 0))
         self.states: dict[str, dict[str, Any]] = {c.name: {} for c in configs}
+        self._checked: set[int] = set()
+
+    def check(self, model: nn.Module) -> None:
+        """Raise the one-line error of the first monitor that cannot measure ``model``."""
+        if id(model) not in self._checked:
+            check_monitors(self.configs, model)
+            self._checked.add(id(model))
 
     def due(self, step: int) -> bool:
         return any(step % c.every == 0 for c in self.configs)
 
     def run(self, step: int, model: nn.Module, optimizer: Any = None) -> dict[str, Any]:
         """The values of every monitor due at ``step`` (an empty dict when none is)."""
+        self.check(model)
         out: dict[str, Any] = {}
         for c in self.configs:
             if step % c.every:
@@ -425,6 +633,7 @@ class Monitor:
         x, y = samples_args(train)
         self.model = model
         self.monitors = MonitorSet(monitors, per_sample, x, y, output_fn=output_fn, default_every=every)
+        self.monitors.check(model)
         self.out = Path(out) if out is not None else None
         if self.out is not None:
             if self.out.is_dir():

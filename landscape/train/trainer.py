@@ -285,6 +285,10 @@ def train(
         **config.schedule_params,
     )
     save_at = set(checkpoint_steps(config.checkpoints, spe, total))
+    if config.monitors:  # a monitor that cannot measure this model says so before anything is written
+        from landscape.train.monitors import check_monitors, monitors_from_config
+
+        check_monitors(monitors_from_config(config.monitors), model)
     # Only now, with every component built and validated, touch the output directory.
     try:
         resuming = _prepare_run_dir(out, config, resume, overwrite)

@@ -44,7 +44,8 @@ def _run(name, model, x, y, state=None, step=0, **params):
 
 
 def test_registry_names_costs_and_errors():
-    for name in ("grad_norm", "weight_norm", "update_norm", "logit_stats", "softmax_collapse", "lambda_max"):
+    for name in ("grad_norm", "weight_norm", "update_norm", "logit_stats", "softmax_collapse", "lambda_max",
+                 "nlm_cosine", "per_sample_loss", "coherence", "attention_logits", "adam_sharpness"):
         assert MONITORS[name].cost
     c = parse_monitor("lambda_max:every=50,subset=64,tol=1e-4,warm=false")
     assert (c.name, c.every, c.subset, c.params) == ("lambda_max", 50, 64, {"tol": 1e-4, "warm": False})
@@ -256,3 +257,143 @@ def test_cli_monitor_flag(tmp_path, capsys):
     assert "weight_norm/classifier" in last and last["lambda_max_hvps"] <= 10
     rc = main(["train", "--out", str(tmp_path / "bad"), "--monitor", "nope", "--no-progress"])
     assert rc == 2 and "unknown monitor 'nope'" in capsys.readouterr().err
+
+
+# ---- nlm_cosine, per_sample_loss, coherence, attention_logits, adam_sharpness ---------------------
+
+
+def test_nlm_cosine_is_the_cosine_between_the_gradient_and_minus_theta():
+    model, x, y = _problem()
+    grads = torch.autograd.grad(_ce(model(x), y).mean(), list(model.parameters()))
+    g = np.concatenate([a.double().numpy().ravel() for a in grads])
+    theta = np.concatenate([p.detach().double().numpy().ravel() for p in model.parameters()])
+    expect = -g @ theta / (np.linalg.norm(g) * np.linalg.norm(theta))
+    assert _run("nlm_cosine", model, x, y)["nlm_cosine"] == pytest.approx(expect, rel=1e-5)
+    # logits (x, −x) = (1, −1)·x fit to x = ±1 → y = 0 / 1: −∇L ∝ θ, the step only scales θ up
+    lin = nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    xs, ys = torch.tensor([[1.0], [-1.0]]), torch.tensor([0, 1])
+    assert _run("nlm_cosine", lin, xs, ys)["nlm_cosine"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_per_sample_loss_on_its_fixed_subset():
+    from landscape.probes.base import fixed_subset
+
+    model, x, y = _problem()
+    out = MonitorSet(["per_sample_loss"], _ce, x, y).run(0, model)
+    idx = fixed_subset(120, 32, 0).numpy()
+    z = model(x).detach().double().numpy()[idx]
+    lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+    expect = lse - z[np.arange(32), y.numpy()[idx]]
+    assert len(out["per_sample_losses"]) == 32
+    np.testing.assert_allclose(out["per_sample_losses"], expect, rtol=1e-5)
+    assert out["per_sample_loss_mean"] == pytest.approx(expect.mean(), rel=1e-5)
+    assert len(MonitorSet(["per_sample_loss:subset=7"], _ce, x, y).run(0, model)["per_sample_losses"]) == 7
+
+
+def test_coherence_monitor_equals_the_probe_and_a_direct_computation():
+    from landscape.probes.base import fixed_subset
+    from landscape.probes.coherence import CoherenceConfig, coherence
+
+    model, x, y = _problem()
+    out = MonitorSet(["coherence:subset=20"], _ce, x, y).run(0, model)
+    probe = coherence(model, _ce, x, y, CoherenceConfig(subset=20))
+    assert out["coherence_m_alpha"] == float(probe["m_alpha"])
+    assert out["coherence_alpha"] == float(probe["alpha"])
+    gs = []
+    for i in fixed_subset(120, 20, 0).tolist():
+        g = torch.autograd.grad(_ce(model(x[i:i + 1]), y[i:i + 1]).sum(), list(model.parameters()))
+        gs.append(np.concatenate([a.double().numpy().ravel() for a in g]))
+    gs = np.array(gs)
+    m_alpha = np.linalg.norm(gs.sum(0)) ** 2 / (gs ** 2).sum()
+    assert out["coherence_m_alpha"] == pytest.approx(m_alpha, rel=1e-5)
+    assert MonitorSet(["coherence"], _ce, x, y).run(0, model)["coherence_m_alpha"] == pytest.approx(
+        float(coherence(model, _ce, x, y, CoherenceConfig(subset=120))["m_alpha"]))  # default 128 > 120: all
+
+
+def _attention_direct(model, ids):
+    """Per layer, max |qᵀk|/√d and mean entropy from the block's input, in numpy."""
+    inputs = []
+    hooks = [b.attn.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach())) for b in model.blocks]
+    with torch.no_grad():
+        model(ids)
+    for h in hooks:
+        h.remove()
+    out = []
+    for block, h in zip(model.blocks, inputs, strict=True):
+        a = block.attn
+        w, b = a.qkv.weight.detach().double().numpy(), a.qkv.bias.detach().double().numpy()
+        qkv = h.double().numpy() @ w.T + b
+        n, t, width = h.shape
+        d = width // a.heads
+        q = qkv[..., :width].reshape(n, t, a.heads, d).transpose(0, 2, 1, 3)
+        k = qkv[..., width:2 * width].reshape(n, t, a.heads, d).transpose(0, 2, 1, 3)
+        s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)
+        mask = np.tril(np.ones((t, t), dtype=bool))
+        peak = np.abs(s)[..., mask].max()
+        s = np.where(mask, s, -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        ent = -(np.where(mask, p * np.log(np.where(mask, p, 1.0)), 0.0)).sum(-1).mean()
+        out.append((peak, ent))
+    return out
+
+
+def test_attention_logits_per_layer_and_error_for_other_models():
+    from landscape.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("transformer", (6,), 5, vocab=7, layers=2, width=16, heads=2)
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.attn.qkv.weight.mul_(20)  # logits well away from 0
+    ids = torch.randint(0, 7, (24, 6), generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 5, (24,), generator=torch.Generator().manual_seed(2))
+    out = MonitorSet(["attention_logits:batch_size=5"], _ce, ids, y).run(0, model)
+    direct = _attention_direct(model, ids)
+    for i, (peak, ent) in enumerate(direct):
+        assert out[f"attn_max_logit/{i}"] == pytest.approx(peak, rel=1e-5)
+        assert out[f"attn_entropy/{i}"] == pytest.approx(ent, rel=1e-5)
+    assert out["attn_max_logit"] == pytest.approx(max(p for p, _ in direct), rel=1e-5)
+    mlp, x, y = _problem()
+    with pytest.raises(ConfigError, match="attention_logits monitor needs a model with attention_stats"):
+        ls.Monitor(mlp, nn.CrossEntropyLoss(), (x, y), ["attention_logits"])
+    with pytest.raises(ConfigError, match="attention_stats"):
+        MonitorSet(["attention_logits"], _ce, x, y).run(0, mlp)
+
+
+def test_adam_sharpness_matches_a_dense_preconditioned_hessian():
+    model, x, y = _problem(n=60, width=4)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.9, 0.99), eps=1e-3)
+    mons = MonitorSet(["adam_sharpness:every=1,steps=60,tol=1e-6,dtype=\"float64\""], _ce, x, y)
+    assert mons.run(0, model, opt) == {}  # no optimizer state before the first step
+    for _ in range(3):
+        opt.zero_grad()
+        _ce(model(x), y).mean().backward()
+        opt.step()
+    out = mons.run(3, model, opt)
+    h = HessianOperator(model, _ce, x, y, dtype=torch.float64).dense().numpy()
+    p = []
+    for param in model.parameters():
+        st = opt.state[param]
+        vhat = st["exp_avg_sq"].double().numpy().ravel() / (1 - 0.99 ** float(st["step"]))
+        p.append(np.sqrt(vhat) + 1e-3)
+    d = 1 / np.sqrt(np.concatenate(p))
+    dense = np.linalg.eigvalsh(d[:, None] * h * d[None, :])[-1]
+    assert dense > 2 * np.linalg.eigvalsh(h)[-1]  # the preconditioner matters here
+    assert out["adam_sharpness"] == pytest.approx(dense, rel=1e-5)
+    assert out["adam_sharpness_converged"]
+    assert out["adam_sharpness_threshold"] == pytest.approx(38 / 0.01)
+    with pytest.raises(ConfigError, match="adam_sharpness needs an Adam-family optimizer"):
+        sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        _ce(model(x), y).mean().backward()
+        sgd.step()
+        MonitorSet(["adam_sharpness"], _ce, x, y).run(0, model, sgd)
+
+
+def test_trainer_refuses_a_monitor_the_model_cannot_feed_before_writing(tmp_path, capsys):
+    rc = main(["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--train-size", "50", "--no-progress",
+               "--device", "cpu", "--monitor", "attention_logits"])
+    assert rc == 2 and "attention_logits monitor needs a model with attention_stats" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
