@@ -29,32 +29,11 @@ from landscape.train.optimizers import (
     orthogonal_gradient,
     orthogonalized,
 )
+from tests.train.test_optimizers import Quadratic  # the float64 quadratic both files use
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 
 
-class Quadratic(nn.Module):
-    """L(w) = ½ wᵀAw − bᵀw, w = (u, v) over two tensors (so norms are global and per tensor)."""
-
-    def __init__(self, seed: int = 0, n: int = 5) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        m = torch.randn(n, n, generator=g, dtype=torch.float64)
-        self.register_buffer("A", m @ m.T / n + torch.eye(n, dtype=torch.float64))
-        self.register_buffer("b", torch.randn(n, generator=g, dtype=torch.float64))
-        w0 = torch.randn(n, generator=g, dtype=torch.float64)
-        self.u = nn.Parameter(w0[:3].clone())
-        self.v = nn.Parameter(w0[3:].clone())
-
-    def w(self) -> torch.Tensor:
-        return torch.cat([self.u, self.v]).detach().clone()
-
-    def forward(self) -> torch.Tensor:
-        w = torch.cat([self.u, self.v])
-        return 0.5 * w @ self.A @ w - self.b @ w
-
-    def grad(self, w: torch.Tensor) -> torch.Tensor:
-        return self.A @ w - self.b
 
 
 def closure_for(model, opt):
