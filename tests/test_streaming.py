@@ -42,17 +42,7 @@ def _loader(x, y, **kw) -> DataLoader:
 
 def _dense_spectrum(model, x, y) -> np.ndarray:
     """Ascending eigenvalues of the dense Hessian of the mean cross-entropy over all of (x, y)."""
-    params = dict(model.named_parameters())
-    flat = torch.cat([p.detach().reshape(-1) for p in params.values()])
-
-    def mean_loss(theta):
-        tensors, i = {}, 0
-        for name, p in params.items():
-            tensors[name] = theta[i:i + p.numel()].view_as(p)
-            i += p.numel()
-        return nn.functional.cross_entropy(torch.func.functional_call(model, tensors, (x,)), y)
-
-    return np.linalg.eigvalsh(torch.autograd.functional.hessian(mean_loss, flat).numpy())
+    return np.linalg.eigvalsh(_dense_hessian(model, x, y))
 
 
 HESSIAN = dict(top_k=5, bottom_k=1, dtype="float64", trace=False, device="cpu")
