@@ -54,6 +54,7 @@ def test_the_examples_are_the_seven_of_the_issue():
 
 def test_the_training_dynamics_examples_are_there():
     assert "edge_of_stability" in EXAMPLES
+    assert "grokking" in EXAMPLES
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
