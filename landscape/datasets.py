@@ -69,7 +69,7 @@ import torch
 
 from landscape.errors import ConfigError, DataError
 from landscape.registry import Registry
-from landscape.tasks import TOKEN_TASKS
+from landscape.tasks import IGNORE_INDEX, TOKEN_TASKS
 
 __all__ = [
     "DATASETS",
@@ -189,6 +189,7 @@ class RawData(NamedTuple):
     num_classes: int
     info: dict
     normalize: str = "standardize"  # the default of load_dataset(normalize=None) for this loader
+    task: str = "classification"  # landscape.tasks; a token task has targets (N, T), -100 = ignored
 
 
 Loader = Callable[..., RawData]
@@ -283,7 +284,25 @@ def load_dataset(
         "available": {"train": len(y_train), "test": len(y_test)},
     }
 
+    tokens = raw.task in TOKEN_TASKS
+    if tokens:
+        asked = [n for n, v in (("label_noise", label_noise > 0), ("random_labels", random_labels),
+                                ("imbalance_ratio", imbalance_ratio > 1.0)) if v]
+        if asked:
+            raise ConfigError(f"dataset {canonical!r} has per-token targets (task {raw.task!r}); "
+                              f"{', '.join(asked)} {'acts' if len(asked) == 1 else 'act'} on one class label per sample: "
+                              "leave them at their defaults")
+        info["task"] = {"name": raw.task, "ignore_index": IGNORE_INDEX, "shift": raw.task == "causal_lm"}
+
     # 1. subsets
+    if tokens and train_size is not None:  # per-token targets: a plain random subset (no classes)
+        x_train, y_train = _random_subset(canonical, "train", x_train, y_train, train_size,
+                                          _rng(seed, _STREAM_TRAIN_SUBSET))
+        train_size = None
+    if tokens and test_size is not None:
+        x_test, y_test = _random_subset(canonical, "test", x_test, y_test, test_size,
+                                        _rng(seed, _STREAM_TEST_SUBSET))
+        test_size = None
     if train_size is not None:
         idx = _subset(
             canonical, "train", y_train, train_size, num_classes, _rng(seed, _STREAM_TRAIN_SUBSET)
@@ -343,20 +362,29 @@ def load_dataset(
             norm["cast_to"] = str(x_train.dtype)
     info["normalization"] = norm
     info["sizes"] = {"train": len(y_train), "test": len(y_test)}
-    info["class_counts"] = {
-        "train": np.bincount(y_train, minlength=num_classes).tolist(),
-        "test": np.bincount(y_test, minlength=num_classes).tolist(),
-    }
+    if tokens:
+        shift = raw.task == "causal_lm"
+        info["task"]["valid_tokens"] = {
+            split: int(((y[:, 1:] if shift else y) != IGNORE_INDEX).sum()) for split, y in
+            (("train", y_train), ("test", y_test))
+        }
+    else:
+        info["class_counts"] = {
+            "train": np.bincount(y_train, minlength=num_classes).tolist(),
+            "test": np.bincount(y_test, minlength=num_classes).tolist(),
+        }
     info["input_shape"] = list(input_shape)
     info["num_classes"] = num_classes
 
     return Dataset(
         name=canonical,
         train=Split(
-            torch.from_numpy(x_train), torch.from_numpy(np.ascontiguousarray(y_train, np.int64))
+            torch.from_numpy(x_train), torch.from_numpy(np.ascontiguousarray(y_train, np.int64)),
+            raw.task,
         ),
         test=Split(
-            torch.from_numpy(x_test), torch.from_numpy(np.ascontiguousarray(y_test, np.int64))
+            torch.from_numpy(x_test), torch.from_numpy(np.ascontiguousarray(y_test, np.int64)),
+            raw.task,
         ),
         input_shape=input_shape,
         num_classes=num_classes,
@@ -425,8 +453,9 @@ def _check_raw(
         raise DataError(
             f"dataset {name!r}: train inputs {x_train.shape[1:]} and test inputs {x_test.shape[1:]} differ in shape"
         )
+    tokens = raw.task in TOKEN_TASKS
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        if y.ndim != 1 or len(y) != len(x):
+        if y.ndim != (2 if tokens else 1) or len(y) != len(x):
             raise DataError(
                 f"dataset {name!r}: {split} has {len(x)} inputs but labels of shape {y.shape}"
             )
@@ -436,7 +465,9 @@ def _check_raw(
             raise DataError(f"dataset {name!r}: {split} inputs must be numeric, got {x.dtype}")
         if len(y) == 0:
             raise DataError(f"dataset {name!r}: the {split} split is empty")
-        if y.min() < 0 or y.max() >= num_classes:
+        counted = y[y != IGNORE_INDEX] if tokens else y
+        if counted.size and (counted.min() < 0 or counted.max() >= num_classes):
+            y = counted
             raise DataError(
                 f"dataset {name!r}: {split} labels span [{y.min()}, {y.max()}], outside [0, {num_classes - 1}]"
             )
@@ -454,6 +485,15 @@ def _allocate(counts: np.ndarray, size: int) -> np.ndarray:
         order = np.argsort(-(exact - alloc), kind="stable")
         alloc[order[:short]] += 1
     return np.minimum(alloc, counts)
+
+
+def _random_subset(name: str, split: str, x: np.ndarray, y: np.ndarray, size: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A uniformly random subset of ``size`` samples (kept in their order), for per-token targets."""
+    if size > len(y):
+        raise ConfigError(f"{split}_size={size} exceeds the {len(y)} {split} samples of dataset {name!r}")
+    idx = np.sort(rng.choice(len(y), size=size, replace=False))
+    return x[idx], y[idx]
 
 
 def _subset(
@@ -914,6 +954,90 @@ def _modular(
         **({"tokens": {"op": p, "equals": p + 1}} if format == "tokens" else {}),
     }
     return RawData(x[train], c[train], x[test], c[test], p, info, normalize="none")
+
+
+CORPUS = "tinyshakespeare.txt"
+"""The character-level corpus shipped in ``landscape/corpora/`` (see its README)."""
+
+
+def _read_text(path: Path | str | None) -> tuple[str, str]:
+    """The UTF-8 text of ``path`` (the shipped corpus when ``None``) and where it came from."""
+    import hashlib
+    from importlib import resources
+
+    if path is None:
+        data = resources.files("landscape").joinpath("corpora", CORPUS).read_bytes()
+        where = f"landscape/corpora/{CORPUS}"
+    else:
+        file = Path(path).expanduser()
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise DataError(f"cannot read text file {file}: {exc.strerror}; pass path=<a UTF-8 text file>") from exc
+        where = str(file)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where} is not UTF-8 text (byte {exc.start}); pass a UTF-8 text file") from exc
+    return text, f"{where} (sha256 {hashlib.sha256(data).hexdigest()[:16]})"
+
+
+@DATASETS.register("shakespeare_chars", "tiny_shakespeare", "chars", "text")
+def _shakespeare_chars(
+    *,
+    seed: int,
+    root: Path | None,
+    context: int = 64,
+    stride: int | None = None,
+    test_fraction: float = 0.1,
+    path: str | None = None,
+) -> RawData:
+    """Character-level language modelling on a text: next-character targets for every position.
+
+    The text is the shipped corpus (the first 262,063 characters of Karpathy's *tiny
+    shakespeare*, public domain; ``landscape/corpora/README.md``) or the UTF-8 file ``path``.
+    Characters are ids in sorted order of the text's alphabet (``info["alphabet"]``, vocabulary
+    ``info["vocab"]``). The first ``1 − test_fraction`` of the text is the train split, the rest
+    the test split (contiguous, so no window straddles both). A sample is the window
+    ``x = ids[s : s + context]`` with targets ``y = ids[s + 1 : s + context + 1]`` (pre-shifted:
+    position ``t`` predicts character ``t + 1``; task ``token_classification``), for
+    ``s = 0, stride, 2·stride, …`` (``stride`` defaults to ``context``: disjoint windows).
+    ``seed`` is not used: the windows are a deterministic function of the text.
+    """
+    context = _check_int("context", context, minimum=1)
+    stride = context if stride is None else _check_int("stride", stride, minimum=1)
+    test_fraction = _check_float("test_fraction", test_fraction, low=0.0, high=1.0,
+                                 open_low=True, open_high=True)
+    text, source = _read_text(path)
+    alphabet = sorted(set(text))
+    if len(alphabet) < 2:
+        raise DataError(f"{source}: the text has {len(alphabet)} distinct character(s); need at least 2")
+    lookup = {c: i for i, c in enumerate(alphabet)}
+    ids = np.array([lookup[c] for c in text], dtype=np.int64)
+    cut = int(round((1.0 - test_fraction) * len(ids)))
+
+    def windows(part: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
+        starts = np.arange(0, len(part) - context, stride)
+        if not len(starts):
+            raise ConfigError(f"the {split} text has {len(part)} characters, too few for context={context}; "
+                              "lower context or test_fraction")
+        offsets = starts[:, None] + np.arange(context)[None, :]
+        return part[offsets], part[offsets + 1]
+
+    x_train, y_train = windows(ids[:cut], "train")
+    x_test, y_test = windows(ids[cut:], "test")
+    info = {
+        "source": source,
+        "characters": len(ids),
+        "alphabet": "".join(alphabet),
+        "vocab": len(alphabet),
+        "context": context,
+        "stride": stride,
+        "split_at_character": cut,
+        "targets": "next character: y[:, t] = x[:, t + 1] of the text (pre-shifted)",
+    }
+    return RawData(x_train, y_train, x_test, y_test, len(alphabet), info, normalize="none",
+                   task="token_classification")
 
 
 SPARSE_PARITY_ENCODINGS = ("pm1", "binary", "tokens")

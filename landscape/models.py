@@ -1,5 +1,5 @@
 """Model registry: MLP (optionally on embedded token ids), small CNN, CIFAR-style ResNet-20
-(BatchNorm and skips optional), GPT-style decoder-only transformer.
+(BatchNorm and skips optional), GPT-style decoder-only transformer, tiny Vision Transformer.
 
 Every model ends in a linear layer called ``classifier`` whose input is the
 penultimate feature vector (what the neural-collapse probes read).
@@ -209,17 +209,23 @@ TRANSFORMER_HEADS = ("last_token", "lm")
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention through ``F.scaled_dot_product_attention(is_causal=True)``.
+    """Multi-head self-attention through ``F.scaled_dot_product_attention(is_causal=causal)``.
 
+    ``causal=True`` (the default, the ``transformer``) lets position ``i`` attend to ``j ≤ i``;
+    ``causal=False`` (the ``vit``) lets every position attend to every position.
     With ``qk_layernorm`` the queries and keys are layer-normalized per head before the product
     (Dehghani et al. 2023; Wortsman et al. 2023). With ``track`` set, each forward pass also
-    stores in :attr:`stats` the largest attention logit ``max |qᵀk|/√d`` over allowed (causal)
-    pairs and the mean attention entropy ``−Σ_j a_ij log a_ij`` (nats) over queries, batch and
-    heads (an explicit softmax, so tracking costs one extra ``[N, H, T, T]`` product).
+    stores in :attr:`stats` the largest attention logit ``max |qᵀk|/√d`` over allowed (causal:
+    ``j ≤ i``; otherwise all) pairs and the mean attention entropy ``−Σ_j a_ij log a_ij`` (nats)
+    over queries, batch and heads (an explicit softmax, so tracking costs one extra
+    ``[N, H, T, T]`` product).
     """
 
-    def __init__(self, width: int, heads: int, qk_layernorm: bool, bias: bool) -> None:
+    def __init__(
+        self, width: int, heads: int, qk_layernorm: bool, bias: bool, causal: bool = True
+    ) -> None:
         super().__init__()
+        self.causal = causal
         self.heads = heads
         self.head_dim = width // heads
         self.qkv = nn.Linear(width, 3 * width, bias=bias)
@@ -234,15 +240,17 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(n, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.track:
-            self.stats = _attention_stats(q.detach(), k.detach())
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            self.stats = _attention_stats(q.detach(), k.detach(), self.causal)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.proj(out.transpose(1, 2).reshape(n, t, w))
 
 
-def _attention_stats(q: torch.Tensor, k: torch.Tensor) -> dict[str, float]:
+def _attention_stats(q: torch.Tensor, k: torch.Tensor, causal: bool = True) -> dict[str, float]:
     t = q.shape[-2]
     logits = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    allowed = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    allowed = torch.ones(t, t, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed = allowed.tril()
     max_logit = logits.abs().masked_fill(~allowed, 0.0).amax()
     log_a = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
     entropy = -(log_a.exp() * log_a.masked_fill(~allowed, 0.0)).sum(-1).mean()
@@ -250,14 +258,23 @@ def _attention_stats(q: torch.Tensor, k: torch.Tensor) -> dict[str, float]:
 
 
 class DecoderBlock(nn.Module):
-    """Pre-LN block: ``x + attn(LN(x))``, then ``x + MLP(LN(x))`` (MLP: width → ratio·width → width)."""
+    """Pre-LN block: ``x + attn(LN(x))``, then ``x + MLP(LN(x))`` (MLP: width → ratio·width → width).
+
+    ``causal=False`` makes it an encoder block (bidirectional attention; the ``vit``)."""
 
     def __init__(
-        self, width: int, heads: int, mlp_ratio: int, activation: str, qk_layernorm: bool, bias: bool
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: int,
+        activation: str,
+        qk_layernorm: bool,
+        bias: bool,
+        causal: bool = True,
     ) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(width)
-        self.attn = CausalSelfAttention(width, heads, qk_layernorm, bias)
+        self.attn = CausalSelfAttention(width, heads, qk_layernorm, bias, causal)
         self.ln2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
             nn.Linear(width, mlp_ratio * width, bias=bias),
@@ -338,12 +355,7 @@ class Transformer(nn.Module):
         )
         self.ln_f = nn.LayerNorm(width)
         self.classifier = nn.Linear(width, out, bias=bias and not tie_embeddings)
-        for name, p in self.named_parameters():
-            if p.dim() >= 2:
-                std = 0.02 / math.sqrt(2 * max(layers, 1)) if name.endswith(("proj.weight", "mlp.2.weight")) else 0.02
-                nn.init.normal_(p, 0.0, std)
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
+        _gpt2_init(self, layers)
         if tie_embeddings:
             self.classifier.weight = self.tok_emb.weight
 
@@ -369,15 +381,130 @@ class Transformer(nn.Module):
     def attention_stats(self, ids: torch.Tensor) -> list[dict[str, float]]:
         """Per layer: ``max_logit`` (max |qᵀk|/√d over causal pairs) and mean attention ``entropy``
         (nats) on ``ids``, from one extra forward pass."""
-        attns = [b.attn for b in self.blocks]
+        return _tracked_attention_stats(self.blocks, self.hidden, ids)
+
+
+def _gpt2_init(model: nn.Module, layers: int) -> None:
+    """GPT-2 initialization: every weight of ≥ 2 dims ``N(0, 0.02²)``, the residual output
+    projections (``attn.proj``, ``mlp.2``) ``N(0, 0.02²/(2·layers))``, zero biases; LayerNorm
+    gains stay 1."""
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            std = 0.02 / math.sqrt(2 * max(layers, 1)) if name.endswith(("proj.weight", "mlp.2.weight")) else 0.02
+            nn.init.normal_(p, 0.0, std)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+
+
+def _tracked_attention_stats(
+    blocks: nn.ModuleList, hidden: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> list[dict[str, float]]:
+    """Each block's attention statistics from one forward pass ``hidden(x)`` with tracking on."""
+    attns = [b.attn for b in blocks]
+    for a in attns:
+        a.track = True
+    try:
+        hidden(x)
+    finally:
         for a in attns:
-            a.track = True
-        try:
-            self.hidden(ids)
-        finally:
-            for a in attns:
-                a.track = False
-        return [dict(a.stats) for a in attns]
+            a.track = False
+    return [dict(a.stats) for a in attns]
+
+
+VIT_POOLS = ("cls", "mean")
+
+
+@MODELS.register("vit")
+class ViT(nn.Module):
+    """Tiny Vision Transformer (Dosovitskiy et al. 2021) on images ``[N, C, H, W]`` (or flat
+    ``[N, C·H·W]``, reshaped to the dataset's image shape, e.g. digits → ``[N, 1, 8, 8]``).
+
+    Non-overlapping ``patch``×``patch`` patches, embedded linearly (a Conv2d with kernel = stride
+    = ``patch``; ``patch`` must divide H and W) in row-major order → with ``pool="cls"`` a learned
+    [CLS] token in front → + learned position embeddings (one per token) → ``layers`` pre-LN
+    encoder blocks (the transformer's blocks with bidirectional, not causal, attention; optional
+    qk-layernorm) → final LayerNorm → ``classifier`` on the [CLS] token (``pool="cls"``) or on the
+    mean of the patch tokens (``pool="mean"``). Initialization as the ``transformer`` (GPT-2:
+    weights incl. patch kernel, [CLS] and positions ``N(0, 0.02²)``, residual output projections
+    ``N(0, 0.02²/(2·layers))``, zero biases). No dropout.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        layers: int = 2,
+        width: int = 64,
+        heads: int = 4,
+        patch: int = 4,
+        mlp_ratio: int = 4,
+        activation: str = "gelu",
+        qk_layernorm: bool = False,
+        pool: str = "cls",
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        c, h, w = _as_image_shape(input_shape, "vit")
+        for name, value, low in (("layers", layers, 0), ("width", width, 1), ("heads", heads, 1),
+                                 ("patch", patch, 1), ("mlp_ratio", mlp_ratio, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"vit {name} must be an integer ≥ {low}, got {value!r}")
+        if width % heads:
+            raise ConfigError(f"vit width ({width}) must be a multiple of heads ({heads})")
+        if pool not in VIT_POOLS:
+            raise ConfigError(f"vit pool must be one of {', '.join(VIT_POOLS)}, got {pool!r}")
+        if h % patch or w % patch:
+            g = math.gcd(h, w)
+            fits = ", ".join(str(d) for d in range(1, g + 1) if g % d == 0)
+            raise ConfigError(
+                f"vit patch={patch} does not divide the {h}×{w} images; choose a patch that divides "
+                f"both height and width ({fits})"
+            )
+        self.image_shape = (c, h, w)
+        self.pool = pool
+        self.num_patches = (h // patch) * (w // patch)
+        tokens = self.num_patches + (pool == "cls")
+        self.patch_emb = nn.Conv2d(c, width, patch, stride=patch, bias=bias)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if pool == "cls" else None
+        self.pos_emb = nn.Parameter(torch.zeros(1, tokens, width))
+        self.blocks = nn.ModuleList(
+            DecoderBlock(width, heads, mlp_ratio, activation, qk_layernorm, bias, causal=False)
+            for _ in range(layers)
+        )
+        self.ln_f = nn.LayerNorm(width)
+        self.classifier = nn.Linear(width, num_classes, bias=bias)
+        _gpt2_init(self, layers)
+
+    def _images(self, x: torch.Tensor) -> torch.Tensor:
+        shape = self.image_shape
+        if x.is_floating_point() and x.dim() == 2 and x.shape[1] == math.prod(shape):
+            return x.reshape(len(x), *shape)
+        if not x.is_floating_point() or tuple(x.shape[1:]) != shape:
+            raise DataError(
+                f"vit takes floating images of shape [N, {', '.join(map(str, shape))}] (or flat "
+                f"[N, {math.prod(shape)}]), got {x.dtype} {tuple(x.shape)}"
+            )
+        return x
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """Final-LayerNorm tokens ``[N, T, width]`` (T = patches, + 1 in front for [CLS])."""
+        h = self.patch_emb(self._images(x)).flatten(2).transpose(1, 2)
+        if self.cls_token is not None:
+            h = torch.cat([self.cls_token.expand(len(h), -1, -1), h], dim=1)
+        h = h + self.pos_emb
+        for block in self.blocks:
+            h = block(h)
+        return self.ln_f(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.hidden(x)
+        return self.classifier(h[:, 0] if self.pool == "cls" else h.mean(1))
+
+    @torch.no_grad()
+    def attention_stats(self, x: torch.Tensor) -> list[dict[str, float]]:
+        """Per layer: ``max_logit`` (max |qᵀk|/√d over all token pairs) and mean attention
+        ``entropy`` (nats) on images ``x``, from one extra forward pass."""
+        return _tracked_attention_stats(self.blocks, self.hidden, x)
 
 
 def model_params(name: str) -> dict[str, Any]:

@@ -321,14 +321,14 @@ def _no_dataset_message(target: Target) -> str:
 def load_data_and_loss(target: Target, data_spec: DataSpec | None):
     """``(Dataset, Loss)`` the target was trained with (RUN_DIR) or that ``data_spec`` names."""
     from landscape.datasets import load_dataset
-    from landscape.train.losses import build_loss
+    from landscape.train.losses import build_loss, task_objective
     from landscape.train.trainer import load_data
 
     if target.run_dir is not None:
         run = RunDir(target.run_dir)
         cfg = run.config
         data = load_data(cfg, run.meta)  # the data the run saw, as its config.json records it
-        return data, build_loss(cfg.loss, z_loss=cfg.z_loss, **cfg.loss_params)
+        return data, task_objective(build_loss(cfg.loss, z_loss=cfg.z_loss, **cfg.loss_params), data)
     if data_spec is None or not data_spec.named:
         raise ConfigError(_no_dataset_message(target))
     spec = data_spec

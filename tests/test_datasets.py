@@ -131,6 +131,7 @@ def test_registry_names_and_aliases():
         "mnist",
         "modular",
         "npz",
+        "shakespeare_chars",
         "sparse_parity",
         "teacher_student",
     ]

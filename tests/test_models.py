@@ -6,7 +6,8 @@ from landscape.errors import ConfigError
 from landscape.models import MODELS, build_model, count_parameters, model_params
 from landscape.registry import UnknownNameError
 
-SHAPES = {"mlp": (1, 8, 8), "cnn": (3, 16, 16), "resnet20": (3, 32, 32), "transformer": (6,)}
+SHAPES = {"mlp": (1, 8, 8), "cnn": (3, 16, 16), "resnet20": (3, 32, 32), "transformer": (6,),
+          "vit": (3, 16, 16)}
 PARAMS = {"transformer": {"vocab": 11, "width": 16, "heads": 2}}  # token ids in [0, 11)
 
 

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from landscape.errors import ConfigError
 from landscape.registry import Registry
+from landscape.tasks import TOKEN_TASKS, sequence_loss
 
 __all__ = [
     "LOSSES",
@@ -561,6 +562,36 @@ def build_loss(
 ) -> Loss:
     """The :class:`Loss` for a registered name (or alias) and its parameters."""
     return Loss(name, z_loss=z_loss, flooding=flooding, **params)
+
+
+class SequenceLoss(torch.nn.Module):
+    r"""The training objective of a token task from a per-token :class:`Loss`:
+    ``ℓ_n = c · Σ_{t valid} ℓ(z_{n,t}, y_{n,t})`` with ``c = N / T_total`` of the training split
+    (:func:`landscape.tasks.sequence_loss`), so the batch mean is the token-weighted mean at the
+    training split's scale; the loss's z-loss term is per token, flooding acts on the batch mean."""
+
+    def __init__(self, loss: Loss, task: str, scale: float) -> None:
+        super().__init__()
+        self.loss, self.task, self.scale = loss, task, float(scale)
+        self.per_sample = sequence_loss(loss.per_sample, task, self.scale)
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        loss = self.per_sample(logits, targets).mean()
+        if self.loss.flooding is not None:
+            loss = (loss - self.loss.flooding).abs() + self.loss.flooding
+        return loss
+
+    def spec(self) -> dict[str, Any]:
+        return {**self.loss.spec(), "task": self.task, "token_scale": self.scale}
+
+
+def task_objective(loss: Loss, data: Any) -> Loss | SequenceLoss:
+    """``loss`` as the objective of ``data``'s task (``data.info["task"]``, classification when
+    absent): itself for classification, a :class:`SequenceLoss` for per-token targets."""
+    task = (data.info or {}).get("task") or {}
+    if task.get("name") not in TOKEN_TASKS:
+        return loss
+    return SequenceLoss(loss, task["name"], len(data.train) / task["valid_tokens"]["train"])
 
 
 def loss_names() -> list[str]:

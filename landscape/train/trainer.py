@@ -49,9 +49,10 @@ from landscape.checkpoints import (
 from landscape.datasets import Dataset, load_dataset
 from landscape.errors import ConfigError, TrainingDiverged
 from landscape.evaluate import evaluate
-from landscape.models import build_model
+from landscape.models import build_model, model_params
 from landscape.train.config import TrainConfig, checkpoint_steps
-from landscape.train.losses import Loss, build_loss
+from landscape.tasks import correct_count
+from landscape.train.losses import Loss, SequenceLoss, build_loss, task_objective
 from landscape.train.optimizers import bn_first_pass_only, build_optimizer
 from landscape.train.schedules import build_schedule
 from landscape.utils import (
@@ -99,8 +100,20 @@ def load_data(config: TrainConfig, meta: dict[str, Any] | None = None) -> Datase
     return data
 
 
-def build_loss_from(config: TrainConfig) -> Loss:
-    return build_loss(config.loss, z_loss=config.z_loss, flooding=config.flooding, **config.loss_params)
+def build_loss_from(config: TrainConfig, data: Dataset | None = None) -> Loss | SequenceLoss:
+    """The training objective: the config's loss, per token when ``data`` has token targets."""
+    loss = build_loss(config.loss, z_loss=config.z_loss, flooding=config.flooding, **config.loss_params)
+    return loss if data is None else task_objective(loss, data)
+
+
+def model_params_for(config: TrainConfig, data: Dataset) -> dict[str, Any]:
+    """``config.model_params`` plus ``vocab`` from the dataset (``info["source"]["vocab"]``) when
+    the model takes one and the config does not set it (recorded in config.json's model_spec)."""
+    params = dict(config.model_params)
+    vocab = (data.info.get("source") or {}).get("vocab") if isinstance(data.info, dict) else None
+    if "vocab" not in params and vocab is not None and "vocab" in model_params(config.model):
+        params["vocab"] = int(vocab)
+    return params
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -262,8 +275,9 @@ def train(
             previous = None  # _prepare_run_dir reports a damaged config.json
     data = load_data(config, previous if isinstance(previous, dict) else None)
     seed_everything(config.seed)
-    model = build_model(config.model, data.input_shape, data.num_classes, **config.model_params).to(dev)
-    loss_fn = build_loss_from(config)
+    model = build_model(config.model, data.input_shape, data.num_classes,
+                        **model_params_for(config, data)).to(dev)
+    loss_fn = build_loss_from(config, data)
     optimizer = build_optimizer(
         config.optimizer,
         model,
@@ -349,7 +363,7 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
                     "name": config.model,
                     "input_shape": list(data.input_shape),
                     "num_classes": data.num_classes,
-                    "params": config.model_params,
+                    "params": model_params_for(config, data),
                     "factory": None,
                 },
                 "dataset": {"name": data.name, "n_train": n_train, "n_test": len(data.test), "info": data.info},
@@ -366,7 +380,8 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
 
     x_train, y_train = data.train.x.to(dev), data.train.y.to(dev)
     x_test, y_test = data.test.x.to(dev), data.test.y.to(dev)
-    eval_losses = {"loss": loss_fn.per_sample, "ce": build_loss("ce").per_sample}
+    eval_losses = {"loss": loss_fn.per_sample, "ce": task_objective(build_loss("ce"), data).per_sample}
+    task = (data.info.get("task") or {}).get("name", "classification")
     monitor_set = None
     if config.monitors:  # on the training set, with the training objective per sample (no flooding)
         from landscape.train.monitors import MonitorSet, monitors_from_config
@@ -387,11 +402,11 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
     def log_metrics(step: int, monitored: dict[str, Any] | None = None) -> dict[str, Any]:
         record: dict[str, Any] = {"step": step, "epoch": step / spe, "lr": optimizer.param_groups[0]["lr"]}
         for split, (x, y) in (("train", (x_train, y_train)), ("test", (x_test, y_test))):
-            values = evaluate(model, x, y, eval_losses, config.eval_batch_size)
+            values = evaluate(model, x, y, eval_losses, config.eval_batch_size, task=task)
             record.update({f"{split}_{k}": v for k, v in values.items()})
         if running["count"]:
             record["train_loss_running"] = running["loss"] / running["count"]
-            record["train_acc_running"] = running["correct"] / running["count"]
+            record["train_acc_running"] = running["correct"] / running.get("counted", running["count"])
         record.update(monitored or {})
         record["time"] = time.time()
         if not all(math.isfinite(v) for k, v in record.items() if k.endswith("loss")):
@@ -478,11 +493,15 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
             xb, yb = x_train[idx], y_train[idx]
             first: dict[str, torch.Tensor] = {}
 
-            def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb, first: dict = first) -> torch.Tensor:
+            def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb, first: dict = first,
+                        idx: torch.Tensor = idx, epoch: int = epoch) -> torch.Tensor:
                 optimizer.zero_grad(set_to_none=True)
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
-                loss.backward()
+                objective = loss
+                if hasattr(optimizer, "auxiliary_loss"):  # SAF / MESA: a term that enters the backward
+                    objective = loss + optimizer.auxiliary_loss(model, xb, logits, idx, epoch)
+                objective.backward()  # the returned (logged) loss stays the task loss alone
                 if not first:
                     first["logits"] = logits.detach()
                 return loss.detach()
@@ -494,7 +513,9 @@ def _train_into(out: Path, config: TrainConfig, dev: torch.device, data: Dataset
                 _diverged(step, "training loss")
             step += 1
             running["loss"] += loss_value * len(yb)
-            running["correct"] += int((first["logits"].argmax(1) == yb).sum())
+            correct, counted = correct_count(first["logits"], yb, task)
+            running["correct"] += int(correct)
+            running["counted"] = running.get("counted", running["count"]) + counted
             running["count"] += len(yb)
 
             epoch_end = step % spe == 0
