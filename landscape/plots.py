@@ -1225,10 +1225,16 @@ MONITOR_PANELS: list[tuple[str, tuple[str, ...], str, bool]] = [
     ("update norm", ("update_norm",), r"$\|\theta_t - \theta_s\|_2$", True),
     ("logit statistics", ("logit_norm", "log_z", "max_abs_logit"), None, False),
     ("softmax collapse", ("softmax_collapse",), "fraction of samples with loss 0", False),
+    ("preconditioned sharpness (Adam)", ("adam_sharpness", "adam_sharpness_threshold"), "top eigenvalue", False),
+    ("cosine to the NLM direction", ("nlm_cosine",), r"$\cos(\nabla L, -\theta)$", False),
+    ("max attention logit", ("attn_max_logit",), r"$\max |q^\top k|/\sqrt{d}$", True),
+    ("per-sample loss (subset mean)", ("per_sample_loss_mean",), "loss", False),
 ]
 # keys that are not monitor values of their own: the trainer's record and the monitors' bookkeeping
 _NOT_MONITORED = {"step", "epoch", "lr", "update_steps", "lambda_max_residual", "lambda_max_error",
-                  "lambda_max_hvps", "lambda_max_converged", "value", "threshold", "time"}
+                  "lambda_max_hvps", "lambda_max_converged", "value", "threshold", "time",
+                  "adam_sharpness_residual", "adam_sharpness_error", "adam_sharpness_hvps",
+                  "adam_sharpness_converged"}
 STABILITY_COLOR = "0.35"
 
 
@@ -1263,7 +1269,10 @@ def plot_monitors(records: Iterable[Mapping[str, Any]], *, lr: float | None = No
     ``lr``, else ``lr``, left out where η = 0; plain GD diverges along an eigendirection whose
     eigenvalue exceeds it),
     ``grad_norm`` (log y), ``weight_norm``, ``update_norm`` (log y), ``logit_norm`` / ``log_z`` /
-    ``max_abs_logit`` in one panel, ``softmax_collapse``; then any other numeric key (other than
+    ``max_abs_logit`` in one panel, ``softmax_collapse``, ``adam_sharpness`` (with its residual
+    band and the dashed ``adam_sharpness_threshold`` :math:`(2+2β_1)/((1-β_1)\eta)` of Cohen et
+    al. 2022), ``nlm_cosine``, ``attn_max_logit`` (log y), ``per_sample_loss_mean``; then any
+    other numeric key (other than
     the trainer's train_/test_ values), keys ``a/b`` grouped in a panel ``a`` (per-layer values).
     The line is :math:`2/\eta`, plain GD's threshold, or :math:`(2 + 2β)/\eta` with heavy-ball
     ``momentum`` β (Cohen et al. 2021, App.); Adam's is about the preconditioned Hessian.
@@ -1316,12 +1325,16 @@ def plot_monitors(records: Iterable[Mapping[str, Any]], *, lr: float | None = No
             ys = column(key)
             keep = np.isfinite(ys)
             x, y = xs_all[keep], ys[keep]
+            if key == "adam_sharpness_threshold":  # (2 + 2β₁)/((1 − β₁)η): 38/η at β₁ = 0.9
+                ax.plot(x, y, linestyle="--", color=STABILITY_COLOR, linewidth=1.2, label="(2+2β₁)/((1−β₁)η)")
+                continue
             _plot_series(ax, x, _positive(y) if log else y, color=f"C{j}", linewidth=1.4,
                          label=key.rpartition("/")[2] if len(keys) > 1 else key)
-            if key == "lambda_max":
-                r = column("lambda_max_residual")[keep]
+            if key in ("lambda_max", "adam_sharpness"):
+                r = column(f"{key}_residual")[keep]
                 if np.isfinite(r).any():
                     ax.fill_between(x, y - r, y + r, color="C0", alpha=0.2, linewidth=0)
+            if key == "lambda_max":
                 eta = np.where(np.isfinite(lrs[keep]), lrs[keep], np.nan if lr is None else float(lr))
                 with np.errstate(invalid="ignore"):
                     eta = np.where(eta > 0, eta, np.nan)  # η = 0 (a schedule's end): no threshold

@@ -99,12 +99,29 @@ def test_panels_for_every_monitor_and_unknown_keys_grouped():
     ]
     fig = plots.plot_monitors(records)
     assert [ax.get_title() for ax in fig.axes] == ["weight norm", "update norm", "logit statistics",
-                                                   "softmax collapse", "nlm_cosine", "weight_norm"]
+                                                   "softmax collapse", "cosine to the NLM direction",
+                                                   "weight_norm"]
     logits = _axes(fig, "logit statistics")
     assert [ln.get_label() for ln in logits.lines] == ["logit_norm", "log_z", "max_abs_logit"]
     per_layer = _axes(fig, "weight_norm")
     assert [ln.get_label() for ln in per_layer.lines] == ["fc1", "fc2"]
     np.testing.assert_array_equal(_line(_axes(fig, "update norm"), "update_norm").get_xdata(), [1.0])
+
+
+def test_adam_sharpness_panel_draws_its_threshold_dashed_and_its_residual_band():
+    records = [{"step": s, "lr": 1e-3, "adam_sharpness": 30.0 + s, "adam_sharpness_residual": 0.5,
+                "adam_sharpness_threshold": 38_000.0, "adam_sharpness_hvps": 4, "attn_max_logit": 2.0 ** s}
+               for s in range(3)]
+    fig = plots.plot_monitors(records)
+    assert [ax.get_title() for ax in fig.axes] == ["preconditioned sharpness (Adam)", "max attention logit"]
+    ax = _axes(fig, "preconditioned sharpness (Adam)")
+    np.testing.assert_array_equal(_line(ax, "adam_sharpness").get_ydata(), [30.0, 31.0, 32.0])
+    threshold = _line(ax, "(2+2β₁)/((1−β₁)η)")
+    assert threshold.get_linestyle() == "--"
+    np.testing.assert_array_equal(threshold.get_ydata(), [38_000.0] * 3)
+    (band,) = ax.collections
+    np.testing.assert_allclose(band.get_paths()[0].vertices[:, 1].min(), 29.5)
+    assert _axes(fig, "max attention logit").get_yscale() == "log"
 
 
 def test_no_monitor_values_is_a_clear_error():
