@@ -77,6 +77,8 @@ def train(
     model_param: list[str] | None = typer.Option(None, "--model-param", help="KEY=VALUE, repeatable."),
     dataset: str | None = typer.Option(None, help="Dataset name (see `landscape datasets`)."),
     dataset_param: list[str] | None = typer.Option(None, "--dataset-param", help="KEY=VALUE, repeatable."),
+    context: int | None = typer.Option(None, help="Sequence length of a text dataset (shortcut for "
+                                       "--dataset-param context=…, e.g. shakespeare_chars)."),
     train_size: int | None = typer.Option(None, help="Use a subset of this many training samples."),
     label_noise: float | None = typer.Option(None, help="Fraction of training labels flipped."),
     random_labels: bool | None = typer.Option(None, "--random-labels/--real-labels", help="Replace all training labels."),
@@ -111,8 +113,8 @@ def train(
     ),
     monitor: list[str] | None = typer.Option(
         None, "--monitor", help="NAME[:every=K,subset=N,KEY=VALUE,...], repeatable: a monitor measured while "
-        "training, into metrics.jsonl (lambda_max, grad_norm, weight_norm, update_norm, logit_stats, "
-        "softmax_collapse)."
+        "training, into metrics.jsonl (lambda_max, adam_sharpness, grad_norm, weight_norm, update_norm, "
+        "logit_stats, softmax_collapse, nlm_cosine, per_sample_loss, coherence, attention_logits)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out."),
@@ -140,7 +142,8 @@ def train(
     }
     params = {
         "model_params": model_params,
-        "dataset_params": parse_key_values(dataset_param, "--dataset-param"),
+        "dataset_params": {**({"context": context} if context is not None else {}),
+                           **parse_key_values(dataset_param, "--dataset-param")},
         "loss_params": parse_key_values(loss_param, "--loss-param"),
         "optimizer_params": optimizer_params,
         "schedule_params": parse_key_values(schedule_param, "--schedule-param"),

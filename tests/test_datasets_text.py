@@ -136,3 +136,21 @@ def test_a_killed_language_model_run_resumes_bit_identically(tmp_path):
     assert rows("cut") == rows("whole") and again.final["train_acc_running"] == whole.final["train_acc_running"]
     a, b = (RunDir(tmp_path / r).load_model("last").state_dict() for r in ("whole", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_trains_a_character_model_with_context_and_refuses_it_elsewhere(tmp_path, capsys):
+    from landscape_cli.main import main
+
+    out = tmp_path / "lm"
+    rc = main(["train", "--out", str(out), "--model", "transformer", "--model-param", "head=lm",
+               "--model-param", "layers=1", "--width", "8", "--model-param", "heads=2", "--dataset",
+               "shakespeare_chars", "--context", "12", "--train-size", "40", "--optimizer", "adamw",
+               "--epochs", "1", "--checkpoints", "none", "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    cfg = RunDir(out).config
+    assert cfg.dataset_params == {"context": 12} and RunDir(out).model_spec.input_shape == (12,)
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "d"), "--context", "4", "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown parameter 'context' for dataset 'digits'" in err
+    assert not (tmp_path / "d").exists()
