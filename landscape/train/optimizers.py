@@ -10,15 +10,19 @@ The step contract (the trainer relies on it):
   (``closure_calls`` on each class); the first call is always at the
   unperturbed weights ``w`` and ``step`` returns the loss of that first call;
 * BatchNorm running statistics are the closure's business: wrap it with
-  :func:`bn_first_pass_only` so that only the first call updates them.
+  :func:`bn_first_pass_only` so that only the first call updates them;
+* an optimizer with an ``auxiliary_loss(model, inputs, logits, indices, epoch)`` method
+  (:class:`SAF`, :class:`MESA`) wants that term added to the batch loss inside the closure,
+  before ``backward``.
 
 Sharpness-aware optimizers wrap a base optimizer (:class:`SGD`, :class:`Adam`,
 :class:`AdamW`) built on the *same* ``param_groups`` dictionaries (as in
 davda54/sam), so a learning-rate scheduler attached to the wrapper changes the
 base optimizer's learning rate, and weight decay is applied once per step, by
 the base optimizer. Their hyperparameters (``rho``, ``alpha``, …) live in the
-param groups, so they round-trip through ``state_dict()``; the wrapper keeps no
-other state between steps (its ``state_dict`` is the base optimizer's).
+param groups, so they round-trip through ``state_dict()``; a wrapper's own state
+between steps (Friendly-SAM's gradient EMA, FSAM's Fisher mask, SAF's output memory,
+MESA's weight EMA) is added to the base optimizer's ``state_dict`` under its own keys.
 Perturbations are undone by copying the saved weights back, never by
 subtracting ``ε``.
 
@@ -47,10 +51,13 @@ from landscape.registry import Registry
 __all__ = [
     "ADAPTIVE_ETA",
     "ASAM",
-    "FSAM",
     "GAM",
     "GNR",
+    "MESA",
+    "SAF",
     "EntropySGD",
+    "FisherSAM",
+    "FriendlySAM",
     "OPTIMIZERS",
     "SAM",
     "SAMON",
@@ -929,8 +936,8 @@ class GAM(SharpnessAware):
         return loss
 
 
-@OPTIMIZERS.register("fsam", "friendly_sam")
-class FSAM(SharpnessAware):
+@OPTIMIZERS.register("friendly_sam")
+class FriendlySAM(SharpnessAware):
     r"""Friendly SAM (Li, Zhou, He, Cheng & Huang, CVPR 2024; nblt/F-SAM): SAM whose
     perturbation drops the full-gradient component, estimated by an EMA of past gradients.
 
@@ -945,8 +952,8 @@ class FSAM(SharpnessAware):
     setting ``rho=0.2, sigma=1, lmbda=0.6`` (its logs; ``lmbda=0.95`` is its other one).
     The EMA is saved in ``state_dict()["fsam_ema"]`` (one tensor per parameter, in group order).
 
-    Not the Fisher-mask SAM of Zhong et al. 2022, which ../REFERENCES.md lists under the same
-    acronym; that one is not implemented.
+    Registered as ``friendly_sam`` only: ``fsam`` is the Fisher-mask SAM of Zhong et al. 2022
+    (:class:`FisherSAM`), the method the literature (and ../REFERENCES.md) calls FSAM.
     """
 
     def __init__(
@@ -1009,6 +1016,149 @@ class FSAM(SharpnessAware):
             for p, m in zip(self._all_params(), ema, strict=True):
                 if m is not None:
                     self._ema[id(p)] = m.detach().clone().to(device=p.device, dtype=p.dtype)
+
+
+def _reference_unmasked(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters the FSAM reference keeps out of the Fisher mask: names with ``bias`` or
+    ``embed``, and BatchNorm weights/biases (WHU-ZQH/FSAM4PLM ``SAM_Mask.init_mask``)."""
+    found: dict[int, nn.Parameter] = {}
+    for name, p in model.named_parameters():
+        if "bias" in name or "embed" in name:
+            found.setdefault(id(p), p)
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            for p in module.parameters(recurse=False):
+                found.setdefault(id(p), p)
+    return list(found.values())
+
+
+@OPTIMIZERS.register("fsam", "fisher_sam")
+class FisherSAM(SharpnessAware):
+    r"""FSAM (Zhong, Ding, Shen, Mi, Liu, Du & Tao, Findings of EMNLP 2022, "Improving
+    Sharpness-Aware Minimization with Fisher Mask for Better Generalization on Language Models";
+    WHU-ZQH/FSAM4PLM): SAM whose perturbation is kept only on the coordinates with the largest
+    empirical-Fisher diagonal.
+
+    Two closure calls per step. At steps ``0, T, 2T, …`` the mask ``m`` is rebuilt from the
+    gradient of the current batch; in between it is kept:
+
+    .. math::
+        g = ∇L_B(w),\quad F = g ⊙ g,\quad
+        m_i = [\,F_i \text{ is among the } \lfloor k N\rfloor \text{ largest}\,],\quad
+        ε = m ⊙ ρ\,\frac{T_w^2 g}{\lVert T_w g\rVert_2},\quad
+        w ← \mathrm{base}\big(w, ∇L_B(w + ε)\big),
+
+    with ``k = keep_ratio`` the fraction of coordinates *kept* (the sparse ratio the reference
+    reports is ``s = 1 − k``) and ``N`` the number of maskable coordinates. As in the reference code:
+    the Fisher diagonal is the square of the batch (mean-loss) gradient at ``w`` of that step;
+    the top-k is one global ranking over every maskable tensor (ties: lower position first);
+    the norm is that of the *unmasked* ``g`` (so ``‖ε‖ ≤ ρ``); the gradient at ``w + ε``
+    reaches the base optimizer unmasked. With ``model`` given and ``mask_all=False`` the
+    reference's exclusions hold: parameters named ``*bias*`` or ``*embed*`` and BatchNorm
+    parameters stay outside the mask and are perturbed fully; with ``mask_all=True`` (or
+    without ``model``) every parameter is ranked. ``T_w`` as in :class:`SAM` (``adaptive``).
+
+    Defaults: the reference's ``rho=0.05``, ``keep_ratio=0.1`` (s = 0.9) and ``T=100``
+    (``--mask-iter-e 100`` of its GLUE scripts). The mask (one bool tensor per parameter, in
+    group order, ``None`` outside it) and the step counter are saved in ``state_dict()``
+    (``fisher_mask``, ``fisher_steps``), so a resumed run repeats the same perturbations.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        base_optimizer: Any = None,
+        *,
+        model: nn.Module | None = None,
+        rho: float = 0.05,
+        keep_ratio: float = 0.1,
+        T: int = 100,
+        mask_all: bool = False,
+        adaptive: bool = False,
+        eta: float = ADAPTIVE_ETA,
+        **base_kwargs: Any,
+    ) -> None:
+        _check_nonnegative("rho", rho)
+        _check_unit("keep_ratio", keep_ratio, closed=True)
+        if isinstance(T, bool) or not isinstance(T, numbers.Integral) or T < 1:
+            raise ConfigError(f"invalid T={T!r}: the mask refresh interval must be an integer ≥ 1 (steps)")
+        if not isinstance(mask_all, bool):
+            raise ConfigError(f"mask_all must be true or false, got {mask_all!r}")
+        _check_nonnegative("eta", eta)
+        hyper = {"rho": rho, "keep_ratio": float(keep_ratio), "T": int(T), "mask_all": mask_all,
+                 "adaptive": bool(adaptive), "eta": eta}
+        super().__init__(params, base_optimizer, hyper, base_kwargs)
+        unmasked = [] if mask_all or model is None else _reference_unmasked(model)
+        self._unmasked = {id(p) for p in unmasked}
+        self._mask: dict[int, Tensor] = {}
+        self._steps = 0
+
+    def _all_params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    @torch.no_grad()
+    def _refresh_mask(self) -> None:
+        """``m`` = the ``⌊k N⌋`` largest ``g²`` over every maskable parameter (0 where no gradient)."""
+        maskable = [p for p in self._all_params() if id(p) not in self._unmasked]
+        self._mask = {}
+        if not maskable:
+            return
+        device = maskable[0].device
+        fisher = torch.cat([
+            (p.grad.detach().square() if p.grad is not None else torch.zeros_like(p))
+            .reshape(-1).to(device=device, dtype=torch.float64)
+            for p in maskable
+        ])
+        keep = int(fisher.numel() * float(self.param_groups[0]["keep_ratio"]))
+        flat = torch.zeros(fisher.numel(), dtype=torch.bool, device=device)
+        if keep > 0:
+            flat[torch.sort(fisher, descending=True, stable=True).indices[:keep]] = True
+        for p, m in zip(maskable, torch.split(flat, [p.numel() for p in maskable]), strict=True):
+            self._mask[id(p)] = m.reshape(p.shape).to(p.device)
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Rebuild the mask every ``T`` steps, save ``w`` and move to ``w + m ⊙ ε``."""
+        if self._steps % int(self.param_groups[0]["T"]) == 0:
+            self._refresh_mask()
+        self._steps += 1
+        groups = self._with_grad()
+        steps = _ascent(groups, self._grads(groups), "rho")
+        for (_, params), es in zip(groups, steps, strict=True):
+            for p, e in zip(params, es, strict=True):
+                if id(p) not in self._unmasked:
+                    mask = self._mask.get(id(p))
+                    if mask is None:
+                        e.zero_()
+                    else:
+                        e.mul_(mask)
+        self._save(groups)
+        self._move(groups, steps)
+        if zero_grad:
+            self.zero_grad()
+
+    def state_dict(self) -> dict[str, Any]:
+        out = dict(self.base_optimizer.state_dict())
+        out["fisher_mask"] = [self._mask.get(id(p)) for p in self._all_params()]
+        out["fisher_steps"] = self._steps
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        if "fsam_ema" in state_dict:
+            raise ConfigError(
+                "this optimizer state was written by Friendly-SAM (registered as fsam before); "
+                "load it with optimizer friendly_sam — fsam is now the Fisher-mask SAM"
+            )
+        masks = state_dict.pop("fisher_mask", None)
+        steps = state_dict.pop("fisher_steps", 0)
+        super().load_state_dict(state_dict)
+        self._steps = int(steps)
+        self._mask = {}
+        if masks is not None:
+            for p, m in zip(self._all_params(), masks, strict=True):
+                if m is not None:
+                    self._mask[id(p)] = m.detach().to(device=p.device, dtype=torch.bool).clone()
 
 
 @OPTIMIZERS.register("entropy_sgd", "entropysgd")
@@ -1105,6 +1255,279 @@ class EntropySGD(SharpnessAware):
                 k += 1
         self.base_optimizer.step()
         return loss
+
+
+# --------------------------------------------------------------------------- SAF / MESA
+
+
+def trajectory_kl(z_now: Tensor, z_ref: Tensor, tau: float) -> Tensor:
+    r"""Per-sample ``τ² · KL(softmax(z_ref/τ) ‖ softmax(z_now/τ))`` over the last dimension.
+
+    .. math::
+        τ^2 \sum_c p_c\,(\log p_c − \log q_c),\quad p = \mathrm{softmax}(z_{ref}/τ),\
+        q = \mathrm{softmax}(z_{now}/τ),
+
+    the reference's ``F.kl_div(log q, p).sum(-1) · τ²`` (AngusDujw/SAF). ``z_ref`` is a fixed
+    target (detached); the gradient flows through ``z_now``. Shape ``z_now.shape[:-1]``.
+    """
+    log_q = torch.log_softmax(z_now / tau, dim=-1)
+    log_p = torch.log_softmax(z_ref.detach().to(z_now.dtype) / tau, dim=-1)
+    return (tau * tau) * (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def _check_epoch_window(start_epoch: Any, end_epoch: Any) -> None:
+    if isinstance(start_epoch, bool) or not isinstance(start_epoch, numbers.Integral) or start_epoch < -1:
+        raise ConfigError(f"invalid start_epoch={start_epoch!r}: must be an integer ≥ -1 (epochs, 0-based)")
+    if end_epoch is not None and (
+        isinstance(end_epoch, bool) or not isinstance(end_epoch, numbers.Integral) or end_epoch <= start_epoch
+    ):
+        raise ConfigError(f"invalid end_epoch={end_epoch!r}: must be an integer > start_epoch, or null")
+
+
+class _TrajectoryLoss(SharpnessAware):
+    """Base of SAF and MESA: a loss term instead of extra gradient evaluations.
+
+    The trainer calls ``auxiliary_loss(model, inputs, logits, indices, epoch)`` inside its
+    closure and adds the result to the batch loss before ``backward``; ``step`` then runs the
+    base optimizer once (one closure call). The term is active for the 0-based epochs ``e``
+    with ``start_epoch < e < end_epoch`` (the reference's ``epoch > kl_start_epoch and
+    epoch < kl_end_epoch``; ``end_epoch=None``: no end). In a loop of your own: add
+    ``optimizer.auxiliary_loss(...)`` to your loss the same way.
+    """
+
+    closure_calls: ClassVar[int] = 1
+
+    def active(self, epoch: int) -> bool:
+        group = self.param_groups[0]
+        end = group["end_epoch"]
+        return epoch > group["start_epoch"] and (end is None or epoch < end) and group["lam"] > 0
+
+    def auxiliary_loss(self, model: nn.Module, inputs: Any, logits: Tensor, indices: Tensor,
+                       epoch: int) -> Tensor:
+        raise NotImplementedError
+
+    def first_step(self, zero_grad: bool = False) -> None:
+        raise NotImplementedError(f"{type(self).__name__} adds a loss term: use step(closure)")
+
+    def second_step(self, zero_grad: bool = False) -> None:
+        raise NotImplementedError(f"{type(self).__name__} adds a loss term: use step(closure)")
+
+    def _after_step(self) -> None:
+        """What changes once the base optimizer has updated the weights."""
+
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+        closure = self._require_closure(self, closure)
+        loss = _evaluate(closure)
+        self.base_optimizer.step()
+        self._after_step()
+        return loss
+
+    def _device(self) -> torch.device:
+        return self.param_groups[0]["params"][0].device
+
+
+@OPTIMIZERS.register("saf")
+class SAF(_TrajectoryLoss):
+    r"""Sharpness-Aware Training for Free (Du, Zhou, Feng, Tan & Zhou, NeurIPS 2022;
+    AngusDujw/SAF): the trajectory loss against the outputs recorded ``E`` epochs earlier.
+
+    .. math::
+        L = L_B(w) + λ\,\frac{1}{|B'|}\sum_{i ∈ B'} τ^2\,
+            \mathrm{KL}\big(\mathrm{softmax}(z_i^{(e−E)}/τ)\ \big\|\ \mathrm{softmax}(z_i(w)/τ)\big),
+
+    where ``z_i^{(e−E)}`` are the outputs the model gave sample ``i`` (by its index in the
+    training set) in epoch ``e − E`` and ``B'`` the samples of the batch that have such a
+    record (all of them, except after an epoch that skipped a sample). Every call records the
+    current outputs (detached), in a ring of ``E + 1`` epochs: memory
+    ``(E + 1) · N · (outputs per sample)`` numbers, allocated on the first call and grown with
+    the largest index seen. Defaults: the reference's README and ImageNet script ``lam=0.3``,
+    ``tau=5``, ``start_epoch=5``; ``E=3`` (its ``--minus_epoch`` default; the script uses 2).
+    The memory and its epoch tags are saved in ``state_dict()`` (``saf_memory``,
+    ``saf_epochs``), so a resumed run is bit-identical. The training loss the trainer logs is
+    the task loss alone, without the λ·KL term.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        base_optimizer: Any = None,
+        *,
+        lam: float = 0.3,
+        tau: float = 5.0,
+        E: int = 3,
+        start_epoch: int = 5,
+        end_epoch: int | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        _check_nonnegative("lam", lam)
+        _check_positive("tau", tau)
+        if isinstance(E, bool) or not isinstance(E, numbers.Integral) or E < 1:
+            raise ConfigError(f"invalid E={E!r}: how many epochs back, an integer ≥ 1")
+        _check_epoch_window(start_epoch, end_epoch)
+        hyper = {"lam": lam, "tau": float(tau), "E": int(E), "start_epoch": int(start_epoch),
+                 "end_epoch": None if end_epoch is None else int(end_epoch)}
+        super().__init__(params, base_optimizer, hyper, base_kwargs)
+        self._memory: Tensor | None = None  # [E + 1, N, *output shape]
+        self._epochs: Tensor | None = None  # [E + 1, N]: the epoch each record is from, -1 = none
+
+    def _room(self, indices: Tensor, logits: Tensor) -> None:
+        """Allocate (or grow) the memory so that every index of the batch has a row."""
+        slots, shape = int(self.param_groups[0]["E"]) + 1, tuple(logits.shape[1:])
+        if self._memory is not None and tuple(self._memory.shape[2:]) != shape:
+            raise ConfigError(
+                f"saf records {tuple(self._memory.shape[2:])} outputs per sample, got {shape}: "
+                "the model's output shape must stay the same during training"
+            )
+        n = int(indices.max()) + 1 if indices.numel() else 0
+        have = 0 if self._memory is None else self._memory.shape[1]
+        if n <= have:
+            return
+        memory = logits.new_zeros((slots, n, *shape))
+        epochs = torch.full((slots, n), -1, dtype=torch.long, device=logits.device)
+        if self._memory is not None and self._epochs is not None:
+            memory[:, :have] = self._memory
+            epochs[:, :have] = self._epochs
+        self._memory, self._epochs = memory, epochs
+
+    def auxiliary_loss(self, model: nn.Module, inputs: Any, logits: Tensor, indices: Tensor,
+                       epoch: int) -> Tensor:
+        """``λ`` times the mean trajectory KL of the batch (0 outside the active epochs); records the outputs."""
+        group = self.param_groups[0]
+        E, epoch = int(group["E"]), int(epoch)
+        idx = torch.as_tensor(indices, device=logits.device).long().reshape(-1)
+        if idx.numel() != logits.shape[0]:
+            raise ConfigError(f"saf needs one sample index per output row, got {idx.numel()} "
+                              f"indices for {logits.shape[0]} rows")
+        self._room(idx, logits)
+        assert self._memory is not None and self._epochs is not None
+        term = logits.new_zeros(())
+        if self.active(epoch):
+            past = (epoch - E) % (E + 1)
+            valid = self._epochs[past, idx] == epoch - E
+            kl = trajectory_kl(logits, self._memory[past, idx], group["tau"])
+            weight = valid.reshape(-1, *([1] * (kl.dim() - 1))).to(kl.dtype)
+            count = valid.sum().to(kl.dtype) * (kl.numel() // max(kl.shape[0], 1))
+            # no record in the batch: the weighted sum is 0 (clamp, not where: finite gradient)
+            term = group["lam"] * (kl * weight).sum() / count.clamp(min=1)
+        now = epoch % (E + 1)
+        self._memory[now, idx] = logits.detach().to(self._memory.dtype)
+        self._epochs[now, idx] = epoch
+        return term
+
+    def state_dict(self) -> dict[str, Any]:
+        out = dict(self.base_optimizer.state_dict())
+        out["saf_memory"] = self._memory
+        out["saf_epochs"] = self._epochs
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        memory, epochs = state_dict.pop("saf_memory", None), state_dict.pop("saf_epochs", None)
+        super().load_state_dict(state_dict)
+        device = self._device()
+        self._memory = None if memory is None else memory.detach().to(device).clone()
+        self._epochs = None if epochs is None else epochs.detach().to(device).clone()
+
+
+@OPTIMIZERS.register("mesa")
+class MESA(_TrajectoryLoss):
+    r"""Memory-efficient SAF (Du et al. 2022, same paper and code): the trajectory loss against
+    the outputs of an exponential moving average of the model.
+
+    .. math::
+        \bar θ ← β\,\bar θ + (1 − β)\,θ \ \text{(after every step)},\qquad
+        L = L_B(w) + λ\,\frac{1}{|B|}\sum_{i ∈ B} τ^2\,
+            \mathrm{KL}\big(\mathrm{softmax}(f_{\bar θ}(x_i)/τ)\ \big\|\ \mathrm{softmax}(z_i(w)/τ)\big).
+
+    ``θ̄`` holds every parameter and floating-point buffer of ``model`` (BatchNorm running
+    statistics included, as timm's ``ModelEmaV2`` that the reference uses) and starts as a copy
+    of the model when the optimizer is built. The EMA model is evaluated with
+    ``torch.func.functional_call`` on the model in eval mode, without gradient (one extra
+    forward pass per active step; no RNG is drawn). Defaults: the reference's README and
+    ImageNet script ``lam=0.8``, ``tau=5``, ``start_epoch=5``, and timm's EMA decay
+    ``decay=0.9998``. ``θ̄`` is saved in ``state_dict()["mesa_ema"]`` (name → tensor). The
+    training loss the trainer logs is the task loss alone, without the λ·KL term.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        base_optimizer: Any = None,
+        *,
+        model: nn.Module | None = None,
+        lam: float = 0.8,
+        tau: float = 5.0,
+        decay: float = 0.9998,
+        start_epoch: int = 5,
+        end_epoch: int | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        if model is None:
+            raise ConfigError("mesa keeps a moving average of the model's weights: pass model=")
+        _check_nonnegative("lam", lam)
+        _check_positive("tau", tau)
+        _check_unit("decay", decay, closed=True)
+        _check_epoch_window(start_epoch, end_epoch)
+        hyper = {"lam": lam, "tau": float(tau), "decay": float(decay), "start_epoch": int(start_epoch),
+                 "end_epoch": None if end_epoch is None else int(end_epoch)}
+        super().__init__(params, base_optimizer, hyper, base_kwargs)
+        self._model = model
+        self._ema: dict[str, Tensor] = {n: t.detach().clone() for n, t in self._tracked().items()}
+
+    def _tracked(self) -> dict[str, Tensor]:
+        """The model's parameters and floating-point buffers, by name (shared ones once)."""
+        out = dict(self._model.named_parameters())
+        out.update({n: b for n, b in self._model.named_buffers() if b.is_floating_point()})
+        return out
+
+    @torch.no_grad()
+    def _after_step(self) -> None:
+        beta = float(self.param_groups[0]["decay"])
+        for name, t in self._tracked().items():
+            self._ema[name].mul_(beta).add_(t.detach(), alpha=1.0 - beta)
+
+    def ema_outputs(self, model: nn.Module, inputs: Any) -> Tensor:
+        """The EMA model's outputs on ``inputs`` (eval mode, no gradient)."""
+        from torch.func import functional_call
+
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = functional_call(model, self._ema, (inputs,), strict=False)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        return out.logits if not isinstance(out, Tensor) and hasattr(out, "logits") else out
+
+    def auxiliary_loss(self, model: nn.Module, inputs: Any, logits: Tensor, indices: Tensor,
+                       epoch: int) -> Tensor:
+        """``λ`` times the mean KL to the EMA model's outputs (0, and no EMA forward, outside the active epochs)."""
+        if not self.active(int(epoch)):
+            return logits.new_zeros(())
+        group = self.param_groups[0]
+        kl = trajectory_kl(logits, self.ema_outputs(model, inputs), group["tau"])
+        return group["lam"] * kl.mean()
+
+    def state_dict(self) -> dict[str, Any]:
+        out = dict(self.base_optimizer.state_dict())
+        out["mesa_ema"] = dict(self._ema)
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        ema = state_dict.pop("mesa_ema", None)
+        tracked = self._tracked()
+        if ema is not None and set(ema) != set(tracked):  # checked before anything is loaded
+            raise ConfigError(
+                "mesa: the saved moving average is of another model (its tensors are named "
+                f"differently: {', '.join(sorted(set(ema) ^ set(tracked))[:5])}); resume with the same model"
+            )
+        super().load_state_dict(state_dict)
+        if ema is None:
+            return
+        self._ema = {n: ema[n].detach().to(device=t.device, dtype=t.dtype).clone() for n, t in tracked.items()}
 
 
 # ⊥Grad around the base optimizers (registered here: orthogonalized() needs SharpnessAware).

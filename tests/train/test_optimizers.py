@@ -552,7 +552,8 @@ def test_hyperparameters_round_trip_through_state_dict():
 
 
 def test_registry_names():
-    dynamics = ["entropy_sgd", "fsam", "perp_adam", "perp_adamw", "perp_sgd"]  # test_optimizers_dynamics
+    dynamics = ["entropy_sgd", "friendly_sam", "perp_adam", "perp_adamw", "perp_sgd",  # test_optimizers_dynamics
+                "fsam", "mesa", "saf"]  # test_optimizers_fisher_saf
     assert optimizer_names() == sorted(ALL + dynamics)
     assert OPTIMIZERS["sam-on"] is SAMON and OPTIMIZERS["samon"] is SAMON
 

@@ -1,4 +1,4 @@
-"""Tests for the training-dynamics optimizers: ⊥Grad, weight-decay exclusion, FSAM, Entropy-SGD.
+"""Tests for the training-dynamics optimizers: ⊥Grad, weight-decay exclusion, Friendly-SAM, Entropy-SGD.
 
 Each update is compared with a hand computation of one (or two) steps in float64 on a tiny
 problem: a quadratic split over two parameter tensors, or a small MLP whose gradient is taken
@@ -16,12 +16,12 @@ from torch import nn
 
 from landscape.errors import ConfigError
 from landscape.train.optimizers import (
-    FSAM,
     OPTIMIZERS,
     SAM,
     SGD,
     AdamW,
     EntropySGD,
+    FriendlySAM,
     PerpAdamW,
     PerpSGD,
     build_optimizer,
@@ -174,7 +174,7 @@ def test_sam_with_perp_sgd_base_matches_hand_computation():
     np.testing.assert_allclose(model.w().numpy(), expected, **TOL)
 
 
-@pytest.mark.parametrize("name", ["sam", "fsam", "gnr", "entropy_sgd"])
+@pytest.mark.parametrize("name", ["sam", "friendly_sam", "fsam", "gnr", "entropy_sgd", "saf", "mesa"])
 def test_builder_accepts_any_registered_plain_optimizer_as_base(name):
     model, (x, y) = mlp(), mlp_batch()
     opt = build_optimizer(name, model, lr=0.05, base="perp_adamw", rescale=False)
@@ -184,7 +184,7 @@ def test_builder_accepts_any_registered_plain_optimizer_as_base(name):
     opt.step(mlp_closure(model, opt, x, y))
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
     with pytest.raises(ConfigError, match="base optimizer"):
-        build_optimizer(name, model, lr=0.05, base="fsam")
+        build_optimizer(name, model, lr=0.05, base="friendly_sam")
 
 
 # --------------------------------------------------------------------------- weight-decay exclusion
@@ -202,7 +202,8 @@ class Net(nn.Module):
         return self.head(self.ln(self.bn(self.fc(x))))
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "sam", "gam", "perp_adamw", "fsam", "entropy_sgd"])
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "sam", "gam", "perp_adamw", "friendly_sam", "fsam",
+                                  "entropy_sgd", "saf", "mesa"])
 def test_no_decay_bias_norm_groups(name):
     model = Net()
     opt = build_optimizer(name, model, lr=0.1, weight_decay=0.3, no_decay_bias_norm=True)
@@ -238,13 +239,13 @@ def test_no_decay_bias_norm_must_be_boolean():
         build_optimizer("sgd", Net(), lr=0.1, no_decay_bias_norm="yes")
 
 
-# --------------------------------------------------------------------------- FSAM
+# --------------------------------------------------------------------------- Friendly-SAM
 
 
-def test_fsam_two_steps_match_hand_computation():
+def test_friendly_sam_two_steps_match_hand_computation():
     rho, sigma, lmbda, lr = 0.3, 0.8, 0.6, 0.1
     model = Quadratic()
-    opt = FSAM(model.parameters(), SGD, lr=lr, momentum=0.0, rho=rho, sigma=sigma, lmbda=lmbda)
+    opt = FriendlySAM(model.parameters(), SGD, lr=lr, momentum=0.0, rho=rho, sigma=sigma, lmbda=lmbda)
     w0 = model.w()
     opt.step(closure_for(model, opt))
     g0 = model.grad(w0)  # step 1: m = g0, d = g0
@@ -260,17 +261,17 @@ def test_fsam_two_steps_match_hand_computation():
     np.testing.assert_allclose(ema.numpy(), m.numpy(), **TOL)
 
 
-def test_fsam_resume_from_state_dict_is_exact():
+def test_friendly_sam_resume_from_state_dict_is_exact():
     def run(split):
         model = Quadratic()
-        opt = FSAM(model.parameters(), SGD, lr=0.1, rho=0.2)
+        opt = FriendlySAM(model.parameters(), SGD, lr=0.1, rho=0.2)
         for k in range(3):
             if k == split:
                 state = opt.state_dict()
                 fresh = Quadratic()
                 fresh.load_state_dict(model.state_dict())
                 model = fresh
-                opt = FSAM(model.parameters(), SGD, lr=0.1, rho=0.2)
+                opt = FriendlySAM(model.parameters(), SGD, lr=0.1, rho=0.2)
                 opt.load_state_dict(state)
             opt.step(closure_for(model, opt))
         return model.w()
@@ -312,15 +313,15 @@ def test_entropy_sgd_one_step_matches_hand_computation():
 @pytest.mark.parametrize("kw,word", [(dict(L=0), "L="), (dict(L=2.5), "L="), (dict(inner_lr=0.0), "inner_lr"),
                                      (dict(alpha=1.0), "alpha"), (dict(lmbda=1.5), "lmbda")])
 def test_invalid_dynamics_parameters_raise_one_line(kw, word):
-    name = "fsam" if "lmbda" in kw else "entropy_sgd"
+    name = "friendly_sam" if "lmbda" in kw else "entropy_sgd"
     with pytest.raises(ConfigError) as info:
         build_optimizer(name, mlp(), lr=0.1, **kw)
     assert word in str(info.value) and "\n" not in str(info.value)
 
 
-def test_entropy_sgd_and_fsam_reduce_the_loss():
+def test_entropy_sgd_and_friendly_sam_reduce_the_loss():
     for name, kw in (("entropy_sgd", dict(L=5, lr=1.0, momentum=0.0, inner_lr=0.2)),
-                     ("fsam", dict(lr=0.2, rho=0.05))):
+                     ("friendly_sam", dict(lr=0.2, rho=0.05))):
         model, (x, y) = mlp(), mlp_batch()
         opt = build_optimizer(name, model, **kw)
         first = float(opt.step(mlp_closure(model, opt, x, y)))
