@@ -30,18 +30,8 @@ from landscape.train.optimizers import (
 )
 from landscape.train.trainer import train
 from tests.train.test_optimizers import Quadratic
-
-TOL = dict(rtol=1e-10, atol=1e-12)
-
-
-def quad_closure(model, opt):
-    def closure():
-        opt.zero_grad()
-        loss = model()
-        loss.backward()
-        return loss.detach()
-
-    return closure
+from tests.train.test_optimizers_dynamics import TOL
+from tests.train.test_optimizers_dynamics import closure_for as quad_closure
 
 
 def softmax(z, axis=-1):
