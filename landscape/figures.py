@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landscape.analyze import collect_series
+from landscape.results import collect_series
 from landscape.store import Store
 
 # (panel title, key inside a split's subgroup, log y)

@@ -39,7 +39,7 @@ import numpy as np
 from landscape.errors import LandscapeError
 from landscape.store import SCHEMA_VERSION, Store, StoreError, checkpoint_name
 
-__all__ = ["COLUMNS", "ProbeResult", "Results", "load_results"]
+__all__ = ["COLUMNS", "ProbeResult", "Results", "collect_series", "load_results"]
 
 COLUMNS = ("checkpoint", "step", "epoch", "probe", "split", "measure", "index", "label", "value",
            "settings_hash")
@@ -231,6 +231,40 @@ class Results(Mapping[str, ProbeResult]):
         frame = self.to_frame(**kwargs)
         _write_out(self.path, path, lambda fh: frame.to_parquet(fh, engine="pyarrow", index=False), "wb")
         return len(frame)
+
+
+# ---- series over training ------------------------------------------------------------------------
+
+
+def collect_series(store_path: str | Path, probe: str, keys: list[str]) -> dict[str, Any]:
+    """Scalars of ``probe`` across the stored checkpoints: ``{"name", "step", "epoch", key…}``.
+
+    In training order: by step where every checkpoint has one, else by epoch where every one has
+    one, else by name in natural order (``epoch_5`` before ``epoch_10``); a missing step or epoch
+    is NaN. A key may be a path into subgroups (``"train/nc1"``).
+    """
+    from landscape.checkpoints import natural_key
+
+    store = Store(store_path)
+    rows = []
+    for group in store.groups():
+        ckpt, _, name = group.rpartition("/")
+        if name != probe:
+            continue
+        arrays, _ = store.read(group)
+        parent_attrs = store.attrs(ckpt)
+        row: dict[str, Any] = {"name": checkpoint_name(ckpt), "step": float(parent_attrs.get("step", np.nan)),
+                               "epoch": float(parent_attrs.get("epoch", np.nan))}
+        for key in keys:
+            value: Any = arrays
+            for part in key.split("/"):
+                value = value.get(part, np.nan) if isinstance(value, dict) else np.nan
+            row[key] = float(np.asarray(value).reshape(-1)[0]) if np.size(value) else np.nan
+        rows.append(row)
+    by = next((k for k in ("step", "epoch") if rows and all(np.isfinite(r[k]) for r in rows)), None)
+    rows.sort(key=lambda r: ((r[by],) if by else ()) + (natural_key(r["name"]),))
+    out = {k: np.array([r[k] for r in rows], dtype=float) for k in ["step", "epoch", *keys]}
+    return {"name": np.array([r["name"] for r in rows], dtype=str), **out}
 
 
 # ---- helpers ------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ r"""Loss surfaces as ParaView / VTK PolyData (``.vtp``), like the reference's ``
 Li et al. 2018 render their 3D loss surfaces in ParaView from a VTK XML PolyData file: one
 point per grid point at :math:`(x, y, z = L(x, y))`, one quadrilateral per grid cell. This
 writes the same file from the arrays of the surface probe, with the data convention of
-:mod:`landscape.plots`: ``values[ix, iy]`` is the value at ``(xcoords[ix], ycoords[iy])`` for
+:mod:`landscape.arrays`: ``values[ix, iy]`` is the value at ``(xcoords[ix], ycoords[iy])`` for
 any grid shape (the reference assumes a square grid). Non-finite values (divergent or not yet
 computed points) are dropped with every quad that touches them, leaving a hole, never a spike.
 
@@ -24,8 +24,8 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from landscape.arrays import surface_grid
 from landscape.errors import LandscapeError
-from landscape.plots import surface_grid
 from landscape.utils import atomic_write
 
 __all__ = ["LOG_OFFSET", "write_vtp"]
