@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from landscape.models import build_model, count_parameters
-from landscape.train.optimizers import bn_first_pass_only, build_optimizer, normalization_parameters
+from landscape.train.optim import bn_first_pass_only, build_optimizer, normalization_parameters
 from landscape.utils import resolve_device
 
 OPTIMIZERS = ["sgd", "sam", "asam", "gam", "gnr", "sam_on"]

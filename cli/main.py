@@ -907,7 +907,7 @@ REGISTRIES = {  # command → (module, registry): `landscape models|datasets|los
     "models": ("landscape.models", "MODELS"),
     "datasets": ("landscape.datasets", "DATASETS"),
     "losses": ("landscape.train.losses", "LOSSES"),
-    "optimizers": ("landscape.train.optimizers", "OPTIMIZERS"),
+    "optimizers": ("landscape.train.optim", "OPTIMIZERS"),
 }
 
 

@@ -50,10 +50,10 @@ from landscape.datasets import Dataset, load_dataset
 from landscape.errors import ConfigError, TrainingDiverged
 from landscape.evaluate import evaluate
 from landscape.models import build_model, model_params
-from landscape.train.config import TrainConfig, checkpoint_steps
 from landscape.tasks import correct_count
+from landscape.train.config import TrainConfig, checkpoint_steps
 from landscape.train.losses import Loss, SequenceLoss, build_loss, task_objective
-from landscape.train.optimizers import bn_first_pass_only, build_optimizer
+from landscape.train.optim import bn_first_pass_only, build_optimizer
 from landscape.train.schedules import build_schedule
 from landscape.utils import (
     atomic_write,

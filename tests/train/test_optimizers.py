@@ -1,4 +1,4 @@
-"""Tests for landscape.train.optimizers.
+"""Tests for landscape.train.optim.
 
 One step of every sharpness-aware optimizer is checked against a hand
 computation on a float64 quadratic; the rest is behavioural (the loss of a
@@ -18,7 +18,7 @@ from torch import nn
 
 from landscape.errors import ConfigError, LandscapeError
 from landscape.registry import UnknownNameError
-from landscape.train.optimizers import (
+from landscape.train.optim import (
     GAM,
     GNR,
     OPTIMIZERS,

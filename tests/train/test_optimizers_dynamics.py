@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from landscape.errors import ConfigError
-from landscape.train.optimizers import (
+from landscape.train.optim import (
     OPTIMIZERS,
     SAM,
     SGD,

@@ -18,7 +18,7 @@ from torch import nn
 from landscape.checkpoints import RunDir, load_state_dict
 from landscape.errors import ConfigError
 from landscape.train.config import TrainConfig
-from landscape.train.optimizers import (
+from landscape.train.optim import (
     MESA,
     OPTIMIZERS,
     SAF,

@@ -11,7 +11,7 @@ from torch import nn
 
 from landscape.errors import ConfigError
 from landscape.registry import UnknownNameError
-from landscape.train.optimizers import build_optimizer
+from landscape.train.optim import build_optimizer
 from landscape.train.schedules import SCHEDULES, build_schedule, schedule_names
 
 BASE_LR = 0.4
