@@ -332,6 +332,7 @@ def worst_case_ascent(
     clean: tuple[float, float] | None = None,
     on_iterate: Callable[[torch.Tensor], None] | None = None,
     momentum_form: str = "croce_hein",
+    first: tuple[float, float, torch.Tensor] | None = None,
 ) -> tuple[float, float, torch.Tensor]:
     """Auto-PGD (Croce & Hein 2020) for ``max_{δ = s⊙u, ‖u‖ ≤ ρ} F(δ)``; returns ``(F*, err*, δ*)``.
 
@@ -355,6 +356,9 @@ def worst_case_ascent(
     only for α = 1. From ``u₀ = 0`` on a linear ``F`` the reference form repeats ``u₂ = u₁`` (its
     code starts from a random point by default). The reference's restart reloads the best weights
     for the next gradient but keeps its δ iterates; here both forms restart from the best point.
+
+    ``first``: ``value_grad`` at the starting point (``δ = s⊙u₀``, or ``0``), when the caller has
+    it already (the probe's clean pass at ``δ = 0`` is that evaluation); it replaces the first call.
     """
     euclid = norm == "l2" and ellipsoid == "euclidean"
     active = s > 0
@@ -384,7 +388,9 @@ def worst_case_ascent(
     best_f, best_err, best_u, best_g = -math.inf, float("nan"), u, None
     prev_cp, n_updates, prev_eta, prev_best = 0, 0, eta, -math.inf
     for i in range(iters + 1):
-        if i < iters:
+        if i == 0 and first is not None:
+            f, err, g = first
+        elif i < iters:
             f, err, g = value_grad(to_delta(u))
         else:
             (f, err), g = _value_only(value_grad, to_delta(u)), None
@@ -606,14 +612,16 @@ def _sharpness(model, loss, x, y, cfg: SharpnessConfig, dev, dtype, on_step, out
         if on_step is not None:
             on_step(count["n"])
 
-    clean = [obj.value(torch.zeros_like(obj.theta), xb, yb) for xb, yb in batches]
-    loss_clean = np.array([c[0] for c in clean])
-    if not np.isfinite(loss_clean).all():
-        raise LandscapeError(
-            f"the loss is NaN/inf at these weights on {int((~np.isfinite(loss_clean)).sum())} of {n_batches} "
-            "batches; sharpness is undefined there (check the data and the loss, or probe another checkpoint)"
-        )
-    err_clean = np.array([c[1] for c in clean])
+    zero = torch.zeros_like(obj.theta)
+    # Auto-PGD from δ = 0 starts with value_grad(0), whose forward pass IS the clean evaluation:
+    # for the first ρ the clean loss comes from that pass (no separate forward), batch by batch.
+    from_zero = cfg.kind == "worst" and not cfg.random_start
+    loss_clean = np.full(n_batches, np.nan)
+    err_clean = np.full(n_batches, np.nan)
+    if not from_zero:
+        for b, (xb, yb) in enumerate(batches):
+            loss_clean[b], err_clean[b] = obj.value(zero, xb, yb)
+        _check_clean(loss_clean)
     R = len(cfg.rhos)  # type: ignore[arg-type]
     out_loss = np.zeros((R, n_batches))
     out_err = np.zeros((R, n_batches))
@@ -625,12 +633,21 @@ def _sharpness(model, loss, x, y, cfg: SharpnessConfig, dev, dtype, on_step, out
         for r, rho in enumerate(cfg.rhos):  # type: ignore[arg-type]
             for b, (xb, yb) in enumerate(batches):
                 fn = _BatchFn(obj, xb, yb, tick)
+                first = None
+                if from_zero and r == 0:
+                    first = fn(zero)
+                    loss_clean[b], err_clean[b] = first[0], first[1]
+                    if not math.isfinite(first[0]):  # count every bad batch for the message, then stop
+                        for c in range(b + 1, n_batches):
+                            loss_clean[c] = obj.value(zero, *batches[c])[0]
+                        _check_clean(loss_clean)
                 best = (loss_clean[b], err_clean[b], torch.zeros_like(obj.theta))
                 for _ in range(cfg.restarts):
                     u0 = _random_u(s, rho, cfg.norm, gen) if cfg.random_start else None
                     res = worst_case_ascent(fn, s, rho, norm=cfg.norm, iters=cfg.iters, momentum=cfg.momentum,
                                             step_mult=cfg.step_mult, u0=u0, ellipsoid=cfg.ellipsoid,
-                                            clean=(loss_clean[b], err_clean[b]), momentum_form=cfg.momentum_form)
+                                            clean=(loss_clean[b], err_clean[b]), momentum_form=cfg.momentum_form,
+                                            first=first)
                     if res[0] > best[0]:
                         best = res
                 out_loss[r, b], out_err[r, b] = best[0], best[1]
@@ -685,6 +702,15 @@ def _sharpness(model, loss, x, y, cfg: SharpnessConfig, dev, dtype, on_step, out
     out.update(num_batches=n_batches, num_samples=n_batches * cfg.m, num_params=layout.numel,
                num_gradients=obj.num_gradients)
     return out
+
+
+def _check_clean(loss_clean: np.ndarray) -> None:
+    if not np.isfinite(loss_clean).all():
+        raise LandscapeError(
+            f"the loss is NaN/inf at these weights on {int((~np.isfinite(loss_clean)).sum())} of "
+            f"{len(loss_clean)} batches; sharpness is undefined there (check the data and the loss, "
+            "or probe another checkpoint)"
+        )
 
 
 def magnitude_aware_std(theta: torch.Tensor, sigma: float, eps: float, form: str = "jiang") -> torch.Tensor:
