@@ -55,6 +55,7 @@ def test_the_examples_are_the_seven_of_the_issue():
 def test_the_training_dynamics_examples_are_there():
     assert "edge_of_stability" in EXAMPLES
     assert "grokking" in EXAMPLES
+    assert "transformer_instability" in EXAMPLES
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -95,3 +96,31 @@ def test_bad_device_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
     assert not (tmp_path / "x").exists()
+
+
+def test_lr_sensitivity_is_wortsmans_formula():
+    # mean_η min(L(η), L₀) − min_η L(η): unfinished (None) and above-L₀ runs count as L₀
+    module = load_example("transformer_instability")
+    out = module.sensitivity([2.0, None, 5.0, 3.0], [4.0, 4.0, 4.0, 4.0])
+    assert out["capped_losses"] == [2.0, 4.0, 4.0, 3.0]
+    assert out["min_loss"] == 2.0
+    assert out["lr_sensitivity"] == pytest.approx((2 + 4 + 4 + 3) / 4 - 2)
+
+
+def test_diverged_run_counts_as_initial_loss_and_is_not_retrained(tmp_path):
+    module = load_example("transformer_instability")
+    common = sys.modules["common"]
+    smoke = {**module.SMOKE, "lrs": [1e-2, 1e6], "warmup": 0.0}  # Adam at lr 1e6: NaN at the first step
+    out = tmp_path / "ti"
+    args = ["--smoke", "--out", str(out), "--device", "cpu"]
+    assert common.main(module.run, "transformer_instability", module.__doc__, module.SCALES, smoke, args) == 0
+    first = json.loads((out / "numbers.json").read_text())["numbers"]["baseline"]
+    run = first["runs"]["lr1e+06"]
+    assert run["diverged"] and run["final_test_ce"] is None
+    assert first["capped_losses"][1] == run["initial_test_ce"]
+    metrics = out / "baseline-lr1e+06" / "metrics.jsonl"
+    assert any(json.loads(line).get("event") == "diverged" for line in metrics.read_text().splitlines())
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")}
+    assert common.main(module.run, "transformer_instability", module.__doc__, module.SCALES, smoke, args) == 0
+    assert {p: p.stat().st_mtime_ns for p in written} == written
+    assert json.loads((out / "numbers.json").read_text())["numbers"]["baseline"] == first

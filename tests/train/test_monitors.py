@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -105,6 +106,10 @@ def test_logit_stats_and_softmax_collapse():
     # float32); the third has margin 0.5, the others are wrong or close
     assert np.log1p(np.exp(-20.0) + np.exp(-21.0)) > 1e-9  # the true loss is not 0: a rounding
     assert _run("softmax_collapse", model, logits, y) == {"softmax_collapse": 0.25}
+    # a NaN logit (a diverging run) makes every statistic NaN, max |logit| included
+    bad = logits.clone()
+    bad[1, 1] = float("nan")
+    assert all(math.isnan(v) for v in _run("logit_stats", model, bad, y).values())
 
 
 def _dense_top(model, x, y):
