@@ -1,7 +1,7 @@
 """landscape: train networks with the losses and optimizers the generalization
 literature studies, then measure the geometry of what was trained."""
 
-__version__ = "0.1.0"
+from landscape._version import __version__
 
 # the façade: each name is imported on first use, so `import landscape` stays light
 _LAZY = {

@@ -14,6 +14,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from landscape._version import __version__
 from landscape.errors import CheckpointError, LandscapeError
 
 
@@ -39,10 +40,8 @@ def seed_everything(seed: int) -> None:
 
 def versions() -> dict[str, str]:
     """Versions of the packages that determine numerical results."""
-    import landscape
-
     return {
-        "landscape": landscape.__version__,
+        "landscape": __version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
     }
