@@ -11,8 +11,9 @@ random token ids, against that model's own step (said so in the table).
 
     python benchmarks/monitors.py --device cpu --threads 2
 
-The second table runs ``lambda_max`` and ``adam_sharpness`` with warm starts and with cold
-starts side by side along the same trajectory (the Adam mini-batch one; and ``lambda_max``
+The second table runs ``lambda_max`` and ``adam_sharpness`` with warm starts (the default,
+which moves the previous Ritz vector along its steady drift; and plain, ``extrapolate=false``)
+and with cold starts side by side along the same trajectory (the Adam mini-batch one; and ``lambda_max``
 along full-batch GD on the monitor samples, the edge-of-stability setting) (same ``tol``, same stopping rule), sums their
 HVPs after the first measurement (a cold start either way), and checks both against a float64
 reference (Lanczos to 1e-10) at the last step: warm / cold is the HVP ratio at the same accuracy.
@@ -51,6 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=20, help="timed rounds")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     p.add_argument("--hvp-steps", type=int, default=30, help="training steps of the warm/cold comparison")
+    p.add_argument("--hvp-every", type=int, default=1, help="training steps between two calls there")
     p.add_argument("--gd-lr", type=float, default=0.05, help="step of the full-batch GD trajectory")
     p.add_argument("--tol", type=float, default=1e-3, help="lambda_max / adam_sharpness tolerance")
     p.add_argument("--seed", type=int, default=0)
@@ -129,21 +131,23 @@ def warm_vs_cold(args, model, s: Setup, names: tuple[str, ...]) -> dict[str, dic
     out = {}
     for name in names:
         spec = f"{name}:every=1,steps=200,tol={args.tol}"
-        warm = MonitorSet([spec], ce, s.mx, s.my)
-        cold = MonitorSet([spec + ",warm=false"], ce, s.mx, s.my)
-        out[name] = {"warm": 0, "cold": 0, "calls": 0}
+        sets = {"warm": MonitorSet([spec], ce, s.mx, s.my),
+                "plain": MonitorSet([spec + ",extrapolate=false"], ce, s.mx, s.my),
+                "cold": MonitorSet([spec + ",warm=false"], ce, s.mx, s.my)}
+        out[name] = {"warm": 0, "plain": 0, "cold": 0, "calls": 0}
         out[name]["first"] = None
         last = {}
         for step in range(args.hvp_steps + 2):
-            s.step()
-            a, b = warm.run(step, model, s.opt), cold.run(step, model, s.opt)
+            for _ in range(args.hvp_every):
+                s.step()
+            got = {kind: m.run(step, model, s.opt) for kind, m in sets.items()}
             if out[name]["first"] is None:
-                out[name]["first"] = a[f"{name}_hvps"]
+                out[name]["first"] = got["warm"][f"{name}_hvps"]
             else:
-                out[name]["warm"] += a[f"{name}_hvps"]
-                out[name]["cold"] += b[f"{name}_hvps"]
+                for kind in sets:
+                    out[name][kind] += got[kind][f"{name}_hvps"]
                 out[name]["calls"] += 1
-            last = {"warm": a[name], "cold": b[name]}
+            last = {kind: got[kind][name] for kind in sets}
         inp = MonitorInputs(model, ce, s.mx, s.my, 0, s.opt)
         scale = None
         if name == "adam_sharpness":
@@ -155,8 +159,8 @@ def warm_vs_cold(args, model, s: Setup, names: tuple[str, ...]) -> dict[str, dic
         ref = top_eigenpair(inp, steps=400, tol=1e-10, rule="residual", dtype=torch.float64,
                             scale=scale)["lambda_max"]
         out[name]["ref"] = ref
-        out[name]["err_warm"] = abs(last["warm"] - ref) / abs(ref)
-        out[name]["err_cold"] = abs(last["cold"] - ref) / abs(ref)
+        for kind in sets:
+            out[name][f"err_{kind}"] = abs(last[kind] - ref) / abs(ref)
     return out
 
 
@@ -200,13 +204,17 @@ def main() -> None:
         torch.manual_seed(args.seed)
         model = build_model("mlp", data.input_shape, data.num_classes, width=args.width, depth=2).to(device)
         rows += [(label, n, r) for n, r in warm_vs_cold(args, model, make(model), names_).items()]
-    print(f"\nwarm vs cold starts over {args.hvp_steps + 1} calls after the first (one training step between "
-          f"calls), tol {args.tol}, rule 'error'; relative error vs a float64 reference at the last call")
-    print(f"{'trajectory':<26}{'monitor':<16}{'first':>7}{'warm':>7}{'cold':>7}{'warm/cold':>11}"
-          f"{'err warm':>10}{'err cold':>10}")
+    print(f"\nwarm vs cold starts over {args.hvp_steps + 1} calls after the first ({args.hvp_every} training "
+          f"step(s) between calls), tol {args.tol}, rule 'error'; relative error vs a float64 reference at the "
+          "last call")
+    print("warm: from the previous Ritz vector moved along its steady drift (extrapolate=true, the default); "
+          "plain: from the previous Ritz vector (extrapolate=false); cold: warm=false")
+    print(f"{'trajectory':<26}{'monitor':<16}{'first':>7}{'warm':>7}{'plain':>7}{'cold':>7}{'warm/cold':>11}"
+          f"{'plain/cold':>12}{'err warm':>10}{'err plain':>11}{'err cold':>10}")
     for label, n, r in rows:
-        print(f"{label:<26}{n:<16}{r['first']:>7}{r['warm']:>7}{r['cold']:>7}{r['warm'] / r['cold']:>11.3f}"
-              f"{r['err_warm']:>10.1e}{r['err_cold']:>10.1e}")
+        print(f"{label:<26}{n:<16}{r['first']:>7}{r['warm']:>7}{r['plain']:>7}{r['cold']:>7}"
+              f"{r['warm'] / r['cold']:>11.3f}{r['plain'] / r['cold']:>12.3f}"
+              f"{r['err_warm']:>10.1e}{r['err_plain']:>11.1e}{r['err_cold']:>10.1e}")
 
 
 if __name__ == "__main__":

@@ -123,6 +123,7 @@ def train(
 ) -> None:
     """Train a model and write a run directory (config.json, checkpoints/, metrics.jsonl)."""
     from landscape.checkpoints import RunDir
+    from landscape.train.config import TrainConfig
     from landscape.train.trainer import train as run_training
 
     overrides = dict(
@@ -150,7 +151,7 @@ def train(
     }
     given = config is not None or any(v is not None for v in overrides.values()) or any(params.values())
     if resume and not given and (out / "config.json").is_file():
-        cfg = RunDir(out).config  # `landscape train --out RUN --resume` continues the stored config
+        cfg = TrainConfig.from_run(RunDir(out))  # `landscape train --out RUN --resume` continues the stored config
     else:
         cfg = build_train_config(config, overrides, params)
     result = run_training(cfg, out, resume=resume, overwrite=overwrite, device=device, progress=progress,
@@ -527,8 +528,11 @@ def analyze(
     probes: str = typer.Option("default", "--probes", help="default (hessian,sharpness,coherence,collapse,rankme), all, or a comma list."),
     setting: Optional[list[str]] = typer.Option(None, "--setting", help="PROBE.KEY=VALUE, repeatable (e.g. hessian.top_k=10)."),
     checkpoints: str = CHECKPOINTS, out: Optional[Path] = OUT, device: str = DEVICE,
-    executor: str = typer.Option("local", "--executor", help="local, process (a pool of --workers) or ray."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (process/ray)."),
+    executor: str = typer.Option("local", "--executor", help=(
+        "local; process (a pool of --workers warm processes, one task per checkpoint with all its probes); "
+        "ray; or auto: times the first checkpoint in-process and uses the pool only when the rest is "
+        "estimated clearly longer than starting it (the choice and why are printed).")),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (process/ray/auto; default: one per CPU)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
     model: Optional[str] = MODEL, model_param: Optional[list[str]] = MODEL_PARAM, num_classes: Optional[int] = NUM_CLASSES,
     input_shape: Optional[str] = INPUT_SHAPE, model_factory: Optional[str] = FACTORY, dataset: Optional[str] = DATASET,
@@ -562,8 +566,9 @@ def analyze(
     names = parse_probes(probes)
     for name in names:  # argument mistakes fail here, before any progress output
         make_config(name, **settings.get(name, {}))
-    if executor not in ("local", "process", "ray"):
-        raise ConfigError(f"unknown executor {executor!r}; valid: local, process, ray")
+    from landscape.analyze import check_executor
+
+    check_executor(executor, workers)
     model_spec, data_spec = _foreign_specs(model, model_param, num_classes, input_shape, model_factory,
                                            dataset, dataset_param, loss, data_factory, task, target_key)
     check_model_specs(targets, model_spec)  # a factory that cannot (or may not) be used: one line, once
@@ -594,6 +599,8 @@ def analyze(
                               strip_prefix=strip_prefix, allow_outside_links=allow_outside_links,
                               on_data=data_lines.append)
     _print_data(data_lines)
+    if executor == "auto":
+        console.print(f"executor: {report.executor} ({report.executor_reason})", markup=False, highlight=False)
     for probe, records in report.results.items():
         _print_summary(probe, records)
     _print_failures(report.failures)

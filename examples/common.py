@@ -132,7 +132,7 @@ def train_run(opts: Options, name: str, config: TrainConfig) -> dict[str, Any]:
 
     run_dir = opts.out / name
     if (run_dir / "config.json").is_file() and not opts.force:
-        changed = RunDir(run_dir).config.diff(config)
+        changed = TrainConfig.from_run(RunDir(run_dir)).diff(config)
         if changed:
             raise ConfigError(f"{run_dir} holds a run trained with other settings ({', '.join(sorted(changed))}); "
                               "pass --force to retrain it, or --out to write elsewhere")

@@ -131,7 +131,7 @@ def train_or_reuse(opts: Options, name: str, cfg: TrainConfig) -> bool:
 
     run_dir = opts.out / name
     if (run_dir / "config.json").is_file() and not opts.force:
-        changed = RunDir(run_dir).config.diff(cfg)
+        changed = TrainConfig.from_run(RunDir(run_dir)).diff(cfg)
         if changed:
             raise ConfigError(f"{run_dir} holds a run trained with other settings ({', '.join(sorted(changed))}); "
                               "pass --force to retrain it, or --out to write elsewhere")

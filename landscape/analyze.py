@@ -8,10 +8,12 @@ setting needed to repeat it as attributes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,10 @@ import torch
 from landscape.checkpoints import ModelSpec, checkpoint_matches, file_fingerprint, file_sha256
 from landscape.datasets import describe_data
 from landscape.errors import CheckpointError, ConfigError, LandscapeError
-from landscape.executors import map_tasks
+from landscape.executors import Choice, choose_executor, cpu_count, lazy_imports_done, map_unordered
 from landscape.probes import PROBES, ProbeContext
-from landscape.store import Store, checkpoint_name, group_name, settings_hash
+from landscape.results import collect_series  # noqa: F401  (moved; re-exported for callers)
+from landscape.store import Store, group_name, settings_hash
 from landscape.targets import (
     DataSpec,
     Target,
@@ -33,6 +36,7 @@ from landscape.targets import (
     load_data_and_loss,
     load_model_and_record,
     resolve_targets,
+    trajectory_loader,
 )
 from landscape.utils import resolve_device, versions
 
@@ -96,10 +100,122 @@ def run_probe(
 
     ``on_target(target, state)`` is told ``"start"``/``"done"``/``"stored"`` per checkpoint and
     ``on_progress(target, n)`` the probe's units of work (HVPs for the Hessian). ``executor``
-    ``process`` or ``ray`` computes the checkpoints in parallel (:mod:`landscape.executors`);
-    results are identical, and this process alone writes them. Interrupted partial work (a
-    surface) resumes only with the in-process executor.
+    ``process`` or ``ray`` computes the checkpoints in parallel (:mod:`landscape.executors`; the
+    process pool is kept warm for later calls), ``auto`` times the first checkpoint here and runs
+    the rest where it estimates faster (:func:`landscape.executors.choose_executor`); results are
+    identical, each is stored as it comes back, and this process alone writes them. Interrupted
+    partial work (a surface) resumes only in-process.
     """
+    check_executor(executor, workers)
+    plan = _plan_probe(path, probe, cfg, checkpoints=checkpoints, out=out, device=device, model_spec=model_spec,
+                       data_spec=data_spec, force=force, on_target=on_target, on_failure=on_failure,
+                       allow_outside_links=allow_outside_links, weights=weights, strip_prefix=strip_prefix,
+                       caches=data_cache)
+    if executor == "local":
+        told: set[str] = set()
+        for target, group in plan.todo:
+            _compute_here(plan, target, group, plan.caches, on_progress, on_data, told)
+    else:
+        def fail(_: _ProbePlan, exc: LandscapeError) -> None:
+            raise exc
+
+        _run_checkpoints([plan], executor=executor, workers=workers, address=address, on_progress=on_progress,
+                         on_data=on_data, on_probe_error=fail)
+    return plan.sorted_records()
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    """One (checkpoint, probe) computation, picklable for worker processes and Ray."""
+
+    target: Target
+    probe: str
+    cfg: Any
+    device: str
+    model_spec: ModelSpec | None = None
+    data_spec: DataSpec | None = None
+    allow_outside_links: bool = False
+
+
+@dataclass(frozen=True)
+class CheckpointTask:
+    """Every pending probe of one checkpoint, for one worker, which loads its data and model once.
+    ``scope``: the data's identity (:func:`landscape.targets.data_identity`): what a worker has
+    loaded serves only tasks of the same data (its pool outlives one analysis)."""
+
+    probes: tuple[ProbeTask, ...]
+    scope: str
+
+
+@dataclass
+class _ProbePlan:
+    """One probe's work once its checks have passed: the records already stored, the (checkpoint,
+    group) pairs to compute, and how a result is stored (this process alone writes)."""
+
+    spec: Any
+    cfg: Any
+    dev: torch.device
+    store: Store
+    targets: list[Target]
+    stored: dict[str, str]
+    identities: dict[str, str]
+    records: list[ProbeRecord]
+    todo: list[tuple[Target, str]]
+    caches: dict[str, Any]
+    model_spec: ModelSpec | None
+    data_spec: DataSpec | None
+    allow_outside_links: bool
+    on_target: Callable[[Target, str], None] | None
+    on_failure: Callable[[Target, str], None] | None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def task(self, target: Target) -> ProbeTask:
+        return ProbeTask(target, self.spec.name, self.cfg, str(self.dev), self.model_spec, self.data_spec,
+                         self.allow_outside_links)
+
+    def write(self, target: Target, group: str, result: dict[str, Any], info: dict[str, Any], complete: bool) -> None:
+        settings = dataclasses.asdict(self.cfg)
+        attrs = {"probe": self.spec.name, "settings": settings, "settings_hash": settings_hash(settings),
+                 "versions": versions(), "device": str(self.dev), **info, "complete": complete}
+        binding = {"checkpoint": str(target.path), "checkpoint_sha256": file_sha256(target.path),
+                   **file_fingerprint(target.path)}  # results are bound to the file they came from
+        attrs.update(binding)
+        attrs["data_identity"] = self.identities[target.name]
+        parent = {
+            **binding,
+            **target.attrs(),
+            **{k: v for k, v in target.metrics().items() if isinstance(v, int | float)},
+        }
+        self.store.write(group, _storable(result), attrs, parent)
+
+    def done(self, target: Target, group: str, result: dict[str, Any], info: dict[str, Any]) -> None:
+        self.write(target, group, result, info, True)
+        self.records.append(ProbeRecord(target, group, result, False, info["seconds"]))
+        if self.on_target:
+            self.on_target(target, "done")
+
+    def failed(self, target: Target, exc: CheckpointError) -> None:
+        if self.on_failure is None:
+            raise exc
+        self.on_failure(target, str(exc))
+        if self.on_target:
+            self.on_target(target, "failed")
+
+    def sorted_records(self) -> list[ProbeRecord]:
+        order = {t.name: i for i, t in enumerate(self.targets)}
+        return sorted(self.records, key=lambda r: order[r.target.name])
+
+
+def _plan_probe(path: str | Path, probe: str, cfg: Any, *, checkpoints: str, out: str | Path | None,
+                device: str | torch.device, model_spec: ModelSpec | None, data_spec: DataSpec | None,
+                force: bool, on_target: Callable[[Target, str], None] | None,
+                on_failure: Callable[[Target, str], None] | None, allow_outside_links: bool, weights: str,
+                strip_prefix: str | None, caches: dict[str, Any] | None) -> _ProbePlan:
+    """The checks of :func:`run_probe` (config, checkpoints, model, data, what is stored, a writable
+    file), all before any work; the stored records are told to ``on_target`` as ``"stored"``."""
     spec = PROBES[probe]
     cfg = cfg if cfg is not None else spec.config()
     if not isinstance(cfg, spec.config):
@@ -122,86 +238,200 @@ def run_probe(
             records.append(ProbeRecord(target, group, store.read(group)[0], True, 0.0))
         else:
             todo.append((target, group))
-
-    caches: dict[str, Any] = data_cache if data_cache is not None else {}
+    caches: dict[str, Any] = caches if caches is not None else {}
     if todo:  # fail now, not after an hour of work; a rerun with everything stored writes nothing
         preload_data([t for t, _ in todo], data_spec, caches, model_spec)
         store.check_writable()
+    return _ProbePlan(spec, cfg, dev, store, targets, stored, identities, records, todo, caches, model_spec,
+                      data_spec, allow_outside_links, on_target, on_failure)
 
-    def write(target: Target, group: str, result: dict[str, Any], info: dict[str, Any], complete: bool) -> None:
-        attrs = {"probe": spec.name, "settings": settings, "settings_hash": settings_hash(settings),
-                 "versions": versions(), "device": str(dev), **info, "complete": complete}
-        binding = {"checkpoint": str(target.path), "checkpoint_sha256": file_sha256(target.path),
-                   **file_fingerprint(target.path)}  # results are bound to the file they came from
-        attrs.update(binding)
-        attrs["data_identity"] = identities[target.name]
-        parent = {
-            **binding,
-            **target.attrs(),
-            **{k: v for k, v in target.metrics().items() if isinstance(v, int | float)},
-        }
-        store.write(group, _storable(result), attrs, parent)
 
-    def failed(target: Target, exc: CheckpointError) -> None:
-        if on_failure is None:
-            raise exc
-        on_failure(target, str(exc))
-        if on_target:
-            on_target(target, "failed")
+def _compute_here(plan: _ProbePlan, target: Target, group: str, caches: dict[str, Any],
+                  on_progress: Callable[[Target, int], None] | None, on_data: Callable[[str], None] | None,
+                  told: set[str], loaded: dict[str, Any] | None = None) -> float:
+    """One (checkpoint, probe) in this process: resumed from its stored partial results, stored
+    (partially as it goes, where the probe saves partial work) and recorded. The seconds computing."""
+    if plan.on_target:
+        plan.on_target(target, "start")
+    partial = plan.store.read(group)[0] if plan.stored.get(group) == "partial" else None
+    start = time.perf_counter()
+    try:
+        result, info = compute_probe(
+            plan.task(target), caches=caches, partial=partial, loaded=loaded,
+            advance=(lambda n, t=target: on_progress(t, n)) if on_progress else None,
+            save_partial=lambda arrays, t=target, g=group, c=caches: plan.write(t, g, arrays, c["info"], False),
+        )
+    except CheckpointError as exc:
+        plan.failed(target, exc)
+        return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if on_data:  # told once the data have served a result
+        for k in sorted({k for k in caches if k.startswith("data:")} - told):
+            told.add(k)
+            on_data(describe_data(caches[k][0]))
+    plan.done(target, group, result, info)
+    return seconds
 
-    tasks = [ProbeTask(target, spec.name, cfg, str(dev), model_spec, data_spec, allow_outside_links)
-             for target, _ in todo]
-    if executor == "local":
-        told: set[str] = set()
-        for task, (target, group) in zip(tasks, todo, strict=True):
-            if on_target:
-                on_target(target, "start")
-            partial = store.read(group)[0] if stored.get(group) == "partial" else None
+
+def _run_checkpoints(plans: list[_ProbePlan], *, executor: str, workers: int | None, address: str | None,
+                     on_progress: Callable[[Target, int], None] | None, on_data: Callable[[str], None] | None,
+                     on_probe_error: Callable[[_ProbePlan, LandscapeError], None],
+                     on_probe: Callable[[str], None] | None = None) -> Choice:
+    """The pending work of ``plans``, one task per checkpoint (all its probes, so that its data and
+    model are loaded once), on ``executor``; each result is stored as soon as it comes back, so that
+    an interrupted analysis keeps what was finished. A probe that fails (other than its checkpoint)
+    is told to ``on_probe_error`` and is not run on the checkpoints not yet started.
+
+    ``auto``: the first checkpoint (two, where the first paid this process's one-time imports) is
+    computed here and timed, and the rest run here or on a process pool as
+    :func:`landscape.executors.choose_executor` estimates faster. Returns what ran, and why."""
+    groups: dict[str, tuple[Target, list[tuple[_ProbePlan, str]]]] = {}
+    for plan in plans:
+        for target, group in plan.todo:
+            groups.setdefault(target.name, (target, []))[1].append((plan, group))
+    pending = list(groups.values())
+    failed: set[str] = set()
+    told: set[str] = set()
+    shown = {"probe": None}
+
+    def show(plan: _ProbePlan) -> None:
+        if on_probe and shown["probe"] != plan.name:
+            shown["probe"] = plan.name
+            on_probe(plan.name)
+
+    def here(target: Target, pairs: list[tuple[_ProbePlan, str]]) -> float:
+        live = [(p, g) for p, g in pairs if p.name not in failed]
+        loaded: dict[str, Any] = {"left": len(live)}
+        seconds = 0.0
+        for plan, group in live:
+            show(plan)
             try:
-                result, info = compute_probe(
-                    task, caches=caches, partial=partial,
-                    advance=(lambda n, t=target: on_progress(t, n)) if on_progress else None,
-                    save_partial=lambda arrays, t=target, g=group, c=caches: write(t, g, arrays, c["info"], False),
-                )
-            except CheckpointError as exc:
-                failed(target, exc)
-                continue
-            if on_data:  # told once the data have served a result
-                for k in sorted({k for k in caches if k.startswith("data:")} - told):
-                    told.add(k)
-                    on_data(describe_data(caches[k][0]))
-            write(target, group, result, info, True)
-            records.append(ProbeRecord(target, group, result, False, info["seconds"]))
-            if on_target:
-                on_target(target, "done")
-    else:  # workers compute, this process alone writes
-        gpus = 1.0 if dev.type == "cuda" else 0.0
-        outputs = map_tasks(_compute_or_fail, tasks, executor=executor, workers=workers, address=address,
-                            gpus_per_task=gpus)
-        for (target, group), output in zip(todo, outputs, strict=True):
-            if isinstance(output, CheckpointError):
-                failed(target, output)
-                continue
-            result, info = output
-            write(target, group, result, info, True)
-            records.append(ProbeRecord(target, group, result, False, info["seconds"]))
-            if on_target:
-                on_target(target, "done")
-    order = {t.name: i for i, t in enumerate(targets)}
-    return sorted(records, key=lambda r: order[r.target.name])
+                seconds += _compute_here(plan, target, group, plan.caches, on_progress, on_data, told, loaded)
+            except CheckpointError:
+                raise
+            except LandscapeError as exc:
+                failed.add(plan.name)
+                on_probe_error(plan, exc)
+        return seconds
+
+    dev = plans[0].dev if plans else torch.device("cpu")
+    if executor == "auto":
+        choice: Choice | None = None
+        while choice is None and pending:
+            target, pairs = pending.pop(0)
+            setup = _time_data(target, pairs[0][0])
+            before = lazy_imports_done()
+            seconds = here(target, pairs)
+            choice = choose_executor(len(pending), seconds, workers=workers, device=dev.type,
+                                     first_call=not before and lazy_imports_done(), setup_seconds=setup)
+        choice = choice or Choice("local", 1, "no checkpoint left")
+    elif executor == "local":
+        choice = Choice("local", 1, "asked for")
+    else:
+        choice = Choice(executor, workers or cpu_count(), "asked for")
+    if choice.executor == "local":
+        for target, pairs in pending:
+            here(target, pairs)
+        return choice
+    tasks = [CheckpointTask(tuple(p.task(target) for p, _ in pairs if p.name not in failed),
+                            pairs[0][0].identities[target.name]) for target, pairs in pending]
+    gpus = 1.0 if dev.type == "cuda" else 0.0
+    with closing(map_unordered(_compute_checkpoint, tasks, executor=choice.executor, workers=choice.workers,
+                               address=address, gpus_per_task=gpus)) as outputs:
+        for index, (outcomes, lines) in outputs:
+            target, pairs = pending[index]
+            live = [(p, g) for p, g in pairs if p.name in {t.probe for t in tasks[index].probes}]
+            for (plan, group), outcome in zip(live, outcomes, strict=True):
+                show(plan)
+                if isinstance(outcome, CheckpointError):
+                    plan.failed(target, outcome)
+                elif isinstance(outcome, LandscapeError):
+                    if plan.name not in failed:
+                        failed.add(plan.name)
+                        on_probe_error(plan, outcome)
+                elif plan.name not in failed:
+                    plan.done(target, group, *outcome)
+            if on_data:
+                for line in lines:
+                    if line not in told:
+                        told.add(line)
+                        on_data(line)
+    return choice
 
 
-@dataclass(frozen=True)
-class ProbeTask:
-    """One (checkpoint, probe) computation, picklable for worker processes and Ray."""
+def _time_data(target: Target, plan: _ProbePlan) -> float:
+    """Load the data of ``target`` into the plan's caches (if not there yet): the seconds it took,
+    which each worker would spend once."""
+    key = _data_key(target, plan.data_spec)
+    if key in plan.caches:
+        return 0.0
+    start = time.perf_counter()
+    plan.caches[key] = load_data_and_loss(target, plan.data_spec)
+    return time.perf_counter() - start
 
-    target: Target
-    probe: str
-    cfg: Any
-    device: str
-    model_spec: ModelSpec | None = None
-    data_spec: DataSpec | None = None
-    allow_outside_links: bool = False
+
+def _compute_checkpoint(task: CheckpointTask) -> tuple[list[Any], list[str]]:
+    """:func:`compute_probe` for each probe of a checkpoint, in a worker: ``(outcomes, data lines)``;
+    an outcome is ``(result, info)``, or the error of a probe (or of its checkpoint) that failed.
+    The data and the model are loaded once; each probe gets its own copy of the model."""
+    caches = _worker_caches(task.scope)
+    loaded: dict[str, Any] = {"left": len(task.probes)}
+    outcomes: list[Any] = []
+    for probe_task in task.probes:
+        try:
+            outcomes.append(compute_probe(probe_task, caches=caches, loaded=loaded))
+        except LandscapeError as exc:
+            outcomes.append(exc)
+    first = task.probes[0] if task.probes else None
+    key = _data_key(first.target, first.data_spec) if first else ""
+    return outcomes, [describe_data(caches[key][0])] if key in caches else []
+
+
+_WORKER_SCOPES: dict[str, dict[str, Any]] = {}  # a worker's caches per data identity, the latest last
+
+
+def _worker_caches(scope: str, keep: int = 2) -> dict[str, Any]:
+    caches = _WORKER_SCOPES.pop(scope, None)
+    _WORKER_SCOPES[scope] = caches = caches if caches is not None else {}
+    while len(_WORKER_SCOPES) > keep:
+        del _WORKER_SCOPES[next(iter(_WORKER_SCOPES))]
+    return caches
+
+
+def _load_model(task: ProbeTask, dev: torch.device, loaded: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """The checkpoint's model and how it was read. With ``loaded`` (shared by the probes of one
+    checkpoint, ``{"left": n}``) the file is read once; each probe but the last gets a copy, so
+    that no probe sees what another did to its model."""
+    if loaded is None:
+        return load_model_and_record(task.target, task.model_spec, dev, allow_outside=task.allow_outside_links)
+    loaded["left"] -= 1
+    if "error" in loaded:
+        raise loaded["error"]
+    if "model" not in loaded:
+        try:
+            loaded["model"], loaded["record"] = load_model_and_record(task.target, task.model_spec, dev,
+                                                                      allow_outside=task.allow_outside_links)
+        except CheckpointError as exc:
+            loaded["error"] = exc
+            raise
+    if loaded["left"] <= 0:
+        return loaded.pop("model"), dict(loaded["record"])
+    try:
+        return copy.deepcopy(loaded["model"]), dict(loaded["record"])
+    except Exception:  # a model that cannot be copied (a handle, a lock): read the file again
+        return load_model_and_record(task.target, task.model_spec, dev, allow_outside=task.allow_outside_links)
+
+
+
+ANALYZE_EXECUTORS = ("local", "auto", "process", "ray")
+
+
+def check_executor(executor: str, workers: int | None) -> None:
+    """An executor :func:`analyze` knows, and a positive number of workers."""
+    if executor not in ANALYZE_EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; valid: {', '.join(ANALYZE_EXECUTORS)}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be ≥ 1, got {workers}")
 
 
 def check_model_specs(targets: list[Target], model_spec: ModelSpec | None) -> None:
@@ -216,14 +446,6 @@ def check_model_specs(targets: list[Target], model_spec: ModelSpec | None) -> No
             continue
         seen.add(key)
         model_spec_for(target, model_spec).check()
-
-
-def _compute_or_fail(task: ProbeTask) -> tuple[dict[str, Any], dict[str, Any]] | CheckpointError:
-    """:func:`compute_probe` for workers: a checkpoint that cannot be loaded comes back as its error."""
-    try:
-        return compute_probe(task)
-    except CheckpointError as exc:
-        return exc
 
 
 _WORKER_CACHES: dict[str, Any] = {}
@@ -278,6 +500,7 @@ def compute_probe(
     partial: dict[str, Any] | None = None,
     advance: Callable[[int], None] | None = None,
     save_partial: Callable[[dict[str, Any]], None] | None = None,
+    loaded: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load the checkpoint and run the probe: ``(result, info)``; ``info`` holds what the stored
     attributes need (data, loss, seconds). Runs anywhere: it reads files, it never writes them."""
@@ -293,13 +516,13 @@ def compute_probe(
                                "source": (data.info or {}).get("source", {}),
                                **{k: data.info[k] for k in ("task", "inputs") if k in (data.info or {})}},
                       "loss": getattr(loss, "spec", lambda: {})()}
-    model, caches["info"]["checkpoint_load"] = load_model_and_record(target, task.model_spec, dev,
-                                                                     allow_outside=task.allow_outside_links)
+    model, caches["info"]["checkpoint_load"] = _load_model(task, dev, loaded)
     ctx = ProbeContext(model=model, loss=loss.per_sample, data=data, device=dev,
                        run_cache=caches.setdefault(f"run:{target.run_dir}", {}),
                        advance=advance or (lambda n: None), run_dir=target.run_dir,
                        save_partial=save_partial or (lambda arrays: None), partial=partial,
-                       resolve_checkpoint=lambda which: _checkpoint_tensors(target, which, caches["info"]))
+                       resolve_checkpoint=lambda which: _checkpoint_tensors(target, which, caches["info"]),
+                       load_trajectory=trajectory_loader(target))
     torch.manual_seed(getattr(task.cfg, "seed", 0))
     start = time.perf_counter()
     result = spec.run(ctx, task.cfg)
@@ -421,37 +644,6 @@ def _storable(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def collect_series(store_path: str | Path, probe: str, keys: list[str]) -> dict[str, Any]:
-    """Scalars of ``probe`` across the stored checkpoints: ``{"name", "step", "epoch", key…}``.
-
-    In training order: by step where every checkpoint has one, else by epoch where every one has
-    one, else by name in natural order (``epoch_5`` before ``epoch_10``); a missing step or epoch
-    is NaN. A key may be a path into subgroups (``"train/nc1"``).
-    """
-    from landscape.checkpoints import natural_key
-
-    store = Store(store_path)
-    rows = []
-    for group in store.groups():
-        ckpt, _, name = group.rpartition("/")
-        if name != probe:
-            continue
-        arrays, _ = store.read(group)
-        parent_attrs = store.attrs(ckpt)
-        row: dict[str, Any] = {"name": checkpoint_name(ckpt), "step": float(parent_attrs.get("step", np.nan)),
-                               "epoch": float(parent_attrs.get("epoch", np.nan))}
-        for key in keys:
-            value: Any = arrays
-            for part in key.split("/"):
-                value = value.get(part, np.nan) if isinstance(value, dict) else np.nan
-            row[key] = float(np.asarray(value).reshape(-1)[0]) if np.size(value) else np.nan
-        rows.append(row)
-    by = next((k for k in ("step", "epoch") if rows and all(np.isfinite(r[k]) for r in rows)), None)
-    rows.sort(key=lambda r: ((r[by],) if by else ()) + (natural_key(r["name"]),))
-    out = {k: np.array([r[k] for r in rows], dtype=float) for k in ["step", "epoch", *keys]}
-    return {"name": np.array([r["name"] for r in rows], dtype=str), **out}
-
-
 # ---- many probes at once ---------------------------------------------------------------------
 
 DEFAULT_PROBES = ("hessian", "sharpness", "coherence", "collapse", "rankme")
@@ -463,6 +655,8 @@ class AnalysisReport:
 
     results: dict[str, list[ProbeRecord]]
     failures: dict[str, str]
+    executor: str = "local"  # where the work ran (what ``auto`` chose)
+    executor_reason: str = "asked for"
 
 
 def parse_probes(probes: str | list[str]) -> list[str]:
@@ -504,9 +698,14 @@ def analyze(
     loaded (``failures["<probe> <checkpoint>"]``, ``/failures/<probe>/<checkpoint>``); a mistake in
     the arguments themselves (an unknown probe, a bad setting, a model factory that cannot be
     imported or is not trusted) fails before anything runs. ``on_probe(name)`` is told each probe
-    as it starts."""
+    as it starts.
+
+    ``executor`` other than ``local`` runs one task per checkpoint, all its probes together (its data
+    and model loaded once); ``auto`` stays in-process unless the work measured on the first
+    checkpoint is estimated clearly longer than starting workers. The report says what ran, and why."""
     from landscape.probes import make_config
 
+    check_executor(executor, workers)
     names = parse_probes(probes)
     configs = {name: make_config(name, **(settings or {}).get(name, {})) for name in names}
     store = Store(out if out is not None else default_output(path))
@@ -522,19 +721,40 @@ def analyze(
         failures[key] = error
         store.write(group, {}, {"error": error, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
+    def on_failure(name: str) -> Callable[[Target, str], None]:
+        return lambda t, e: record_failure(f"failures/{name}/{group_name(t.name)}", f"{name} {t.name}", e)
+
+    if executor == "local":
+        for name, cfg in configs.items():
+            if on_probe:
+                on_probe(name)
+            try:
+                results[name] = run_probe(
+                    path, name, cfg, checkpoints=checkpoints, out=store.path, device=device, force=force,
+                    on_progress=on_progress, on_target=on_target, executor=executor, workers=workers,
+                    address=address, model_spec=model_spec, data_spec=data_spec,
+                    allow_outside_links=allow_outside_links, weights=weights, strip_prefix=strip_prefix,
+                    on_data=on_data, data_cache=data_cache, on_failure=on_failure(name))
+            except LandscapeError as exc:
+                record_failure(f"failures/{name}", name, str(exc))
+        return AnalysisReport(results, failures)
+    plans: list[_ProbePlan] = []  # every probe checked first, then one task per checkpoint
     for name, cfg in configs.items():
         if on_probe:
             on_probe(name)
         try:
-            results[name] = run_probe(
-                path, name, cfg, checkpoints=checkpoints, out=store.path, device=device, force=force,
-                on_progress=on_progress, on_target=on_target, executor=executor, workers=workers,
-                address=address, model_spec=model_spec, data_spec=data_spec,
+            plans.append(_plan_probe(
+                path, name, cfg, checkpoints=checkpoints, out=store.path, device=device, model_spec=model_spec,
+                data_spec=data_spec, force=force, on_target=on_target, on_failure=on_failure(name),
                 allow_outside_links=allow_outside_links, weights=weights, strip_prefix=strip_prefix,
-                on_data=on_data, data_cache=data_cache, on_failure=lambda t, e, n=name: record_failure(f"failures/{n}/{group_name(t.name)}", f"{n} {t.name}", e))
+                caches=data_cache))
         except LandscapeError as exc:
             record_failure(f"failures/{name}", name, str(exc))
-    return AnalysisReport(results, failures)
+    choice = _run_checkpoints(
+        plans, executor=executor, workers=workers, address=address, on_progress=on_progress, on_data=on_data,
+        on_probe=on_probe, on_probe_error=lambda plan, exc: record_failure(f"failures/{plan.name}", plan.name, str(exc)))
+    results = {plan.name: plan.sorted_records() for plan in plans if plan.name not in failures}
+    return AnalysisReport(results, failures, choice.executor, choice.reason)
 
 
 # ---- measures of many runs, for correlating with generalization -------------------------------

@@ -7,8 +7,10 @@ read with ``torch.load(weights_only=True)``. Nothing here unpickles code.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -22,6 +24,14 @@ from torch import nn
 
 from landscape.errors import CheckpointError, ConfigError
 from landscape.models import build_model
+from landscape.utils import (
+    atomic_write,
+    atomic_write_json,
+    make_temp_file,
+    new_file_mode,
+    read_jsonl,
+    versions,
+)
 
 CHECKPOINT_DIR = "checkpoints"
 _STEP_RE = re.compile(r"^step_(\d+)\.safetensors$")
@@ -480,8 +490,6 @@ def save_weights(path: str | Path, model: nn.Module, metadata: Mapping[str, Any]
     """Write ``model.state_dict()`` to a safetensors file atomically (temp file + rename)."""
     from safetensors.torch import save_file
 
-    from landscape.utils import make_temp_file, new_file_mode
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -499,8 +507,6 @@ def save_weights(path: str | Path, model: nn.Module, metadata: Mapping[str, Any]
 
 def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
     """Write trainer state (tensors, numbers, lists, dicts only) atomically for ``weights_only`` loading."""
-    from landscape.utils import atomic_write
-
     atomic_write(path, lambda fh: torch.save(dict(state), fh), mode="wb")
 
 
@@ -610,6 +616,84 @@ def order_checkpoints(checkpoints: Iterable[Checkpoint]) -> list[Checkpoint]:
     return sorted(cps, key=lambda c: natural_key(c.name))
 
 
+# ---- selecting checkpoints --------------------------------------------------------------------
+
+
+SELECTION_HELP = ("last, first, all, every:N, a step (or epoch) S, step:S, epoch:E, a name or a glob "
+                  "(epoch_1*); comma lists mix them")
+
+
+def _available(checkpoints: list[Checkpoint]) -> str:
+    def label(c: Checkpoint) -> str:  # the step/epoch where the name does not show it
+        extra = [f"{k} {v}" for k, v in (("step", c.step), ("epoch", c.epoch)) if v is not None and str(v) not in c.name]
+        return f"{c.name} ({', '.join(extra)})" if extra else c.name
+
+    names = [label(c) for c in checkpoints]
+    return ", ".join(names) if len(names) <= 6 else \
+        ", ".join(names[:3]) + ", …, " + ", ".join(names[-2:]) + f" ({len(names)} in all)"
+
+
+def _match(item: str, checkpoints: list[Checkpoint]) -> list[int]:
+    """Indices of the checkpoints one selection item names (empty: none)."""
+    n = len(checkpoints)
+    if item == "last":
+        return [n - 1]
+    if item == "first":
+        return [0]
+    if item == "all":
+        return list(range(n))
+    if item.startswith("every:"):
+        try:
+            k = int(item.split(":", 1)[1])
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise ConfigError(f"bad checkpoint selection {item!r}; every:N needs an integer N ≥ 1")
+        return sorted({*range(0, n, k), n - 1})
+    kind, sep, number = item.partition(":")
+    if sep and kind in ("step", "epoch"):
+        try:
+            value = int(number)
+        except ValueError:
+            raise ConfigError(f"bad checkpoint selection {item!r}; {kind}:N needs an integer N") from None
+        return [i for i, c in enumerate(checkpoints) if getattr(c, kind) == value]
+    if any(ch in item for ch in "*?["):
+        return [i for i, c in enumerate(checkpoints)
+                if fnmatch.fnmatchcase(c.name, item) or fnmatch.fnmatchcase(c.path.name, item)]
+    by_name = [i for i, c in enumerate(checkpoints) if item in (c.name, c.path.name)]
+    if by_name or not item.lstrip("-").isdigit():
+        return by_name
+    value = int(item)
+    for kind in ("step", "epoch"):
+        hits = [i for i, c in enumerate(checkpoints) if getattr(c, kind) == value]
+        if hits:
+            return hits
+    return []
+
+
+def select_checkpoints(checkpoints: list[Checkpoint], which: str) -> list[Checkpoint]:
+    """The checkpoints ``which`` names, in the given order, each once.
+
+    ``which`` is a comma list of: ``last``, ``first``, ``all``, ``every:N`` (every N-th, always the
+    last), an integer (the checkpoint at that step, else at that epoch), ``step:S``, ``epoch:E``, a
+    name (with or without its file extension) or a glob over names (``epoch_1*``). An item that
+    names nothing is a :class:`ConfigError` listing what there is.
+    """
+    if not checkpoints:
+        return []
+    items = [s.strip() for s in str(which).split(",") if s.strip()]
+    if not items:
+        raise ConfigError(f"empty checkpoint selection {which!r}; use {SELECTION_HELP}")
+    chosen: set[int] = set()
+    for item in items:
+        hits = _match(item, checkpoints)
+        if not hits:
+            what = f"at step(s) {item}" if item.lstrip("-").isdigit() else f"matches {item!r}"
+            raise ConfigError(f"no checkpoint {what}; available: {_available(checkpoints)}")
+        chosen.update(hits)
+    return [checkpoints[i] for i in sorted(chosen)]
+
+
 _DAMAGED = "the run directory is damaged: restore config.json (or retrain)"
 
 
@@ -682,17 +766,49 @@ class RunDir:
             _check_model_spec(meta["model_spec"], file)
         self.meta: dict[str, Any] = meta
 
-    @property
-    def config(self):  # -> TrainConfig (import here: config imports registries)
-        from landscape.train.config import TrainConfig
+    @classmethod
+    def create(cls, path: str | Path, *, config: Mapping[str, Any], model_spec: ModelSpec,
+               dataset: Mapping[str, Any], steps_per_epoch: int, total_steps: int,
+               device: str | torch.device) -> RunDir:
+        """Start a run directory at ``path`` (which must exist): write its ``config.json`` atomically.
 
-        file = self.path / "config.json"
+        The file is the schema this class reads: ``config`` (the training config as a JSON object),
+        ``model_spec`` (:meth:`ModelSpec.to_dict`), ``dataset`` (name, sizes, info), the run's
+        ``steps_per_epoch`` and ``total_steps``, the ``device`` it trained on and package ``versions``.
+        """
+        meta = {
+            "config": dict(config),
+            "model_spec": model_spec.to_dict(),
+            "dataset": dict(dataset),
+            "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps,
+            "device": str(device),
+            "versions": versions(),
+        }
+        atomic_write_json(Path(path) / "config.json", meta)
+        run = cls.__new__(cls)  # the run as just written (not read back: nothing to check)
+        run.path, run.meta = Path(path), meta
+        return run
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def damaged(self, what: str) -> CheckpointError:
+        """The error for a damaged ``config.json``: ``<file>: <what>; restore config.json (or retrain)``."""
+        return CheckpointError(f"{self.config_file}: {what}; {_DAMAGED}")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The training config as ``config.json`` records it (a JSON object, unchecked beyond that;
+        :func:`landscape.train.config.run_config` reads it as a ``TrainConfig``)."""
         if "config" not in self.meta:
-            raise CheckpointError(f"{file} has no 'config' (the training config); {_DAMAGED}")
-        try:
-            return TrainConfig.from_dict(self.meta["config"])
-        except ConfigError as exc:
-            raise CheckpointError(f"{file}: 'config': {exc}; {_DAMAGED}") from None
+            raise CheckpointError(f"{self.config_file} has no 'config' (the training config); {_DAMAGED}")
+        return dict(self.meta["config"])
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -715,26 +831,26 @@ class RunDir:
         return sorted(found, key=lambda c: c.step)
 
     def checkpoint(self, which: str | int = "last") -> Checkpoint:
+        """The one checkpoint ``which`` names (:func:`select_checkpoints`: ``last``, ``first``, a
+        step, ``step:S``, a name, …)."""
         cps = self.checkpoints()
         if not cps:
             raise CheckpointError(f"run {self.path} has no checkpoints yet")
-        if which == "last":
-            return cps[-1]
-        if which == "first":
-            return cps[0]
-        for c in cps:
-            if c.name == str(which) or str(c.step) == str(which).lstrip("0").rjust(1, "0"):
-                return c
-        raise CheckpointError(
-            f"run {self.path} has no checkpoint {which!r}; available steps: "
-            + ", ".join(str(c.step) for c in cps)
-        )
+        try:
+            chosen = select_checkpoints(cps, str(which))
+        except ConfigError:
+            chosen = []
+        if len(chosen) == 1:
+            return chosen[0]
+        steps = ", ".join(str(c.step) for c in cps)
+        if not chosen:
+            raise CheckpointError(f"run {self.path} has no checkpoint {which!r}; available steps: {steps}")
+        raise CheckpointError(f"{which!r} names {len(chosen)} checkpoints of run {self.path}; name one "
+                              f"(available steps: {steps})")
 
     def metrics(self) -> list[dict[str, Any]]:
         """The records of ``metrics.jsonl`` in order; a half-written last line (a training run
         killed mid-write) is skipped, any other damage is one :class:`CheckpointError`."""
-        from landscape.utils import read_jsonl
-
         path = self.path / "metrics.jsonl"
         if not path.is_file():
             return []
@@ -748,11 +864,60 @@ class RunDir:
             records.append(record)
         return records
 
+    def checkpoint_at(self, step: int) -> Checkpoint:
+        """Where the checkpoint of ``step`` is written (``checkpoints/step_000500.safetensors``, its
+        trainer state beside it in :attr:`Checkpoint.state_path`); it need not exist yet."""
+        return Checkpoint(self.checkpoint_dir / f"{checkpoint_name(step)}.safetensors", step)
+
+    def append_metrics(self, record: Mapping[str, Any]) -> None:
+        """Append one record (a line of JSON) to ``metrics.jsonl``."""
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def keep_metrics(self, up_to_step: int | float) -> None:
+        """Rewrite ``metrics.jsonl`` (atomically) with only its records of ``step ≤ up_to_step``, line
+        for line; a half-written last line is dropped, a damaged line elsewhere is an error
+        (:func:`landscape.utils.read_jsonl`). No file: an empty one."""
+        keep = []
+        if self.metrics_path.is_file():
+            for line, record in read_jsonl(self.metrics_path):
+                step = record.get("step", math.inf) if isinstance(record, dict) else None
+                if _is_number(step) and step <= up_to_step:
+                    keep.append(line)
+        atomic_write(self.metrics_path, lambda fh: fh.write("".join(line + "\n" for line in keep)))
+
     def load_model(self, which: str | int = "last", device: str | torch.device = "cpu") -> nn.Module:
-        cp = self.checkpoint(which)
-        model = self.model_spec.build()
-        load_weights(model, load_state_dict(cp.path), source=f"checkpoint {cp.path}")
-        return model.to(device)
+        """The model of checkpoint ``which`` (:meth:`checkpoint`) in eval mode on ``device``."""
+        path = self.checkpoint(which).path
+        return restore_model(self.model_spec, path, device)[0]
+
+
+def restore_model(
+    spec: ModelSpec,
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    weights: str = "auto",
+    strip_prefix: str | None = None,
+    check_finite: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The one model loader: ``(model, record)``, ``spec``'s model with the weights at ``path``, in
+    eval mode on ``device``.
+
+    The weights are read safely (:func:`load_state_dict`, ``weights``: ema | raw | auto), their
+    keys fitted to the model (:func:`fit_state_dict`, ``strip_prefix``) and loaded strictly
+    (:func:`load_weights`); ``check_finite`` refuses NaN/inf weights (:func:`check_finite_weights`).
+    ``record`` says how they were read (what was asked, the file's format, the wrapper key used,
+    EMA or raw, the prefix stripped), to be stored beside results.
+    """
+    model = spec.build()
+    loaded = load_state_dict(path, weights=weights)
+    state, prefix = fit_state_dict(loaded, model.state_dict().keys(), strip_prefix)
+    load_weights(model, state, source=f"checkpoint {path}")
+    if check_finite:
+        check_finite_weights(model, source=f"checkpoint {path}")
+    record = {"requested": {"weights": weights, "strip_prefix": strip_prefix}, **loaded.info, "applied_prefix": prefix}
+    return model.to(device).eval(), record
 
 
 def load_model(
@@ -763,7 +928,8 @@ def load_model(
     weights: str = "auto",
     strip_prefix: str | None = None,
 ) -> nn.Module:
-    """Rebuild a model and load its weights from a RUN_DIR, a RUN_DIR checkpoint, or a foreign file.
+    """Rebuild a model (in eval mode) and load its weights from a RUN_DIR, a RUN_DIR checkpoint, or a
+    foreign file (:func:`restore_model`).
 
     For a file outside a RUN_DIR, ``spec`` says how to build the model; ``weights`` (ema | raw |
     auto) and ``strip_prefix`` are as in :func:`load_state_dict` and :func:`fit_state_dict`.
@@ -782,7 +948,4 @@ def load_model(
                 f"{path} is not inside a run directory; give a model spec "
                 "(--model NAME --num-classes C --input-shape C,H,W, or --model-factory pkg.module:fn)"
             )
-    model = spec.build()
-    state, _ = fit_state_dict(load_state_dict(path, weights=weights), model.state_dict().keys(), strip_prefix)
-    load_weights(model, state, source=f"checkpoint {path}")
-    return model.to(device)
+    return restore_model(spec, path, device, weights=weights, strip_prefix=strip_prefix)[0]

@@ -32,13 +32,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.errors import CheckpointError, ConfigError
+from landscape.errors import ConfigError
 
 NORMS = ("filter", "layer", "weight", "none")
 IGNORES = ("biasbn", "none")
@@ -53,7 +52,8 @@ Direction = dict[str, Tensor]
 # ---- validation --------------------------------------------------------------------------------
 
 
-def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
+def check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
+    """``value`` is one of ``valid``, or a one-line ConfigError naming them."""
     if value not in valid:
         raise ConfigError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
@@ -96,7 +96,7 @@ def target_tensors(model: nn.Module, kind: str = "weights") -> dict[str, Tensor]
     the model shares under several names (tied embeddings) is one entry, under its first name:
     perturbing it perturbs every use.
     """
-    _check_choice("direction kind", kind, KINDS)
+    check_choice("direction kind", kind, KINDS)
     if kind == "weights":
         items = [(n, p.detach()) for n, p in model.named_parameters()]
     else:
@@ -154,8 +154,8 @@ def normalize_direction(
     ``ignore="none"`` → ``d = w`` (a copy of the weight, as the reference's
     ``normalize_directions_for_weights/states`` do for any ``ignore`` other than ``'biasbn'``).
     """
-    _check_choice("norm", norm, NORMS)
-    _check_choice("ignore", ignore, IGNORES)
+    check_choice("norm", norm, NORMS)
+    check_choice("ignore", ignore, IGNORES)
     _check_same_layout(direction, weights, "direction", "weights")
     out = {}
     for name, d in direction.items():
@@ -187,8 +187,8 @@ def filter_normalized_direction(
 ) -> Direction:
     """:func:`random_direction` normalized against the model's own tensors (the reference's
     ``create_random_direction``)."""
-    _check_choice("norm", norm, NORMS)
-    _check_choice("ignore", ignore, IGNORES)
+    check_choice("norm", norm, NORMS)
+    check_choice("ignore", ignore, IGNORES)
     weights = target_tensors(model, kind)
     return normalize_direction(_gaussian_like(weights, seed), weights, norm=norm, ignore=ignore)
 
@@ -366,7 +366,7 @@ def project_trajectory(
     ``project_2D(..., 'lstsq')``): the least-squares coefficients
     :math:`\min_x \lVert θ_t − θ_{final} − \sum_i x_i d_i\rVert`.
     """
-    _check_choice("projection", projection, PROJECTIONS)
+    check_choice("projection", projection, PROJECTIONS)
     if not trajectory or not directions:
         raise ConfigError("project_trajectory needs at least one checkpoint and one direction")
     for i, d in enumerate(directions):
@@ -409,8 +409,8 @@ def pca_directions(
     (memory: one tensor's T × n block, not the whole T × P matrix); the directions are returned
     in ``final``'s dtypes and devices, the coordinates from the float64 directions.
     """
-    _check_choice("ignore", ignore, IGNORES)
-    _check_choice("projection", projection, PROJECTIONS)
+    check_choice("ignore", ignore, IGNORES)
+    check_choice("projection", projection, PROJECTIONS)
     trajectory = list(trajectory)
     if len(trajectory) < 3:
         raise ConfigError(f"PCA of a trajectory needs at least 3 checkpoints, got {len(trajectory)}")
@@ -456,33 +456,3 @@ def pca_directions(
     d0, d1 = ({k: t.to(dtype=final[k].dtype) for k, t in c.items()} for c in comps)
     return PCADirections(d0=d0, d1=d1, coords=coords, explained_variance_ratio=(lam.cpu().numpy() / total),
                          steps=list(steps))
-
-
-def run_trajectory(
-    run_dir,
-    *,
-    kind: str = "weights",
-    steps: Sequence[int | str] | None = None,
-    device: str | torch.device = "cpu",
-) -> tuple[list[dict[str, Tensor]], list[int]]:
-    """The checkpoints of a RUN_DIR (all, or those of ``steps``) as dicts of the tensors a
-    direction of ``kind`` perturbs (the keys of :func:`target_tensors` for the run's model),
-    sorted as given (by step when ``steps`` is None), with their steps."""
-    from landscape.checkpoints import RunDir, load_state_dict
-
-    _check_choice("direction kind", kind, KINDS)
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
-    like = target_tensors(run.model_spec.build(), kind)
-    checkpoints = run.checkpoints() if steps is None else [run.checkpoint(s) for s in steps]
-    if not checkpoints:
-        raise CheckpointError(f"run {run.path} has no checkpoints yet")
-    states = []
-    for cp in checkpoints:
-        state = load_state_dict(cp.path)
-        missing = [k for k in like if k not in state]
-        shapes = [k for k in like if k in state and state[k].shape != like[k].shape]
-        if missing or shapes:
-            bad = ", ".join((missing or shapes)[:5])
-            raise CheckpointError(f"checkpoint {cp.path} does not fit the run's model ({'missing' if missing else 'shape mismatch'}: {bad})")
-        states.append({k: state[k].to(device=device, dtype=like[k].dtype) for k in like})
-    return states, [cp.step for cp in checkpoints]

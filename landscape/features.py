@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from landscape.batch import InputBatch, forward
 from landscape.core.data import is_stream, samples_args, select
+from landscape.core.subsets import fixed_subset, parse_splits
 from landscape.errors import ConfigError, LandscapeError
 from landscape.outputs import OutputFn, logits_of
 
@@ -225,8 +226,6 @@ class FeatureSettings:
     pool: str = "flatten"  # per-token features: flatten | mean | last (landscape.features.pool_tokens)
 
     def __post_init__(self) -> None:
-        from landscape.probes.base import parse_splits
-
         if self.pool not in POOLS:
             raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         object.__setattr__(self, "splits", ",".join(parse_splits(self.splits)))  # "both" → "train,test"
@@ -258,8 +257,6 @@ def split_features(ctx, settings: FeatureSettings) -> dict[str, tuple[Tensor, Te
 
     ``inputs`` are the samples' input tensor; for a streamed split read whole (``samples=None``)
     it is the stream itself, read again batch by batch by a probe that needs the inputs."""
-    from landscape.probes.base import fixed_subset, parse_splits
-
     out = {}
     for split in parse_splits(settings.splits):
         features_fn = getattr(ctx, "features_fn", None)

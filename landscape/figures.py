@@ -203,12 +203,13 @@ def monitor_figures(run_dir: str | Path, plots_dir: str | Path, formats: tuple[s
     value was logged."""
     from landscape.checkpoints import RunDir
     from landscape.plots import monitor_value_keys, plot_monitors, save_figure
+    from landscape.train.config import TrainConfig
 
     run = RunDir(run_dir)
     records = run.metrics()
     if not monitor_value_keys(records):
         return []
-    cfg = run.config
+    cfg = TrainConfig.from_run(run)
     params = cfg.optimizer_params or {}
     beta = 0.0  # heavy-ball momentum moves GD's threshold (sgd's momentum defaults to 0.9 here)
     if cfg.optimizer == "sgd" and not params.get("nesterov", False):

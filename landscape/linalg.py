@@ -185,7 +185,10 @@ class HessianOperator:
 
 @dataclass
 class LanczosResult:
-    """Ritz values (ascending), Ritz vectors (columns, optional), residual bounds, and T's pieces."""
+    """Ritz values (ascending), Ritz vectors (columns, optional), residual bounds, and T's pieces.
+
+    ``errors[i]`` is the eigenvalue-error estimate ``min(r_i, r_i²/δ_i)`` of :func:`lanczos`'s
+    ``rule="error"`` (``δ_i`` the gap to the nearest other Ritz value, capped by ``gap``)."""
 
     eigenvalues: torch.Tensor
     eigenvectors: torch.Tensor | None
@@ -196,15 +199,44 @@ class LanczosResult:
     converged: bool
     first_components: torch.Tensor = field(repr=False, default=None)  # S[0, :] — SLQ weights are its squares
     basis_bytes: int = 0
+    errors: torch.Tensor | None = None
 
 
-def _tridiagonal_eigh(alphas: torch.Tensor, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    a = alphas.double().cpu()
-    b = betas.double().cpu()
+LANCZOS_RULES = ("residual", "error")
+
+
+def _tridiagonal_eigh(alphas: Sequence[float], betas: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    a = torch.as_tensor(alphas, dtype=torch.float64)
+    b = torch.as_tensor(betas, dtype=torch.float64)
     t = torch.diag(a)
     if len(b):
         t = t + torch.diag(b, 1) + torch.diag(b, -1)
     return torch.linalg.eigh(t)
+
+
+def ritz_errors(evals: torch.Tensor, residuals: torch.Tensor, gap: float | None = None) -> torch.Tensor:
+    r"""Eigenvalue-error estimates of Ritz pairs: :math:`\min(r_i, r_i^2/\delta_i)`.
+
+    ``δ_i`` is the distance from ``θ_i`` to the nearest other Ritz value, no larger than ``gap``
+    (absolute) when given; with neither (one Ritz value, no ``gap``) the estimate is ``r_i``. If ``θ_i`` is the Ritz value nearest to exactly one eigenvalue ``λ``
+    and the rest of the spectrum is ``δ_i`` away, :math:`|θ_i - λ| ≤ r_i^2/δ_i` (Kato–Temple;
+    Parlett 1980 §11-7); a Ritz gap over-estimates the true gap (the next eigenvalue lies between
+    the Ritz values), so this is an estimate, not a bound, while ``r_i`` is one (there is an
+    eigenvalue within ``r_i`` of ``θ_i``).
+    """
+    n = len(evals)
+    if n < 2:
+        delta = torch.full_like(evals, math.inf)
+    else:
+        d = torch.diff(evals).abs()
+        delta = torch.minimum(torch.cat([d[:1].new_full((1,), math.inf), d]),
+                              torch.cat([d, d[:1].new_full((1,), math.inf)]))
+    if gap is not None:
+        delta = delta.clamp_max(gap)
+    known = (delta > 0) & torch.isfinite(delta)  # a single Ritz value without a cap: no gap known
+    quad = torch.where(known, residuals**2 / delta.clamp_min(torch.finfo(torch.float64).tiny),
+                       torch.full_like(residuals, math.inf))
+    return torch.minimum(residuals, quad)
 
 
 def lanczos(
@@ -221,18 +253,28 @@ def lanczos(
     device: torch.device | str = "cpu",
     basis_device: torch.device | str | None = None,
     eigenvectors: bool = False,
-    check_every: int = 5,
+    check_every: int = 1,
+    rule: str = "residual",
+    gap: float | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> LanczosResult:
     """Lanczos with full reorthogonalization for the ``top_k`` largest and ``bottom_k`` smallest eigenpairs.
 
     Builds the tridiagonal ``T_m = V_mᵀ H V_m`` (``V`` orthonormal, reorthogonalized twice against
-    every previous vector). The Ritz pair ``(θ_i, V s_i)`` has residual ``‖H V s_i − θ_i V s_i‖ =
-    |β_m s_{m,i}|``; iteration stops when every wanted pair has residual ``≤ tol · max|θ|`` (default
-    ``tol``: 1e-4 in float32, 1e-9 in float64), after ``max_steps`` (capped at ``size``), or when an
-    invariant subspace is found (``β ≈ 0``: the Ritz values are then exact).
-    ``basis_device="cpu"`` keeps the ``m × P`` basis off the GPU for very large models.
+    every previous vector). The Ritz pair ``(θ_i, V s_i)`` has residual ``r_i = ‖H V s_i − θ_i V s_i‖
+    = |β_m s_{m,i}|``. The Ritz values are checked after every ``check_every`` steps (default: every
+    step; the ``m × m`` eigenproblem is tiny next to an HVP). ``rule="residual"`` (default) stops
+    when every wanted pair has ``r_i ≤ tol · max|θ|`` (an eigenvalue lies within ``r_i`` of
+    ``θ_i``; default ``tol``: 1e-4 in float32, 1e-9 in float64); ``rule="error"`` when every
+    wanted pair's error estimate ``min(r_i, r_i²/δ_i) ≤ tol · max|θ|`` (:func:`ritz_errors`;
+    ``gap``: a relative cap on ``δ_i / max|θ|``, e.g. a previous measurement's). Iteration also
+    ends after ``max_steps`` (capped at ``size``) or at an invariant subspace (``β ≈ 0``: the Ritz
+    values are then exact). ``basis_device="cpu"`` keeps the ``m × P`` basis off the GPU.
     """
+    if rule not in LANCZOS_RULES:
+        raise ConfigError(f"Lanczos rule must be one of {', '.join(LANCZOS_RULES)}, got {rule!r}")
+    if check_every < 1:
+        raise ConfigError(f"check_every must be ≥ 1, got {check_every}")
     device = torch.device(device)
     basis_device = torch.device(basis_device) if basis_device is not None else device
     if tol is None:
@@ -243,45 +285,47 @@ def lanczos(
         v0 = torch.randn(size, generator=g, dtype=torch.float64)
     q = (v0 / v0.norm()).to(device, dtype)
     basis = torch.zeros(m, size, dtype=dtype, device=basis_device)
-    alphas, betas = [], []
+    alphas: list[float] = []
+    betas: list[float] = []
     eps = torch.finfo(dtype).eps
     converged = False
     beta = torch.zeros((), dtype=dtype, device=device)
+    beta_f, alpha_max = 0.0, 0.0
     evals = evecs = None
-    j = 0
     for j in range(m):
         basis[j] = q.to(basis_device)
         w = matvec(q).to(dtype)
         alpha = torch.dot(q, w)
-        alphas.append(alpha)
         w = w - alpha * q - (beta * basis[j - 1].to(device) if j > 0 else 0.0)
         for _ in range(2):  # full reorthogonalization, twice ("twice is enough")
             vb = basis[: j + 1]
             w = w - (vb.T @ (vb @ w.to(basis_device))).to(device)
         beta = w.norm()
+        ab = torch.stack([alpha, beta]).double().cpu()  # one device sync per step
+        alphas.append(float(ab[0]))
+        beta_f = float(ab[1])
+        alpha_max = max(alpha_max, abs(alphas[-1]))
         if on_step is not None:
             on_step(j + 1)
         last = j == m - 1
-        invariant = bool(beta <= eps * 100 * max(abs(float(a)) for a in alphas)) or float(beta) == 0.0
+        invariant = beta_f <= eps * 100 * alpha_max or beta_f == 0.0
         if invariant or last or (j + 1) % check_every == 0:
-            evals, evecs = _tridiagonal_eigh(torch.stack(alphas), torch.stack(betas) if betas else torch.zeros(0))
+            evals, evecs = _tridiagonal_eigh(alphas, betas)
             if invariant:
                 converged = True
                 break
-            residuals = (float(beta) * evecs[-1]).abs()
-            wanted = _wanted(len(evals), top_k, bottom_k)
-            scale = evals.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
-            if len(evals) >= top_k + bottom_k and bool((residuals[wanted] <= tol * scale).all()):
+            if len(evals) >= top_k + bottom_k and _done(evals, beta_f * evecs[-1].abs(), top_k, bottom_k,
+                                                        tol, rule, gap):
                 converged = True
                 break
         if last:
             break
-        betas.append(beta)
+        betas.append(beta_f)
         q = w / beta
     steps = len(alphas)
     if evals is None:
-        evals, evecs = _tridiagonal_eigh(torch.stack(alphas), torch.stack(betas[: steps - 1]) if steps > 1 else torch.zeros(0))
-    residuals = (float(beta) * evecs[-1]).abs()
+        evals, evecs = _tridiagonal_eigh(alphas, betas[: steps - 1])
+    residuals = (beta_f * evecs[-1]).abs()
     if steps == size:
         residuals = torch.zeros_like(residuals)
         converged = True
@@ -289,17 +333,29 @@ def lanczos(
     if eigenvectors:
         wanted = _wanted(steps, top_k, bottom_k)
         vectors = (basis[:steps].T.to(device) @ evecs[:, wanted].to(device, dtype))
+    scale = float(evals.abs().max()) if len(evals) else 0.0
     return LanczosResult(
         eigenvalues=evals,
         eigenvectors=vectors,
         residuals=residuals,
-        alphas=torch.stack(alphas).double().cpu(),
-        betas=torch.stack(betas[: steps - 1]).double().cpu() if steps > 1 else torch.zeros(0, dtype=torch.float64),
+        alphas=torch.tensor(alphas, dtype=torch.float64),
+        betas=torch.tensor(betas[: steps - 1], dtype=torch.float64),
         steps=steps,
         converged=converged,
         first_components=evecs[0].clone(),
         basis_bytes=basis.numel() * basis.element_size(),
+        errors=ritz_errors(evals, residuals, None if gap is None else gap * scale),
     )
+
+
+def _done(evals: torch.Tensor, residuals: torch.Tensor, top_k: int, bottom_k: int, tol: float, rule: str,
+          gap: float | None) -> bool:
+    """Whether every wanted Ritz pair meets ``rule`` at ``tol`` (relative to ``max|θ|``)."""
+    wanted = _wanted(len(evals), top_k, bottom_k)
+    scale = float(evals.abs().max().clamp_min(torch.finfo(torch.float64).tiny))
+    if rule == "error":
+        residuals = ritz_errors(evals, residuals, None if gap is None else gap * scale)
+    return bool((residuals[wanted] <= tol * scale).all())
 
 
 def _wanted(n: int, top_k: int, bottom_k: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ import math
 import re
 from pathlib import Path
 
+from landscape.checkpoints import RunDir
 from landscape.errors import ConfigError
 from landscape.targets import Target, resolve_targets
 
@@ -67,8 +68,6 @@ def select_run_checkpoint(run_dir: str | Path, rule: str = "last") -> Target:
     Raises :class:`NotReached` for a ``stop_at_…`` rule the run never meets, and
     :class:`ConfigError` for a rule that names no checkpoint or several.
     """
-    from landscape.checkpoints import RunDir
-
     run = RunDir(run_dir)
     kind, arg = parse_rule(rule)
     if kind == "select":
@@ -86,12 +85,12 @@ def select_run_checkpoint(run_dir: str | Path, rule: str = "last") -> Target:
             step = round(float(arg) * spe)  # type: ignore[arg-type]
         else:
             step = int(arg)  # type: ignore[arg-type]
-        hits = [t for t in targets if t.step == step]
-        if not hits:
+        try:
+            return resolve_targets(run_dir, f"step:{step}")[0]
+        except ConfigError:
             steps = ", ".join(str(t.step) for t in targets)
             raise ConfigError(f"run {run_dir} has no checkpoint at {kind} {arg} (step {step}); "
-                              f"checkpoints at steps {steps}")
-        return hits[0]
+                              f"checkpoints at steps {steps}") from None
     metric, threshold = arg  # type: ignore[misc]
     logged: dict[int, float] = {}
     for r in run.metrics():

@@ -4,7 +4,9 @@ with their model, loss and data."""
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
+import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,20 +17,31 @@ from torch import nn
 from landscape.checkpoints import (
     CHECKPOINT_DIR,
     HF_WEIGHT_FILES,
+    SELECTION_HELP,
     WEIGHT_CHOICES,
     Checkpoint,
     ModelSpec,
     RunDir,
-    check_finite_weights,
-    fit_state_dict,
+    file_sha256,
     folder_checkpoints,
     hf_weight_file,
-    load_state_dict,
-    load_weights,
+    resolve_factory,
+    restore_model,
+    select_checkpoints,
 )
 from landscape.core.loss import regression_loss
+from landscape.datasets import load_dataset
 from landscape.errors import ConfigError
+from landscape.run_data import load_run_data
 from landscape.tasks import get_task, sequence_loss
+from landscape.train.config import TrainConfig
+from landscape.train.losses import build_loss, task_objective
+from landscape.trajectory import run_trajectory
+from landscape.user_data import as_dataset
+
+__all__ = ["SELECTION_HELP", "DataSpec", "Target", "check_data_spec", "data_identity", "factory_data",
+           "load_data_and_loss", "load_model", "load_model_and_record", "model_spec_for", "resolve_targets",
+           "select_checkpoints", "trajectory_loader"]
 
 
 @dataclass(frozen=True)
@@ -93,81 +106,6 @@ class Target:
             return {}
         rows = [r for r in RunDir(self.run_dir).metrics() if r.get("step") == self.step and "event" not in r]
         return {k: v for k, v in rows[-1].items() if k != "time"} if rows else {}
-
-
-SELECTION_HELP = ("last, first, all, every:N, a step (or epoch) S, step:S, epoch:E, a name or a glob "
-                  "(epoch_1*); comma lists mix them")
-
-
-def _available(checkpoints: list[Checkpoint]) -> str:
-    def label(c: Checkpoint) -> str:  # the step/epoch where the name does not show it
-        extra = [f"{k} {v}" for k, v in (("step", c.step), ("epoch", c.epoch)) if v is not None and str(v) not in c.name]
-        return f"{c.name} ({', '.join(extra)})" if extra else c.name
-
-    names = [label(c) for c in checkpoints]
-    return ", ".join(names) if len(names) <= 6 else \
-        ", ".join(names[:3]) + ", …, " + ", ".join(names[-2:]) + f" ({len(names)} in all)"
-
-
-def _match(item: str, checkpoints: list[Checkpoint]) -> list[int]:
-    """Indices of the checkpoints one selection item names (empty: none)."""
-    n = len(checkpoints)
-    if item == "last":
-        return [n - 1]
-    if item == "first":
-        return [0]
-    if item == "all":
-        return list(range(n))
-    if item.startswith("every:"):
-        try:
-            k = int(item.split(":", 1)[1])
-        except ValueError:
-            k = 0
-        if k < 1:
-            raise ConfigError(f"bad checkpoint selection {item!r}; every:N needs an integer N ≥ 1")
-        return sorted({*range(0, n, k), n - 1})
-    kind, sep, number = item.partition(":")
-    if sep and kind in ("step", "epoch"):
-        try:
-            value = int(number)
-        except ValueError:
-            raise ConfigError(f"bad checkpoint selection {item!r}; {kind}:N needs an integer N") from None
-        return [i for i, c in enumerate(checkpoints) if getattr(c, kind) == value]
-    if any(ch in item for ch in "*?["):
-        return [i for i, c in enumerate(checkpoints)
-                if fnmatch.fnmatchcase(c.name, item) or fnmatch.fnmatchcase(c.path.name, item)]
-    by_name = [i for i, c in enumerate(checkpoints) if item in (c.name, c.path.name)]
-    if by_name or not item.lstrip("-").isdigit():
-        return by_name
-    value = int(item)
-    for kind in ("step", "epoch"):
-        hits = [i for i, c in enumerate(checkpoints) if getattr(c, kind) == value]
-        if hits:
-            return hits
-    return []
-
-
-def select_checkpoints(checkpoints: list[Checkpoint], which: str) -> list[Checkpoint]:
-    """The checkpoints ``which`` names, in the given order, each once.
-
-    ``which`` is a comma list of: ``last``, ``first``, ``all``, ``every:N`` (every N-th, always the
-    last), an integer (the checkpoint at that step, else at that epoch), ``step:S``, ``epoch:E``, a
-    name (with or without its file extension) or a glob over names (``epoch_1*``). An item that
-    names nothing is a :class:`ConfigError` listing what there is.
-    """
-    if not checkpoints:
-        return []
-    items = [s.strip() for s in str(which).split(",") if s.strip()]
-    if not items:
-        raise ConfigError(f"empty checkpoint selection {which!r}; use {SELECTION_HELP}")
-    chosen: set[int] = set()
-    for item in items:
-        hits = _match(item, checkpoints)
-        if not hits:
-            what = f"at step(s) {item}" if item.lstrip("-").isdigit() else f"matches {item!r}"
-            raise ConfigError(f"no checkpoint {what}; available: {_available(checkpoints)}")
-        chosen.update(hits)
-    return [checkpoints[i] for i in sorted(chosen)]
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -261,14 +199,17 @@ def load_model_and_record(target: Target, spec: ModelSpec | None, device: torch.
     read (``weights`` and ``strip_prefix`` as asked, the file's format, the wrapper key used, EMA or
     raw, the prefix stripped), to be stored beside the results."""
     check_inside_run(target, allow_outside)
-    model = model_spec_for(target, spec).build()
-    loaded = load_state_dict(target.path, weights=target.weights)
-    state, prefix = fit_state_dict(loaded, model.state_dict().keys(), target.strip_prefix)
-    load_weights(model, state, source=f"checkpoint {target.path}")
-    check_finite_weights(model, source=f"checkpoint {target.path}")
-    record = {"requested": {"weights": target.weights, "strip_prefix": target.strip_prefix},
-              **loaded.info, "applied_prefix": prefix}
-    return model.to(device).eval(), record
+    return restore_model(model_spec_for(target, spec), target.path, device, weights=target.weights,
+                         strip_prefix=target.strip_prefix, check_finite=True)
+
+
+def trajectory_loader(target: Target) -> Callable[[str], tuple[list[dict[str, torch.Tensor]], list[int]]] | None:
+    """``kind → (states, steps)``: the checkpoints of ``target``'s run as the tensors a direction of
+    that kind perturbs (:func:`landscape.trajectory.run_trajectory`); None outside a RUN_DIR."""
+    if target.run_dir is None:
+        return None
+    run_dir = target.run_dir
+    return lambda kind: run_trajectory(run_dir, kind=kind)
 
 
 def check_data_spec(targets: list[Target], data_spec: DataSpec | None) -> None:
@@ -278,8 +219,6 @@ def check_data_spec(targets: list[Target], data_spec: DataSpec | None) -> None:
     if foreign is not None and (data_spec is None or not data_spec.named):
         raise ConfigError(_no_dataset_message(foreign))
     if data_spec is not None and data_spec.factory:
-        from landscape.checkpoints import resolve_factory
-
         resolve_factory(data_spec.factory, "data factory")
 
 
@@ -291,11 +230,6 @@ def data_identity(target: Target, data_spec: DataSpec | None) -> str:
     """A hash of what decides the data and the loss a probe of ``target`` sees: the run's data and
     loss settings (RUN_DIR) or the user's data spec, plus the sha256 of every file a dataset
     parameter names (an npz). Stored results are reused only under the same identity."""
-    import hashlib
-    import json
-
-    from landscape.checkpoints import file_sha256
-
     if target.run_dir is not None:
         config = RunDir(target.run_dir).meta.get("config") or {}
         what: dict[str, Any] = {k: config.get(k) for k in _RUN_DATA_KEYS}
@@ -320,14 +254,10 @@ def _no_dataset_message(target: Target) -> str:
 
 def load_data_and_loss(target: Target, data_spec: DataSpec | None):
     """``(Dataset, Loss)`` the target was trained with (RUN_DIR) or that ``data_spec`` names."""
-    from landscape.datasets import load_dataset
-    from landscape.train.losses import build_loss, task_objective
-    from landscape.train.trainer import load_data
-
     if target.run_dir is not None:
         run = RunDir(target.run_dir)
-        cfg = run.config
-        data = load_data(cfg, run.meta)  # the data the run saw, as its config.json records it
+        cfg = TrainConfig.from_run(run)
+        data = load_run_data(cfg.to_dict(), run.meta)  # the data the run saw, as its config.json records it
         return data, task_objective(build_loss(cfg.loss, z_loss=cfg.z_loss, **cfg.loss_params), data)
     if data_spec is None or not data_spec.named:
         raise ConfigError(_no_dataset_message(target))
@@ -372,9 +302,6 @@ def _first_pair(data) -> tuple[torch.Tensor, torch.Tensor]:
 def factory_data(spec: DataSpec):
     """The data a user's ``--data-factory`` returns, used as given (tensors in memory; a Dataset or
     DataLoader streamed batch by batch, :mod:`landscape.core.data`)."""
-    from landscape.checkpoints import resolve_factory
-    from landscape.user_data import as_dataset
-
     fn = resolve_factory(spec.factory, "data factory")
     try:
         out = fn(**spec.dataset_params)

@@ -6,6 +6,7 @@ import pytest
 
 from landscape.checkpoints import RunDir
 from landscape.errors import ConfigError
+from landscape.train.config import TrainConfig
 from landscape_cli.main import main, parse_key_values
 
 FAST = ["--epochs", "1", "--train-size", "200", "--width", "16", "--no-progress", "--device", "cpu"]
@@ -25,7 +26,7 @@ def test_train_with_flags_writes_run(tmp_path, capsys):
                "--model-param", "activation=tanh", *FAST])
     assert rc == 0
     assert f"run directory: {out}" in capsys.readouterr().out.replace("\n", "")
-    cfg = RunDir(out).config
+    cfg = TrainConfig.from_run(RunDir(out))
     assert (cfg.optimizer, cfg.optimizer_params, cfg.loss, cfg.loss_params) == ("sam", {"rho": 0.1, "momentum": 0.9}, "focal", {"gamma": 1})
     assert cfg.model_params == {"width": 16, "activation": "tanh"} and cfg.label_noise == 0.2
     assert [c.step for c in RunDir(out).checkpoints()] == [0, 2]  # 200 samples, batch 128
@@ -36,7 +37,7 @@ def test_config_file_with_flag_overrides_and_resume(tmp_path, capsys):
     conf.write_text(json.dumps({"epochs": 1, "train_size": 200, "lr": 0.1, "model_params": {"width": 8}}))
     out = tmp_path / "run"
     assert main(["train", "--config", str(conf), "--lr", "0.2", "--out", str(out), "--no-progress"]) == 0
-    cfg = RunDir(out).config
+    cfg = TrainConfig.from_run(RunDir(out))
     assert cfg.lr == 0.2 and cfg.model_params == {"width": 8} and cfg.epochs == 1
     # resume with no flags continues the stored config
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0

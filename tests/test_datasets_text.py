@@ -147,7 +147,7 @@ def test_cli_trains_a_character_model_with_context_and_refuses_it_elsewhere(tmp_
                "shakespeare_chars", "--context", "12", "--train-size", "40", "--optimizer", "adamw",
                "--epochs", "1", "--checkpoints", "none", "--no-progress", "--device", "cpu"])
     assert rc == 0
-    cfg = RunDir(out).config
+    cfg = TrainConfig.from_run(RunDir(out))
     assert cfg.dataset_params == {"context": 12} and RunDir(out).model_spec.input_shape == (12,)
     capsys.readouterr()
     assert main(["train", "--out", str(tmp_path / "d"), "--context", "4", "--epochs", "1", "--no-progress"]) == 2

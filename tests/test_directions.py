@@ -1,4 +1,3 @@
-import json
 
 import numpy as np
 import pytest
@@ -6,8 +5,8 @@ import torch
 from sklearn.decomposition import PCA
 
 from landscape import directions as D
-from landscape.checkpoints import ModelSpec, checkpoint_name, save_weights
-from landscape.errors import CheckpointError, ConfigError
+from landscape.checkpoints import ModelSpec
+from landscape.errors import ConfigError
 from landscape.models import build_model
 
 CNN_SPEC = ModelSpec(name="cnn", input_shape=(1, 8, 8), num_classes=4, params={"channels": 3, "width": 10, "batchnorm": True})
@@ -384,40 +383,3 @@ def test_pca_rejects_degenerate_and_mismatched_trajectories():
     bad = [*traj[:-1], {k: v for k, v in final.items() if k != "classifier.weight"}]
     with pytest.raises(ConfigError, match="classifier.weight"):
         D.pca_directions(bad, final)
-
-
-# ---- RUN_DIR trajectories -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def run_dir(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_spec": CNN_SPEC.to_dict()}))
-    for i, step in enumerate((0, 5, 10, 20)):
-        save_weights(tmp_path / "checkpoints" / f"{checkpoint_name(step)}.safetensors", _cnn(seed=i), {"step": step})
-    return tmp_path
-
-
-@pytest.mark.parametrize("kind", D.KINDS)
-def test_run_trajectory_loads_the_checkpoints(run_dir, kind):
-    states, steps = D.run_trajectory(run_dir, kind=kind)
-    assert steps == [0, 5, 10, 20]
-    like = D.target_tensors(_cnn(), kind)
-    for i, s in enumerate(states):
-        assert list(s) == list(like)
-        expect = D.target_tensors(_cnn(seed=i), kind)
-        assert all(torch.equal(s[k], expect[k]) for k in s)
-    res = D.pca_directions(states, steps=steps)
-    assert res.coords.shape == (4, 2) and res.steps == steps
-    some, which = D.run_trajectory(run_dir, kind=kind, steps=[20, 5])
-    assert which == [20, 5] and torch.equal(some[0]["classifier.weight"], states[3]["classifier.weight"])
-
-
-def test_run_trajectory_errors(run_dir, tmp_path_factory):
-    with pytest.raises(CheckpointError, match="available steps: 0, 5, 10, 20"):
-        D.run_trajectory(run_dir, steps=[7])
-    empty = tmp_path_factory.mktemp("empty")
-    (empty / "config.json").write_text(json.dumps({"model_spec": CNN_SPEC.to_dict()}))
-    with pytest.raises(CheckpointError, match="no checkpoints"):
-        D.run_trajectory(empty)
-    with pytest.raises(ConfigError, match="weights, states"):
-        D.run_trajectory(run_dir, kind="grads")

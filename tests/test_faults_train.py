@@ -180,7 +180,9 @@ def test_enospc_mid_run_cleans_up_and_resumes_identically(tmp_path, reference, m
                     return _HalfWriter(path, mode)
             return open(path, mode, *a, **k)
 
-        monkeypatch.setattr(T, "open", fake_open, raising=False)
+        import landscape.checkpoints as C  # RunDir appends the records
+
+        monkeypatch.setattr(C, "open", fake_open, raising=False)
         named = "metrics.jsonl"
     with pytest.raises(LandscapeError, match=f"^disk full writing .*{named}: free space and rerun with --resume$"):
         train(CFG, out, progress=False, device="cpu")
@@ -212,12 +214,12 @@ def test_state_without_weights_is_removed_after_a_full_disk(tmp_path, monkeypatc
 
 
 def test_full_disk_before_config_leaves_a_directory_a_rerun_can_use(tmp_path, monkeypatch):
-    import landscape.train.trainer as T
+    import landscape.checkpoints as C  # RunDir.create writes config.json
 
     def no_space(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(T, "atomic_write_json", no_space)
+    monkeypatch.setattr(C, "atomic_write_json", no_space)
     out = tmp_path / "run"
     with pytest.raises(LandscapeError, match=f"disk full writing {out / 'config.json'}"):
         train(CFG, out, progress=False, device="cpu")

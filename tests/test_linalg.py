@@ -7,6 +7,7 @@ from landscape.linalg import (
     hutch_plus_plus,
     hutchinson,
     lanczos,
+    ritz_errors,
     smoothed_density,
     stochastic_lanczos_quadrature,
 )
@@ -101,6 +102,96 @@ def test_lanczos_on_matrices_with_known_spectra():
     res = lanczos(lambda v: B @ v, 300, max_steps=100, top_k=3, dtype=F64)
     assert res.steps <= 4 and res.converged
     np.testing.assert_allclose(res.eigenvalues.numpy()[-3:], [1, 2, 3], rtol=1e-10)
+
+
+def _dense(lam: np.ndarray, seed: int) -> torch.Tensor:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((len(lam), len(lam))))
+    return torch.tensor((q * lam) @ q.T)
+
+
+class _Counted:
+    def __init__(self, a: torch.Tensor) -> None:
+        self.a, self.n = a, 0
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        self.n += 1
+        return self.a @ v
+
+
+SPECTRA = {
+    "spd": np.concatenate([[40.0, 25.0, 12.0, 6.0], np.geomspace(3.0, 1e-3, 196)]),
+    "indefinite": np.concatenate([[30.0, 18.0, 9.0], np.random.default_rng(3).uniform(-2, 2, 196), [-11.0]]),
+}
+
+
+@pytest.mark.parametrize("kind", list(SPECTRA))
+@pytest.mark.parametrize(("dtype", "tol"), [(F64, None), (torch.float32, None), (F64, 1e-5)])
+def test_checking_every_step_gives_the_every_5_result_sooner(kind, dtype, tol):
+    """Regression (per-step checks): the same Ritz values as checking every 5 steps (the old
+    default), to the stopping tolerance, both equal to numpy's eigh, in no more steps."""
+    A = _dense(SPECTRA[kind], seed=7)
+    ref = np.linalg.eigvalsh(A.numpy())
+    a = A.to(dtype)
+    every, each = _Counted(a), _Counted(a)
+    old = lanczos(every, 200, max_steps=200, top_k=3, bottom_k=1, tol=tol, dtype=dtype, check_every=5)
+    new = lanczos(each, 200, max_steps=200, top_k=3, bottom_k=1, tol=tol, dtype=dtype)
+    assert old.converged and new.converged
+    assert old.steps % 5 == 0 and new.steps <= old.steps and each.n == new.steps and every.n == old.steps
+    assert new.steps > old.steps - 5  # the every-5 run would have stopped at the step it checked
+    t = tol if tol is not None else (1e-9 if dtype == F64 else 1e-4)
+    scale = np.abs(ref).max()
+    # the residual bounds the distance to an eigenvalue: both runs within tol·max|λ| of eigh
+    for res in (old, new):
+        got = res.eigenvalues.numpy()
+        np.testing.assert_allclose(got[-3:], ref[-3:], rtol=0, atol=t * scale + 1e-5 * (dtype != F64) * scale)
+        np.testing.assert_allclose(got[0], ref[0], rtol=0, atol=t * scale + 1e-5 * (dtype != F64) * scale)
+        assert np.all(res.residuals.numpy()[[0, -3, -2, -1]] <= t * scale * (1 + 1e-9))
+    np.testing.assert_allclose(new.eigenvalues.numpy()[[0, -3, -2, -1]], old.eigenvalues.numpy()[[0, -3, -2, -1]],
+                               rtol=0, atol=2 * t * scale + 1e-5 * (dtype != F64) * scale)
+
+
+def test_top_1_with_a_clear_gap_stops_before_5_steps():
+    """λ₁ = 100 over a spectrum in [0, 1]: the residual falls ~400× per step (Kaniel–Paige), so
+    per-step checks stop after 4 HVPs at tol 1e-6; checking every 5 steps always paid 5."""
+    lam = np.concatenate([[100.0], np.linspace(0.0, 1.0, 299)])
+    A = _dense(lam, seed=2)
+    each, every = _Counted(A), _Counted(A)
+    res = lanczos(each, 300, max_steps=50, top_k=1, tol=1e-6, dtype=F64)
+    lanczos(every, 300, max_steps=50, top_k=1, tol=1e-6, dtype=F64, check_every=5)
+    assert res.converged and each.n == res.steps < 5
+    assert every.n == 5
+    assert float(res.residuals[-1]) <= 1e-6 * 100
+    assert float(res.eigenvalues[-1]) == pytest.approx(np.linalg.eigvalsh(A.numpy())[-1], rel=1e-9)
+
+
+def test_error_rule_reaches_its_tolerance_on_the_eigenvalue_in_fewer_steps():
+    A = _dense(SPECTRA["spd"], seed=11)
+    ref = np.linalg.eigvalsh(A.numpy())
+    res = lanczos(lambda v: A @ v, 200, max_steps=200, top_k=1, tol=1e-6, dtype=F64)
+    err = lanczos(lambda v: A @ v, 200, max_steps=200, top_k=1, tol=1e-6, dtype=F64, rule="error")
+    assert err.converged and err.steps < res.steps
+    assert abs(float(err.eigenvalues[-1]) - ref[-1]) <= 1e-6 * ref[-1]
+    assert float(err.errors[-1]) <= 1e-6 * ref[-1] < float(err.residuals[-1])
+    # the Ritz value approaches λ₁ from below (Cauchy interlacing), by no more than the residual
+    assert 0 <= ref[-1] - float(err.eigenvalues[-1]) <= float(err.residuals[-1])
+
+
+def test_ritz_errors_are_the_quadratic_bound_with_the_nearest_gap():
+    evals = torch.tensor([1.0, 4.0, 10.0], dtype=F64)
+    r = torch.tensor([0.5, 0.3, 0.2], dtype=F64)
+    np.testing.assert_allclose(ritz_errors(evals, r).numpy(), [0.25 / 3, 0.09 / 3, 0.04 / 6])
+    np.testing.assert_allclose(ritz_errors(evals, r, gap=2.0).numpy(), [0.25 / 2, 0.09 / 2, 0.04 / 2])
+    big = torch.tensor([5.0, 5.0, 5.0], dtype=F64)  # r²/δ above r: the residual itself
+    np.testing.assert_allclose(ritz_errors(evals, big).numpy(), [5, 5, 25 / 6])
+    one = ritz_errors(torch.tensor([3.0], dtype=F64), torch.tensor([0.1], dtype=F64))
+    assert float(one[0]) == pytest.approx(0.1)  # no second Ritz value and no cap: the residual itself
+
+
+def test_lanczos_rejects_an_unknown_rule():
+    from landscape.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rule must be one of"):
+        lanczos(lambda v: v, 4, rule="bogus")
 
 
 def test_lanczos_is_seeded_and_float32_close_to_float64(case):

@@ -6,6 +6,7 @@ import torch
 from landscape.checkpoints import RunDir, load_state_dict
 from landscape.errors import ConfigError
 from landscape.sweep import expand_grid, read_grid, sweep
+from landscape.train.config import TrainConfig
 from landscape_cli.main import main
 
 SPEC = {"base": {"model_params": {"width": 8, "depth": 1}, "epochs": 1, "train_size": 100, "batch_size": 50,
@@ -28,7 +29,7 @@ def test_expand_grid_names_and_params():
 def test_sweep_trains_skips_finished_and_matches_the_process_pool(tmp_path):
     first = sweep(SPEC, tmp_path / "runs", device="cpu")
     assert [r.status for r in first] == ["trained"] * 4
-    assert all(RunDir(r.run_dir).config.epochs == 1 for r in first)
+    assert all(TrainConfig.from_run(RunDir(r.run_dir)).epochs == 1 for r in first)
     again = sweep(SPEC, tmp_path / "runs", device="cpu")
     assert [r.status for r in again] == ["finished"] * 4
     pooled = sweep(SPEC, tmp_path / "pool", device="cpu", executor="process", workers=2)

@@ -16,9 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape.core.subsets import fixed_subset, parse_splits
 from landscape.datasets import Dataset, Split
 from landscape.errors import ConfigError
 from landscape.registry import Registry
+
+__all__ = ["PROBES", "Probe", "ProbeContext", "fixed_subset", "make_config", "parse_splits", "register_probe"]
 
 
 @dataclass
@@ -39,6 +42,8 @@ class ProbeContext:
     partial: dict[str, Any] | None = None  # results of an interrupted run with the same settings
     save_partial: Callable[[dict[str, Any]], None] = lambda arrays: None  # record work done so far
     resolve_checkpoint: Callable[[str], dict[str, torch.Tensor]] | None = None  # another checkpoint's tensors
+    # the run's checkpoints as the tensors a direction of a kind perturbs, with their steps (RUN_DIR only)
+    load_trajectory: Callable[[str], tuple[list[dict[str, torch.Tensor]], list[int]]] | None = None
     output_fn: Callable[[Any], torch.Tensor] | None = None  # model output → logits (see landscape.outputs)
     features_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None  # (model, x) → features [N, D]
 
@@ -78,19 +83,3 @@ def make_config(probe: str, **settings: Any) -> Any:
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)} for probe {probe!r}; valid: {', '.join(names)}")
     return cls(**settings)
-
-
-def parse_splits(splits: str) -> list[str]:
-    names = [s.strip() for s in splits.replace("both", "train,test").split(",") if s.strip()]
-    bad = [s for s in names if s not in ("train", "test")]
-    if bad or not names:
-        raise ConfigError(f"splits must be train, test or train,test (both), got {splits!r}")
-    return list(dict.fromkeys(names))
-
-
-def fixed_subset(n: int, size: int | None, seed: int) -> torch.Tensor:
-    """The same ``size`` indices of ``range(n)`` for a given seed (all of them, in order, for None)."""
-    if size is None or size >= n:
-        return torch.arange(n)
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=g)[:size].sort().values

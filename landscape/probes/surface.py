@@ -299,9 +299,9 @@ def _directions(ctx: ProbeContext, cfg: SurfaceConfig) -> tuple[list[dict[str, t
         if cfg.dim == 2:
             dirs.append(D.filter_normalized_direction(model, kind=cfg.kind, norm=cfg.norm, ignore=cfg.ignore, seed=cfg.seed))
     else:  # pca
-        if ctx.run_dir is None:
+        if ctx.load_trajectory is None:
             raise ConfigError("direction 'pca' needs a RUN_DIR (it uses the run's checkpoint trajectory)")
-        trajectory, steps = D.run_trajectory(ctx.run_dir, kind=cfg.kind)
+        trajectory, steps = ctx.load_trajectory(cfg.kind)
         final = D.target_tensors(model, cfg.kind)
         pca = D.pca_directions([{k: v.to(ctx.device) for k, v in t.items()} for t in trajectory], final,
                                ignore=cfg.ignore, steps=steps)

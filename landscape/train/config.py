@@ -9,9 +9,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from landscape.errors import ConfigError
+
+if TYPE_CHECKING:
+    from landscape.checkpoints import RunDir
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,15 @@ class TrainConfig:
         if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
             data = data["config"]  # a RUN_DIR/config.json
         return cls.from_dict(data)
+
+    @classmethod
+    def from_run(cls, run: RunDir) -> TrainConfig:
+        """The training config of a run directory (its ``config.json``'s ``config``); one that does
+        not parse is the run's damage, one :class:`~landscape.errors.CheckpointError`."""
+        try:
+            return cls.from_dict(run.config)
+        except ConfigError as exc:
+            raise run.damaged(f"'config': {exc}") from None
 
     def replace(self, **changes: Any) -> TrainConfig:
         return self.from_dict({**self.to_dict(), **changes})

@@ -26,12 +26,14 @@ Registered monitors (``landscape train --monitor NAME[:every=K,subset=N,KEY=VALU
   (Softmax Collapse, Prieto et al. 2025: their gradient is exactly 0). Cost: one forward pass.
 - ``lambda_max``: the top eigenvalue of :math:`\nabla^2 L(\theta)` over the monitor samples by
   Lanczos (:func:`landscape.linalg.lanczos` on :class:`landscape.linalg.HessianOperator`, as
-  the ``hessian`` probe), started from the previous call's Ritz vector (``warm=true``) and
-  stopped at ``tol`` relative accuracy (``rule``: :func:`top_eigenpair`) or after ``steps`` HVPs.
+  the ``hessian`` probe), started from the previous call's Ritz vector (``warm=true``; moved
+  along its drift when the drift is steady, ``extrapolate=true``: :func:`warm_start`) and
+  stopped at ``tol`` relative accuracy (``rule``: :func:`top_eigenpair`, checked after every HVP)
+  or after ``steps`` HVPs.
   Reports ``lambda_max``, ``lambda_max_residual`` (:math:`\|Hv - θv\|`: an eigenvalue lies
   within it), ``lambda_max_error`` (the estimate :math:`r^2/\mathrm{gap}` the stop used),
   ``lambda_max_hvps`` and ``lambda_max_converged``. Cost: at most ``steps`` (default 20)
-  Hessian-vector products (≈ 1.2–2.4 gradients each); warm starts typically need 1–6.
+  Hessian-vector products (≈ 1.2–2.4 gradients each); warm starts typically need 2–7.
 - ``adam_sharpness``: Adam's preconditioned sharpness (Cohen et al. 2022, "Adaptive gradient
   methods at the edge of stability"): :math:`\lambda_{max}(P^{-1/2} H P^{-1/2})`,
   :math:`P = \mathrm{diag}(\sqrt{\hat v} + \epsilon)`, :math:`\hat v` the optimizer's
@@ -187,7 +189,9 @@ def logit_stats(inp: MonitorInputs, state: dict[str, Any]) -> dict[str, float]:
         z = z.reshape(-1, z.shape[-1]).double()
         norm = norm + z.norm(dim=1).sum().cpu()
         log_z = log_z + torch.logsumexp(z, dim=1).sum().cpu()
-        peak = max(peak, float(z.abs().max())) if z.numel() else peak
+        if z.numel():  # NaN logits give a NaN maximum (Python's max would drop it)
+            top = float(z.abs().max())
+            peak = math.nan if math.isnan(top) or math.isnan(peak) else max(peak, top)
         count += len(z)
     n = max(count, 1)
     return {"logit_norm": float(norm) / n, "log_z": float(log_z) / n, "max_abs_logit": peak}
@@ -204,15 +208,42 @@ def softmax_collapse(inp: MonitorInputs, state: dict[str, Any]) -> dict[str, flo
 
 
 @register_monitor("lambda_max", "at most `steps` Hessian-vector products over the monitor samples",
-                  every=10, steps=20, tol=1e-3, rule="error", warm=True, dtype="float32", seed=0)
+                  every=10, steps=20, tol=1e-3, rule="error", warm=True, extrapolate=True, dtype="float32",
+                  seed=0)
 def lambda_max(inp: MonitorInputs, state: dict[str, Any], steps: int = 20, tol: float = 1e-3,
-               rule: str = "error", warm: bool = True, dtype: str = "float32",
+               rule: str = "error", warm: bool = True, extrapolate: bool = True, dtype: str = "float32",
                seed: int = 0) -> dict[str, Any]:
     lambda_max_settings(steps, tol, rule, dtype, "lambda_max")
     result = top_eigenpair(inp, steps=steps, tol=float(tol), rule=rule, dtype=DTYPES[dtype], seed=seed,
-                           v0=state.get("vector") if warm else None, gap=state.get("gap"))
-    state["vector"], state["gap"] = result.pop("vector"), result.pop("gap")
+                           v0=warm_start(state, extrapolate) if warm else None, gap=state.get("gap"))
+    remember(state, result)
     return result
+
+
+def warm_start(state: dict[str, Any], extrapolate: bool = True) -> torch.Tensor | None:
+    r"""The start vector of a warm-started ``lambda_max`` / ``adam_sharpness``: the previous
+    call's Ritz vector :math:`v_t`, moved along its last displacement when that displacement
+    continues the one before (the vector drifts smoothly, as under full-batch GD):
+    :math:`v_t + c\,d_t`, :math:`d_t = v_t - v_{t-1}`, :math:`c = \max(0, \cos(d_t, d_{t-1}))`
+    (signs aligned first). ``c = 0`` (plain :math:`v_t`) when the steps disagree, as under noisy
+    mini-batch steps between distant calls."""
+    v = state.get("vector")
+    if v is None or not extrapolate or state.get("previous") is None or state.get("previous2") is None:
+        return v
+    p = state["previous"].to(v)
+    p = p if torch.dot(p, v) >= 0 else -p
+    p2 = state["previous2"].to(v)
+    p2 = p2 if torch.dot(p2, p) >= 0 else -p2
+    d, d1 = v - p, p - p2
+    norms = float(d.norm() * d1.norm())
+    c = max(0.0, float(torch.dot(d, d1)) / norms) if norms > 0 else 0.0
+    return v + c * d if c > 0 else v
+
+
+def remember(state: dict[str, Any], result: dict[str, Any]) -> None:
+    """Keep the Ritz vector, the one before it and the gap of :func:`top_eigenpair`'s ``result``."""
+    state["previous2"], state["previous"] = state.get("previous"), state.get("vector")
+    state["vector"], state["gap"] = result.pop("vector"), result.pop("gap")
 
 
 RULES = ("error", "residual")
@@ -282,13 +313,14 @@ def coherence(inp: MonitorInputs, state: dict[str, Any], method: str = "hooks",
 
 def _has_attention_stats(model: nn.Module) -> None:
     if not callable(getattr(model, "attention_stats", None)):
-        raise ConfigError(f"the attention_logits monitor needs a model with attention_stats(ids) (the "
-                          f"transformer); {type(model).__name__} has none: drop the monitor")
+        raise ConfigError(f"the attention_logits monitor needs a model with attention_stats(x) (the "
+                          f"transformer, the vit); {type(model).__name__} has none: drop the monitor")
 
 
 @register_monitor("attention_logits", "one forward pass over the monitor samples", check=_has_attention_stats)
 def attention_logits(inp: MonitorInputs, state: dict[str, Any]) -> dict[str, float]:
-    """Per layer ``i``: ``attn_max_logit/i`` = max |qᵀk|/√d over the samples' causal pairs and
+    """Per layer ``i``: ``attn_max_logit/i`` = max |qᵀk|/√d over the samples' attended (causal,
+    or all for the vit) pairs and
     heads, ``attn_entropy/i`` = the mean attention entropy (nats) over samples, heads and query
     positions (the model's ``attention_stats``); ``attn_max_logit`` = the max over layers."""
     model = inp.model
@@ -353,9 +385,10 @@ def adam_preconditioner(model: nn.Module, optimizer: Any, names: Sequence[str]) 
 
 
 @register_monitor("adam_sharpness", "at most `steps` Hessian-vector products over the monitor samples",
-                  every=10, steps=20, tol=1e-3, rule="error", warm=True, dtype="float32", seed=0)
+                  every=10, steps=20, tol=1e-3, rule="error", warm=True, extrapolate=True, dtype="float32",
+                  seed=0)
 def adam_sharpness(inp: MonitorInputs, state: dict[str, Any], steps: int = 20, tol: float = 1e-3,
-                   rule: str = "error", warm: bool = True, dtype: str = "float32",
+                   rule: str = "error", warm: bool = True, extrapolate: bool = True, dtype: str = "float32",
                    seed: int = 0) -> dict[str, Any]:
     r"""Adam's preconditioned sharpness (Cohen et al. 2022): :math:`\lambda_{max}(P^{-1/2} H
     P^{-1/2})`, ``P = diag(√v̂ + ε)`` from the optimizer's state, by the Lanczos of ``lambda_max``
@@ -369,8 +402,9 @@ def adam_sharpness(inp: MonitorInputs, state: dict[str, Any], steps: int = 20, t
         return {}
     d = pre.rsqrt()
     result = top_eigenpair(inp, steps=steps, tol=float(tol), rule=rule, dtype=DTYPES[dtype], seed=seed,
-                           v0=state.get("vector") if warm else None, gap=state.get("gap"), scale=lambda op: d)
-    state["vector"], state["gap"] = result.pop("vector"), result.pop("gap")
+                           v0=warm_start(state, extrapolate) if warm else None, gap=state.get("gap"),
+                           scale=lambda op: d)
+    remember(state, result)
     out = {k.replace("lambda_max", "adam_sharpness"): v for k, v in result.items()}
     group = _adam_state(opt).param_groups[0]
     beta1 = group["betas"][0]
@@ -382,17 +416,16 @@ def top_eigenpair(inp: MonitorInputs, *, steps: int, tol: float, rule: str = "er
                   dtype: torch.dtype = torch.float32, seed: int = 0, v0: torch.Tensor | None = None,
                   gap: float | None = None,
                   scale: Callable[[HessianOperator], torch.Tensor] | None = None) -> dict[str, Any]:
-    r"""The top eigenpair of the Hessian over ``inp``'s samples by (explicitly restarted) Lanczos
-    from ``v0`` (a seeded Gaussian vector when ``None``), at most ``steps`` HVPs in all.
+    r"""The top eigenpair of the Hessian over ``inp``'s samples by Lanczos from ``v0`` (a seeded
+    Gaussian vector when ``None``), at most ``steps`` HVPs, the stop checked after every HVP.
 
     With the Ritz pair :math:`(θ, v)` and residual :math:`r = \|Hv - θv\|`,
     ``rule="residual"`` stops at :math:`r ≤ \mathrm{tol}·|θ|` (an eigenvalue lies within ``r``
     of θ); ``rule="error"`` also at the eigenvalue-error estimate
-    :math:`r^2/(g|θ|) ≤ \mathrm{tol}·|θ|` (Parlett 1980 §11-7), ``g`` the relative gap
-    :math:`(θ - θ_2)/|θ|` to the next Ritz value, kept no larger than ``gap`` (the previous
-    measurement's) since a short run's θ₂ lies far below λ₂. It is an estimate, not a bound: the
-    gap is estimated. A run is asked for the residual :math:`|θ|\sqrt{\mathrm{tol}·g}` that
-    the error rule needs, and restarted from its Ritz vector when the gap it finds is smaller.
+    :math:`r^2/(g|θ|) ≤ \mathrm{tol}·|θ|` (Parlett 1980 §11-7; :func:`landscape.linalg.ritz_errors`),
+    ``g`` the relative gap :math:`(θ - θ_2)/|θ|` to the next Ritz value, kept no larger than
+    ``gap`` (the previous measurement's) since a short run's θ₂ lies far below λ₂. It is an
+    estimate, not a bound: the gap is estimated.
     Returns ``lambda_max``, ``lambda_max_residual`` (r), ``lambda_max_error`` (the estimate,
     ``≤ r``), ``lambda_max_hvps``, ``lambda_max_converged``, ``vector`` and ``gap``.
 
@@ -407,28 +440,19 @@ def top_eigenpair(inp: MonitorInputs, *, steps: int, tol: float, rule: str = "er
 
         def matvec(v: torch.Tensor) -> torch.Tensor:
             return d * op.matvec(d * v)
-    v, rel_gap = v0, gap
-    while True:
-        ask = tol
-        if rule == "error" and rel_gap is not None and rel_gap > 0:
-            ask = max(tol, math.sqrt(tol * rel_gap))
-        budget = steps - op.num_matvecs
-        res = lanczos(matvec, op.size, max_steps=budget, top_k=1, tol=ask, v0=v, seed=seed, dtype=dtype,
-                      device=op.device, eigenvectors=True, check_every=1)
-        theta, r = float(res.eigenvalues[-1]), float(res.residuals[-1])
-        scale = max(abs(theta), torch.finfo(torch.float64).tiny)
-        found = (theta - float(res.eigenvalues[-2])) / scale if len(res.eigenvalues) > 1 else rel_gap
-        if found is not None and rel_gap is not None:
-            found = min(found, rel_gap)  # a short run's θ₂ lies far below λ₂: keep the smaller gap
-        error = min(r, r * r / (found * scale)) if found and found > 0 else r
-        v = res.eigenvectors[:, -1].detach().clone()
-        done = r <= tol * scale or (rule == "error" and error <= tol * scale)
-        if done or op.num_matvecs >= steps - 1 or found is None or (rel_gap is not None and found >= rel_gap):
-            break
-        rel_gap = found  # the run stopped on a gap larger than the one it found: restart from v
+    cap = gap if rule == "error" and gap is not None and gap > 0 else None
+    res = lanczos(matvec, op.size, max_steps=steps, top_k=1, tol=tol, v0=v0, seed=seed, dtype=dtype,
+                  device=op.device, eigenvectors=True, check_every=1, rule=rule, gap=cap)
+    theta, r = float(res.eigenvalues[-1]), float(res.residuals[-1])
+    size = max(abs(theta), torch.finfo(torch.float64).tiny)
+    found = (theta - float(res.eigenvalues[-2])) / size if len(res.eigenvalues) > 1 else gap
+    if found is not None and gap is not None:
+        found = min(found, gap)  # a short run's θ₂ lies far below λ₂: keep the smaller gap
+    error = min(r, r * r / (found * size)) if found and found > 0 else r
+    done = res.converged or r <= tol * size or (rule == "error" and error <= tol * size)
     return {"lambda_max": theta, "lambda_max_residual": r, "lambda_max_error": error,
             "lambda_max_hvps": op.num_matvecs, "lambda_max_converged": bool(done),
-            "vector": v, "gap": found if found is not None else rel_gap}
+            "vector": res.eigenvectors[:, -1].detach().clone(), "gap": found}
 
 
 # ---- schedules and sets of monitors -------------------------------------------------------------

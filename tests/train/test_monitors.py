@@ -256,7 +256,7 @@ def test_cli_monitor_flag(tmp_path, capsys):
                "--batch-size", "100", "--no-progress", "--device", "cpu",
                "--monitor", "weight_norm:per_layer=true", "--monitor", "lambda_max:every=1,steps=10"])
     assert rc == 0
-    assert RunDir(out).config.monitors == {"weight_norm": {"every": 1, "per_layer": True},
+    assert TrainConfig.from_run(RunDir(out)).monitors == {"weight_norm": {"every": 1, "per_layer": True},
                                            "lambda_max": {"every": 1, "steps": 10}}
     last = RunDir(out).metrics()[-1]
     assert "weight_norm/classifier" in last and last["lambda_max_hvps"] <= 10

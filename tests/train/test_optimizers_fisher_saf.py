@@ -422,7 +422,7 @@ def test_train_with_fsam(tmp_path):
     cfg = SMALL.replace(optimizer="fsam", optimizer_params={"momentum": 0.9, **ACTIVE["fsam"]})
     result = train(cfg, tmp_path / "run", progress=False, device="cpu")
     assert result.final["train_acc"] > 0.5
-    assert RunDir(tmp_path / "run").config.optimizer == "fsam"
+    assert TrainConfig.from_run(RunDir(tmp_path / "run")).optimizer == "fsam"
 
 
 @pytest.mark.parametrize("name", ["saf", "mesa", "fsam"])
@@ -448,7 +448,7 @@ def test_cli_train_with_saf(tmp_path, capsys):
                "--optimizer-param", "start_epoch=0", "--optimizer-param", "lam=0.5", "--epochs", "2",
                "--train-size", "200", "--width", "16", "--no-progress", "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
-    cfg = RunDir(out).config
+    cfg = TrainConfig.from_run(RunDir(out))
     assert cfg.optimizer == "saf" and cfg.optimizer_params == {"E": 1, "start_epoch": 0, "lam": 0.5}
     assert main(["train", "--out", str(tmp_path / "bad"), "--optimizer", "saf", "--optimizer-param", "E=0",
                  "--epochs", "1", "--train-size", "200", "--no-progress", "--device", "cpu"]) == 2

@@ -164,5 +164,5 @@ def test_cli_train_flag(tmp_path, capsys, full):
                "--stop-at-train-loss", repr(x), "--no-progress", "--device", "cpu"])
     assert rc == 0
     assert f"stopped at step {first}" in capsys.readouterr().out
-    assert RunDir(out).config == SMALL.replace(stop_at_train_loss=x)
+    assert TrainConfig.from_run(RunDir(out)) == SMALL.replace(stop_at_train_loss=x)
     _same(_weights(out), load_state_dict(RunDir(full).checkpoint(str(first)).path))

@@ -137,7 +137,7 @@ def test_existing_run_dir_is_protected(tmp_path):
     assert before == after
     # overwrite replaces a run
     train(SMALL.replace(epochs=1, lr=0.1), out, overwrite=True, progress=False, device="cpu")
-    assert RunDir(out).config.lr == 0.1
+    assert TrainConfig.from_run(RunDir(out)).lr == 0.1
     # but never a folder that is not a run
     other = tmp_path / "notes"
     other.mkdir()
