@@ -6,13 +6,16 @@ and exit code 2, without a traceback.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 import json
 import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from types import UnionType
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import typer
 from rich.console import Console
@@ -21,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from landscape.errors import ConfigError, LandscapeError
+from landscape.probes.base import default_probes, probe_order
 
 app = typer.Typer(
     name="landscape",
@@ -351,15 +355,14 @@ def _print_summary(probe: str, records) -> None:
     console.print(table)
 
 
-def probe_command(probe: str, *, checkpoints: str = "last", unit: str = "",
-                  work: Callable[[Any], int] | None = None):
-    """Register ``landscape PROBE TARGET [own options] [shared options]``.
+# ---- probe commands, generated from the probes' declarations ------------------------------------
+# ``landscape PROBE TARGET [--KEY VALUE ...] [--setting KEY=VALUE ...] [shared options]``: one
+# ``--KEY`` per field of the probe's config (help from the field's metadata, default shown), plus
+# the options every probe command shares, declared here once and handled by _run_probe_cli.
 
-    The decorated function takes the probe's own options and returns its config; the shared ones
-    (checkpoint selection, output, device, model/data spec for foreign checkpoints, --force,
-    --plots, --progress) are declared here once and handled by :func:`_run_probe_cli`.
-    """
-    shared = [
+
+def _shared_options(checkpoints: str) -> list[tuple[str, Any, Any]]:
+    return [
         ("checkpoints", str, typer.Option(checkpoints, "--checkpoints", help=CHECKPOINTS_HELP)),
         ("out", Optional[Path], OUT), ("device", str, DEVICE), ("model", Optional[str], MODEL),
         ("model_param", Optional[list[str]], MODEL_PARAM), ("num_classes", Optional[int], NUM_CLASSES),
@@ -371,161 +374,148 @@ def probe_command(probe: str, *, checkpoints: str = "last", unit: str = "",
         ("task", str, TASK), ("target_key", str, TARGET_KEY),
     ]
 
-    def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
-        own = list(inspect.signature(build, eval_str=True).parameters.values())
-        kw = inspect.Parameter.KEYWORD_ONLY
 
-        def command(target: Path, **kwargs: Any) -> None:
-            opts = {name: kwargs.pop(name) for name, _, _ in shared}
-            cfg = build(**kwargs)
-            foreign = _foreign_specs(opts["model"], opts["model_param"], opts["num_classes"], opts["input_shape"],
-                                     opts["model_factory"], opts["dataset"], opts["dataset_param"], opts["loss"],
-                                     opts["data_factory"], opts["task"], opts["target_key"])
-            _run_probe_cli(probe, cfg, target, opts["checkpoints"], opts["out"], opts["device"], foreign,
-                           opts["force"], opts["plots"], opts["progress"], unit=unit,
-                           work_per_target=work(cfg) if work else 0, weights=opts["weights"],
-                           strip_prefix=opts["strip_prefix"], allow_outside_links=opts["allow_outside_links"])
-
-        command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [inspect.Parameter("target", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=TARGET, annotation=Path),
-             *(p.replace(kind=kw) for p in own),
-             *(inspect.Parameter(name, kw, default=default, annotation=ann) for name, ann, default in shared)]
-        )
-        command.__doc__, command.__name__ = build.__doc__, probe
-        app.command(probe)(command)
-        return build
-
-    return decorate
+_RESERVED = {"ctx", "target", "setting", *(name for name, _, _ in _shared_options("last"))}
 
 
-@probe_command("hessian", unit="HVPs")
-def hessian(
-    top_k: int = typer.Option(5, "--top-k", help="Largest eigenvalues."),
-    bottom_k: int = typer.Option(1, "--bottom-k", help="Smallest eigenvalues."),
-    trace: bool = typer.Option(True, "--trace/--no-trace", help="Hutchinson trace estimate."),
-    trace_method: str = typer.Option("hutchinson", help="hutchinson or hutch++."),
-    trace_samples: int = typer.Option(100, help="Probe vectors (matvecs) of the trace estimate."),
-    density: bool = typer.Option(False, "--density", help="Spectral density by stochastic Lanczos quadrature."),
-    density_vectors: int = typer.Option(1, help="SLQ probe vectors."),
-    density_steps: int = typer.Option(100, help="Lanczos steps per SLQ vector."),
-    per_layer: bool = typer.Option(False, "--per-layer", help="Top eigenvalue and trace of each layer's block."),
-    eigenvectors: bool = typer.Option(False, "--eigenvectors", help="Store the top eigenvectors."),
-    lanczos_steps: int = typer.Option(100, help="Maximum Lanczos steps."),
-    tol: Optional[float] = typer.Option(None, help="Ritz residual tolerance (default by dtype)."),
-    subset: Optional[int] = typer.Option(None, "--subset", help="A fixed subset of N samples (default: the whole split)."),
-    split: str = typer.Option("train", help="train or test."),
-    batch_size: int = typer.Option(2048, "--batch-size", help="Samples per HVP batch (one batch: the gradient graph is built once and reused)."),
-    bn_mode: str = typer.Option("eval", help="BatchNorm in eval (running stats) or train (batch stats) mode."),
-    engine: str = typer.Option("lanczos", help="lanczos (ours) or pyhessian."),
-    dtype: str = typer.Option("float32", help="float32 or float64."),
-    seed: int = typer.Option(0, help="Seed of the subset and the random vectors."),
-    basis_device: Optional[str] = typer.Option(None, help="Keep the Lanczos basis here (e.g. cpu) for huge models."),
-):
-    """Hessian eigenvalues (Lanczos), trace (Hutchinson/Hutch++) and spectral density (SLQ) of checkpoints."""
-    from landscape.probes.hessian import HessianConfig
-
-    return HessianConfig(
-        top_k=top_k, bottom_k=bottom_k, lanczos_steps=lanczos_steps, tol=tol, eigenvectors=eigenvectors,
-        trace=trace, trace_method=trace_method, trace_samples=trace_samples, density=density,
-        density_vectors=density_vectors, density_steps=density_steps, per_layer=per_layer, subset=subset,
-        batch_size=batch_size, bn_mode=bn_mode, dtype=dtype, engine=engine, seed=seed,
-        basis_device=basis_device, split=split,
-    )  # fmt: skip
+def _scalar(tp: Any) -> Any:
+    """``int``/``float``/``str`` for ``T`` or ``T | None`` (a type typer parses itself), else None."""
+    if tp in (int, float, str):
+        return tp
+    args = [a for a in get_args(tp) if a is not type(None)]
+    if get_origin(tp) in (Union, UnionType) and len(args) == 1 and args[0] in (int, float, str):
+        return args[0]
+    return None
 
 
-@probe_command("surface", unit="grid points", work=lambda cfg: math.prod(cfg.shape))
-def surface(
-    dim: int = typer.Option(2, "--dim", help="1 (a line) or 2 (a plane)."),
-    x: str = typer.Option("-1:1:51", "--x", help="Grid along the first direction, MIN:MAX:NUM."),
-    y: str = typer.Option("-1:1:51", "--y", help="Grid along the second direction, MIN:MAX:NUM."),
-    direction: str = typer.Option("random", help="random, pca (the run's trajectory), or interpolate:CHECKPOINT."),
-    norm: str = typer.Option("filter", help="Direction normalization: filter, layer, weight, none."),
-    ignore: str = typer.Option("biasbn", help="biasbn (zero bias/BN directions) or none."),
-    kind: str = typer.Option("weights", help="weights, or states (BatchNorm running statistics too)."),
-    orthogonal: bool = typer.Option(False, "--orthogonal", help="Make the second direction orthogonal to the first."),
-    split: str = typer.Option("train", "--split", help="train, test or both."),
-    subset: Optional[int] = typer.Option(None, "--subset", help="A fixed subset of N samples."),
-    batch_size: int = typer.Option(4096, "--batch-size", help="Samples per forward pass."),
-    bn_mode: str = typer.Option("eval", help="BatchNorm in eval or train mode."),
-    seed: int = typer.Option(0, help="Seed of the random directions and the subset."),
-    chunk: int = typer.Option(32, help="Grid points per saved chunk (the unit of resume)."),
-    workers: int = typer.Option(1, "--workers", help="Processes evaluating grid chunks."),
-    vectorize: str = typer.Option("auto", help="loop (one point at a time), vmap (many per call), auto (vmap on GPU)."),
-    memory_budget_mb: float = typer.Option(1024.0, help="Memory for one vectorized call of grid points."),
-):
-    """Loss and accuracy on a 1D line or 2D plane through the weights (Li et al. 2018); resumes by itself."""
-    from landscape.probes.surface import SurfaceConfig
-
-    return SurfaceConfig(
-        dim=dim, x=x, y=y, direction=direction, norm=norm, ignore=ignore, kind=kind, orthogonal=orthogonal,
-        splits=split, subset=subset, batch_size=batch_size, bn_mode=bn_mode, seed=seed, chunk=chunk, workers=workers,
-        vectorize=vectorize, memory_budget_mb=memory_budget_mb,
-    )  # fmt: skip
+def _describe_type(tp: Any) -> str:
+    parts = []
+    for a in (get_args(tp) if get_origin(tp) in (Union, UnionType) else (tp,)):
+        if a is type(None):
+            parts.append("none")
+        elif get_origin(a) is tuple:
+            items = get_args(a)
+            n = "" if items[-1] is Ellipsis else f"{len(items)} "
+            parts.append(f"{n}comma-separated {items[0].__name__} values (e.g. 0.1,0.2)")
+        else:
+            parts.append(getattr(a, "__name__", str(a)))
+    return " or ".join(parts)
 
 
-@probe_command("sharpness", unit="gradients")
-def sharpness(
-    rho: Optional[str] = typer.Option(None, "--rho", help="Radii, comma-separated (default: the paper's grid for --kind/--norm)."),
-    kind: str = typer.Option("worst", "--kind", help="worst (Auto-PGD ascent) or average (Monte Carlo)."),
-    norm: str = typer.Option("linf", "--norm", help="linf or l2."),
-    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Scale the perturbation set by |w|."),
-    m: int = typer.Option(128, "--m", help="Batch size of m-sharpness."),
-    iters: int = typer.Option(20, "--iters", help="Ascent iterations."),
-    subset: int = typer.Option(1024, "--subset", help="Fixed subset of training points."),
-    setting: Optional[list[str]] = typer.Option(None, "--setting", help="KEY=VALUE probe setting, repeatable."),
-):
-    """Adaptive worst/average-case sharpness, first-order flatness and PAC-Bayes flatness (Andriushchenko et al. 2023)."""
-    from landscape.probes import make_config
-
-    rhos = None
-    if rho:
+def parse_setting(tp: Any, flag: str, text: str) -> Any:
+    """The value of a setting of type ``tp`` (a tuple, a union such as ``float | str``) given as
+    text: ``0.1,0.2`` for a tuple, ``none`` for None, each alternative of a union tried in order."""
+    options = get_args(tp) if get_origin(tp) in (Union, UnionType) else (tp,)
+    if type(None) in options and text.strip().lower() in ("none", "null"):
+        return None
+    for a in options:
         try:
-            rhos = tuple(float(r) for r in rho.split(",") if r.strip())
+            if get_origin(a) is tuple:
+                items = get_args(a)
+                values = tuple(items[0](v.strip()) for v in text.split(",") if v.strip())
+                if values and (items[-1] is Ellipsis or len(values) == len(items)):
+                    return values
+            elif a is bool:
+                if text.strip().lower() in ("true", "false", "1", "0"):
+                    return text.strip().lower() in ("true", "1")
+            elif a in (int, float, str):
+                return a(text)
         except ValueError:
-            raise ConfigError(f"--rho takes numbers like 0.001,0.002, got {rho!r}") from None
-    return make_config("sharpness", rhos=rhos, kind=kind, norm=norm, adaptive=adaptive, m=m, iters=iters,
-                       subset=subset, **parse_key_values(setting, "--setting"))
+            continue
+    raise ConfigError(f"{flag} takes {_describe_type(tp)}, got {text!r}")
 
 
-@probe_command("coherence", checkpoints="all")
-def coherence(
-    subset: int = typer.Option(512, "--subset", help="Examples whose per-example gradients are compared."),
-    split: str = typer.Option("train", "--split", help="train or test."),
-    method: str = typer.Option("hooks", "--method", help="hooks (one batched backward) or vmap (per-example grads)."),
-    setting: Optional[list[str]] = typer.Option(None, "--setting", help="KEY=VALUE probe setting, repeatable."),
-):
-    """Gradient coherence α, m·α (Chatterjee & Zielinski) and GSNR (Liu et al.), per layer, over a run's checkpoints."""
-    from landscape.probes import make_config
+def _setting_params(probe) -> list[tuple[inspect.Parameter, Callable[[Any], Any] | None]]:
+    """One keyword parameter (a typer option) per config field, and how to read its value."""
+    hints = get_type_hints(probe.config)
+    kw = inspect.Parameter.KEYWORD_ONLY
+    out = []
+    for f in dataclasses.fields(probe.config):
+        if f.name in _RESERVED:
+            raise ValueError(f"probe {probe.name!r}: setting {f.name!r} clashes with an option every probe "
+                             "command has; rename the field")
+        tp, flag = hints[f.name], "--" + f.name.replace("_", "-")
+        names = (flag, *probe.cli_names.get(f.name, ()))
+        help_text = str(f.metadata.get("help", ""))
+        default = None if f.default is dataclasses.MISSING else f.default
+        parse = None
+        if tp is bool:
+            option = typer.Option(default, f"{flag}/--no-{flag[2:]}", *names[1:], help=help_text)
+            ann: Any = bool
+        elif _scalar(tp) is not None:
+            option, ann = typer.Option(default, *names, help=help_text), (tp if tp is _scalar(tp) else Optional[_scalar(tp)])
+        else:  # a tuple or a union: text, parsed here
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+            option = typer.Option(None, *names, help=help_text, show_default=shown if default is not None else False,
+                                  metavar="TEXT")
+            ann = Optional[str]
+            parse = functools.partial(parse_setting, tp, flag)
+        out.append((inspect.Parameter(f.name, kw, default=option, annotation=ann), parse))
+    return out
 
-    return make_config("coherence", subset=subset, split=split, method=method, **parse_key_values(setting, "--setting"))
+
+def add_probe_command(name: str) -> None:
+    """Register ``landscape NAME``: the probe's settings as ``--KEY VALUE`` options generated from
+    its config, ``--setting KEY=VALUE`` as an alternative, and the shared options."""
+    from landscape.probes import PROBES, make_config
+
+    probe = PROBES[name]
+    settings = _setting_params(probe)
+    shared = _shared_options(probe.checkpoints)
+    kw = inspect.Parameter.KEYWORD_ONLY
+
+    def command(ctx: typer.Context, target: Path, **kwargs: Any) -> None:
+        opts = {key: kwargs.pop(key) for key, _, _ in shared}
+        given: dict[str, Any] = {}
+        for param, parse in settings:
+            value = kwargs.pop(param.name)
+            source = ctx.get_parameter_source(param.name)  # only what the user gave overrides the config
+            if source is not None and source.name != "DEFAULT":
+                given[param.name] = parse(value) if parse is not None else value
+        extra = parse_key_values(kwargs.pop("setting"), "--setting")
+        twice = sorted(set(given) & set(extra))
+        if twice:
+            raise ConfigError(f"{twice[0]} is given twice (--{twice[0].replace('_', '-')} and --setting "
+                              f"{twice[0]}=…); give it once")
+        cfg = make_config(name, **given, **extra)
+        foreign = _foreign_specs(opts["model"], opts["model_param"], opts["num_classes"], opts["input_shape"],
+                                 opts["model_factory"], opts["dataset"], opts["dataset_param"], opts["loss"],
+                                 opts["data_factory"], opts["task"], opts["target_key"])
+        _run_probe_cli(name, cfg, target, opts["checkpoints"], opts["out"], opts["device"], foreign,
+                       opts["force"], opts["plots"], opts["progress"], unit=probe.unit,
+                       work_per_target=probe.work(cfg) if probe.work else 0, weights=opts["weights"],
+                       strip_prefix=opts["strip_prefix"], allow_outside_links=opts["allow_outside_links"])
+
+    setting = typer.Option(None, "--setting", help="KEY=VALUE probe setting, repeatable (an alternative to --KEY VALUE).")
+    command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+         inspect.Parameter("target", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=TARGET, annotation=Path),
+         *(param for param, _ in settings),
+         inspect.Parameter("setting", kw, default=setting, annotation=Optional[list[str]]),
+         *(inspect.Parameter(key, kw, default=default, annotation=ann) for key, ann, default in shared)]
+    )
+    command.__doc__, command.__name__ = probe.cli_help, name
+    app.command(name)(command)
 
 
-def _representation(probe: str, doc: str) -> None:
-    """``landscape collapse|rankme|dse``: the probe on the features of each checkpoint."""
-
-    def build(
-        layer: Optional[str] = typer.Option(None, "--layer", help="Module whose input is the feature (default: the classifier)."),
-        split: str = typer.Option("both", "--split", help="train, test or both."),
-        samples: Optional[int] = typer.Option(None, "--samples", help="A fixed subset of N samples per split."),
-        setting: Optional[list[str]] = typer.Option(None, "--setting", help="KEY=VALUE probe setting, repeatable."),
-    ):
-        from landscape.probes import make_config
-
-        return make_config(probe, layer=layer, splits=split, samples=samples, **parse_key_values(setting, "--setting"))
-
-    build.__doc__ = doc
-    probe_command(probe, checkpoints="all")(build)
+def add_probe_commands() -> list[str]:
+    """Give every registered probe without a command its ``landscape NAME`` (probe order); the
+    names added. Run at import and again by :func:`main`, so a probe registered later (a plugin
+    module) has its command too."""
+    have = {c.name for c in app.registered_commands}
+    added = [name for name in probe_order() if name not in have]
+    for name in added:
+        add_probe_command(name)
+    return added
 
 
-_representation("collapse", "Neural collapse (NC1–NC4, CDNV, orthogonal frame) of the penultimate features, over a run's checkpoints.")
-_representation("rankme", "RankMe, effective rank and α-ReQ of the features, over a run's checkpoints.")
-_representation("dse", "Diffusion spectral entropy and mutual information DSMI(Z;Y), DSMI(Z;X) of the features, over a run's checkpoints.")
+add_probe_commands()
 
 
 @app.command()
 def analyze(
     target: Path = TARGET,
-    probes: str = typer.Option("default", "--probes", help="default (hessian,sharpness,coherence,collapse,rankme), all, or a comma list."),
+    probes: str = typer.Option("default", "--probes", help=f"default ({','.join(default_probes())}), all, or a comma list."),
     setting: Optional[list[str]] = typer.Option(None, "--setting", help="PROBE.KEY=VALUE, repeatable (e.g. hessian.top_k=10)."),
     checkpoints: str = CHECKPOINTS, out: Optional[Path] = OUT, device: str = DEVICE,
     executor: str = typer.Option("local", "--executor", help=(
@@ -677,9 +667,9 @@ def correlate(
     """Kendall τ (bootstrap 95% CI), Spearman, granulated Ψ (and CMI) of every stored measure against the generalization gap, ranked.
 
     Seeds are not an axis unless named in --axes: runs that differ only in their seed are averaged into one configuration."""
-    from landscape.analyze import collect_runs, correlation_table, measure_family, varying_axes
     from landscape.correlate import generalization_gap
     from landscape.plots import plot_correlation_panels, plot_measure_scatter, save_figure
+    from landscape.study import collect_runs, correlation_table, measure_family, varying_axes
     from landscape.utils import atomic_write, atomic_write_json
 
     if runs_table_out is not None and runs_table_out.suffix not in (".csv", ".json"):
@@ -756,7 +746,7 @@ def correlate(
 
 
 def _runs_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per run: what :func:`landscape.analyze.collect_runs` found (hyper-parameters, metrics,
+    """One row per run: what :func:`landscape.study.collect_runs` found (hyper-parameters, metrics,
     measures) plus ``gap_acc`` = train − test accuracy and ``gap_loss`` = test − train loss."""
     table = []
     for r in records:
@@ -943,6 +933,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     interrupted = "interrupted: rerun the same command to resume (`landscape train`: add --resume)"
     try:
+        if isinstance(app, typer.Typer):  # a probe registered since import (a plugin) gets its command
+            add_probe_commands()
         app(args=argv, prog_name="landscape")  # standalone: ends in SystemExit
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -16,7 +16,7 @@ What it does. Trains the grid lr × batch size × optimizer (SGD, SAM ρ=0.05) �
 (``OUT/grid.json``, the format of ``landscape sweep``; default: an MLP on 500 digits, lr 0.01/0.1,
 batch 32/128, weight decay 0/0.005, constant lr, 60 epochs, a checkpoint every epoch, 16 runs) into
 ``OUT/runs/``, and compares the runs under two protocols, each a checkpoint rule of
-``landscape.analyze.collect_runs``: ``last`` (a fixed budget of 60 epochs) and
+``landscape.study.collect_runs``: ``last`` (a fixed budget of 60 epochs) and
 ``stop_at_train_loss=0.1`` (Jiang et al.'s equal-loss protocol: each run's first checkpoint whose
 training loss is ≤ 0.1; their 0.01 is out of reach for 10 of the 16 runs here, weight decay 0.005
 holding the loss near 0.02). The rule rather than the trainer's ``stop_at_train_loss``: with a
@@ -179,7 +179,7 @@ def control_row(records: list[dict[str, Any]], gap: np.ndarray, n_boot: int) -> 
 def within_lr(records: list[dict[str, Any]], measures: list[str], n_boot: int) -> dict[str, dict[str, float]]:
     """``{measure: {lr: τ}}``: ``correlation_table`` on the runs of one learning rate (accuracy gap),
     to tell an order that holds within a learning rate from one that only separates them."""
-    from landscape.analyze import correlation_table
+    from landscape.study import correlation_table
 
     lrs = sorted({r["lr"] for r in records})
     tables = {}
@@ -250,8 +250,8 @@ def summary(records: list[dict[str, Any]], tables: dict[str, list[dict[str, Any]
             scatter: list[str]) -> dict[str, Any]:
     """The numbers of one protocol: gap, loss and epoch ranges, the tables (τ, CI, Ψ per axis, CMI),
     the mean τ of each family, the train-loss control and the runs."""
-    from landscape.analyze import measure_family
     from landscape.correlate import generalization_gap
+    from landscape.study import measure_family
 
     gaps = {k: generalization_gap(records, kind=k) for k in GAPS}
     loss = np.array([r["train_loss"] for r in records])
@@ -282,9 +282,9 @@ def summary(records: list[dict[str, Any]], tables: dict[str, list[dict[str, Any]
 
 
 def run(opts: Options) -> dict:
-    from landscape.analyze import collect_runs, correlation_table, measure_family
     from landscape.errors import ConfigError
     from landscape.plots import plot_correlation_panels
+    from landscape.study import collect_runs, correlation_table, measure_family
     from landscape.sweep import expand_grid
     from landscape.utils import atomic_write_json
 

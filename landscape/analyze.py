@@ -26,6 +26,7 @@ from landscape.datasets import describe_data
 from landscape.errors import CheckpointError, ConfigError, LandscapeError
 from landscape.executors import Choice, choose_executor, cpu_count, lazy_imports_done, map_unordered
 from landscape.probes import PROBES, ProbeContext
+from landscape.probes.base import default_probes, measure_families, measure_table
 from landscape.results import collect_series  # noqa: F401  (moved; re-exported for callers)
 from landscape.store import Store, group_name, settings_hash
 from landscape.targets import (
@@ -519,7 +520,7 @@ def compute_probe(
     model, caches["info"]["checkpoint_load"] = _load_model(task, dev, loaded)
     ctx = ProbeContext(model=model, loss=loss.per_sample, data=data, device=dev,
                        run_cache=caches.setdefault(f"run:{target.run_dir}", {}),
-                       advance=advance or (lambda n: None), run_dir=target.run_dir,
+                       advance=advance or (lambda n: None), run_record=_run_record(target),
                        save_partial=save_partial or (lambda arrays: None), partial=partial,
                        resolve_checkpoint=lambda which: _checkpoint_tensors(target, which, caches["info"]),
                        load_trajectory=trajectory_loader(target))
@@ -529,6 +530,22 @@ def compute_probe(
     info = {**caches["info"], "seconds": time.perf_counter() - start,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return result, info
+
+
+def _run_record(target: Target) -> Callable[[], tuple[list[dict[str, Any]], dict[str, Any]]] | None:
+    """``() → (metrics records, training config)`` of ``target``'s run, read when a probe asks for
+    them (:attr:`~landscape.probes.base.ProbeContext.run_record`); None outside a RUN_DIR."""
+    if target.run_dir is None:
+        return None
+    run_dir = target.run_dir
+
+    def read() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        from landscape.checkpoints import RunDir
+
+        run = RunDir(run_dir)
+        return run.metrics(), dict(run.meta.get("config") or {})
+
+    return read
 
 
 def _check_stored(store: Store, targets: list[Target], probe: str, settings: dict[str, Any],
@@ -593,7 +610,6 @@ def _same_settings(probe: str, stored: dict[str, Any], settings: dict[str, Any])
     """Whether results stored with ``stored`` settings are these ``settings``: a setting added in a
     later version counts as its default where the stored record lacks it, or as what the config's
     ``ABSENT_MEANS`` says the results were computed with before it existed."""
-    import json
 
     config = PROBES[probe].config
     defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
@@ -646,7 +662,16 @@ def _storable(result: dict[str, Any]) -> dict[str, Any]:
 
 # ---- many probes at once ---------------------------------------------------------------------
 
-DEFAULT_PROBES = ("hessian", "sharpness", "coherence", "collapse", "rankme")
+# The tables below are derived from the probes' declarations (landscape.probes.base.Probe):
+# ``DEFAULT_PROBES``, ``MEASURES`` and ``MEASURE_FAMILIES`` stay importable names, computed on access
+# (module ``__getattr__``), so a probe registered later appears in them too.
+_DERIVED = {"DEFAULT_PROBES": default_probes, "MEASURES": measure_table, "MEASURE_FAMILIES": measure_families}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DERIVED:
+        return _DERIVED[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -663,7 +688,7 @@ def parse_probes(probes: str | list[str]) -> list[str]:
     """``"default"``, ``"all"`` or a comma-separated list of registered probe names."""
     if isinstance(probes, str):
         if probes == "default":
-            return list(DEFAULT_PROBES)
+            return list(default_probes())
         if probes == "all":
             return PROBES.names()
         probes = [p.strip() for p in probes.split(",") if p.strip()]
@@ -755,209 +780,3 @@ def analyze(
         on_probe=on_probe, on_probe_error=lambda plan, exc: record_failure(f"failures/{plan.name}", plan.name, str(exc)))
     results = {plan.name: plan.sorted_records() for plan in plans if plan.name not in failures}
     return AnalysisReport(results, failures, choice.executor, choice.reason)
-
-
-# ---- measures of many runs, for correlating with generalization -------------------------------
-
-MEASURES: dict[str, tuple[str, str]] = {  # name → (probe, key path in its stored group)
-    "lambda_max": ("hessian", "eigenvalues"),
-    "hessian_trace": ("hessian", "trace"),
-    "first_order_flatness": ("sharpness", "first_order_flatness"),
-    "pac_bayes_inv_sigma2": ("sharpness", "pac_bayes/inv_sigma2"),
-    "pac_bayes_mag_inv_sigma2": ("sharpness", "pac_bayes/inv_sigma2_mag"),
-    "coherence_m_alpha": ("coherence", "m_alpha"),
-    "nc1_train": ("collapse", "train/nc1"),
-    "rankme_train": ("rankme", "train/rankme"),
-    # Jiang et al. 2020, Appendix C (landscape.probes.measures): stored under the same names
-    **{name: ("measures", name) for name in (
-        "num_params", "inv_margin2", "log_prod_spectral", "log_prod_spectral_over_margin", "log_sum_spectral",
-        "log_sum_spectral_over_margin", "fro_over_spectral", "log_spec_orig_main", "log_spec_init_main",
-        "log_prod_frobenius", "log_prod_frobenius_over_margin", "log_sum_frobenius",
-        "log_sum_frobenius_over_margin", "dist_init_frobenius", "dist_init_spectral", "param_norm",
-        "path_norm", "path_norm_over_margin", "steps_to_ce_0.1", "steps_ce_0.1_to_0.01", "gradient_noise",
-        "pacbayes_init", "pacbayes_orig", "pacbayes_flatness", "pacbayes_mag_init", "pacbayes_mag_orig",
-        "pacbayes_mag_flatness", "sharpness_init", "sharpness_orig", "sharpness_flatness")},
-}
-
-
-MEASURE_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (  # Jiang et al. 2020's grouping, first match wins
-    ("VC (parameter count)", ("num_params",)),
-    ("output margin", ("inv_margin2",)),
-    ("sharpness-based", ("pacbayes", "pac_bayes", "sharpness", "first_order_flatness")),
-    ("curvature (Hessian)", ("lambda_max", "hessian_")),
-    ("norm-based", ("log_prod_", "log_sum_", "fro_over", "log_spec_", "dist_init", "param_norm", "path_norm")),
-    ("optimization-based", ("steps_", "gradient_noise", "coherence")),
-    ("representation", ("nc1", "rankme")),
-)
-
-
-def measure_family(name: str) -> str:
-    """The family of a measure of :data:`MEASURES` (``sharpness@0.002`` is sharpness-based), for
-    the per-family figure of ``landscape correlate``."""
-    for family, prefixes in MEASURE_FAMILIES:
-        if name.startswith(prefixes):
-            return family
-    return "other"
-
-
-def _flat_config(config: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items() if not isinstance(v, dict | list)})
-        else:
-            out[key] = value
-    return out
-
-
-def collect_runs(run_dirs: list[str | Path], checkpoint: str = "last",
-                 on_skip: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
-    """One record per run: its hyper-parameters (``lr``, ``optimizer_params.rho``, …), the metrics
-    logged at the checkpoint (``train_acc``, ``test_acc``, …) and every measure of :data:`MEASURES`
-    stored for it in ``RUN_DIR/analysis.h5`` (sharpness once per radius: ``sharpness@0.002``).
-
-    ``checkpoint`` is one rule for every run (:func:`landscape.run_selection.select_run_checkpoint`):
-    ``last``, ``epoch=K``, ``step=S``, ``stop_at_train_loss=X`` (each run's first checkpoint whose
-    logged train loss is ≤ X), …; the record names the checkpoint chosen (``checkpoint``). A run
-    that never meets a ``stop_at_…`` rule is left out and told to ``on_skip(run, reason)``; without
-    ``on_skip`` it is a :class:`~landscape.errors.ConfigError` naming every such run."""
-    from landscape.checkpoints import RunDir
-    from landscape.run_selection import NotReached, select_run_checkpoint
-
-    records = []
-    missed: list[NotReached] = []
-    for run_dir in run_dirs:
-        run = RunDir(run_dir)
-        try:
-            target = select_run_checkpoint(run_dir, checkpoint)
-        except NotReached as exc:
-            missed.append(exc)
-            if on_skip is not None:
-                on_skip(exc.run, exc.reason)
-            continue
-        record: dict[str, Any] = {"run": str(run_dir), "step": target.step, "checkpoint": target.name,
-                                  **_flat_config(run.meta["config"])}
-        record.update({k: v for k, v in target.metrics().items() if isinstance(v, int | float)})
-        store = Store(Path(run_dir) / "analysis.h5")
-        stored = set(store.groups())
-        for name, (probe, key) in MEASURES.items():
-            group = f"{group_name(target.name)}/{probe}"
-            if group in stored:
-                value: Any = store.read(group)[0]
-                for part in key.split("/"):
-                    value = value.get(part) if isinstance(value, dict) else None
-                if value is not None:
-                    record[name] = float(np.asarray(value).reshape(-1)[0])
-        if f"{group_name(target.name)}/sharpness" in stored:
-            r = store.read(f"{group_name(target.name)}/sharpness")[0]
-            for rho, delta in zip(np.atleast_1d(r["rhos"]), np.atleast_1d(r["delta_loss"]), strict=True):
-                record[f"sharpness@{rho:g}"] = float(delta)
-        records.append(record)
-    if missed and on_skip is None:
-        shown = "; ".join(str(e) for e in missed[:3]) + (f"; and {len(missed) - 3} more" if len(missed) > 3 else "")
-        raise ConfigError(f"{len(missed)} of {len(run_dirs)} runs have no checkpoint under {checkpoint!r} ({shown}); "
-                          "train them further, or choose another rule")
-    return records
-
-
-HYPERPARAMETERS = ("lr", "batch_size", "optimizer", "optimizer_params.rho", "weight_decay", "loss", "label_noise",
-                   "model_params.width", "model_params.depth", "epochs", "schedule")
-
-
-NOT_AXES = ("seed", "data_seed", "checkpoints", "eval_batch_size")  # training settings that are not hyper-parameters
-
-
-def _config_keys(records: list[dict[str, Any]]) -> list[str]:
-    """The training-config keys of the records (``lr``, ``optimizer_params.momentum``, …): those whose
-    first part is a :class:`~landscape.train.config.TrainConfig` field."""
-    from landscape.train.config import TrainConfig
-
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    keys = dict.fromkeys(k for r in records for k in r if k.split(".", 1)[0] in fields)
-    return list(keys)
-
-
-def varying_axes(records: list[dict[str, Any]], *, seed: bool = False) -> list[str]:
-    """The hyper-parameters that take more than one value across the runs: those of
-    :data:`HYPERPARAMETERS` first, in that order, then any other training-config key that varies
-    (``optimizer_params.momentum``, ``loss_params.smoothing``, …). ``seed`` is not an axis unless
-    ``seed=True`` (Jiang et al. train one run per configuration; :func:`correlation_table` averages
-    the seeds of a configuration instead)."""
-    others = [k for k in _config_keys(records) if k not in HYPERPARAMETERS and k not in NOT_AXES]
-    keys = [*HYPERPARAMETERS, *others, *(("seed",) if seed else ())]
-    return [k for k in keys if len({json.dumps(r.get(k), sort_keys=True) for r in records}) > 1]
-
-
-def correlation_table(records: list[dict[str, Any]], *, gap: str = "acc", axes: list[str] | None = None,
-                      n_boot: int = 1000, seed: int = 0, cmi: bool = False, cmi_variant: str = "pgdl",
-                      average_seeds: bool = True) -> list[dict[str, Any]]:
-    """For every measure present in all records: Kendall τ with the generalization gap, its bootstrap
-    95% interval, Spearman ρ, the granulated Kendall Ψ over ``axes`` (default: the hyper-parameters
-    that vary, seed excepted; Jiang et al. 2019) with its per-axis values, and optionally the CMI
-    score (``cmi_variant``: "pgdl", the PGDL 2020 scorer, or "landscape"; see
-    :func:`landscape.correlate.conditional_mutual_information`; NaN where it is undefined, e.g. the
-    PGDL form with fewer than 2 axes). Rows are ranked by |τ|.
-
-    Unless ``seed`` is one of ``axes`` (or ``average_seeds=False``), runs that differ only in their
-    seed (every training-config key equal but ``seed``) are one configuration: its measure and gap
-    are the means over its seeds, and τ, Ψ, CMI and the bootstrap run over configurations. Each row
-    says so: ``n`` configurations from ``runs`` runs, ``seeds_per_config`` (a number, or "min-max")."""
-    from landscape.correlate import (
-        CMI_VARIANTS,
-        bootstrap_ci,
-        conditional_mutual_information,
-        generalization_gap,
-        granulated_kendall,
-        kendall_tau,
-        seed_groups,
-        spearman,
-    )
-    from landscape.train.config import TrainConfig
-
-    if cmi_variant not in CMI_VARIANTS:
-        raise ConfigError(f"unknown CMI variant {cmi_variant!r}; use one of {', '.join(CMI_VARIANTS)}")
-    axes = varying_axes(records) if axes is None else list(axes)
-    if len(records) < 2:
-        raise ConfigError(f"correlating needs at least 2 runs, got {len(records)}")
-    g_runs = generalization_gap(records, kind=gap)
-    if average_seeds and "seed" not in axes:
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        config_keys = [k for k in dict.fromkeys(k for r in records for k in r) if k.split(".")[0] in fields]
-        groups = seed_groups(records, [*config_keys, *axes])
-    else:
-        groups = [[k] for k in range(len(records))]
-    if len(groups) < 2:
-        raise ConfigError(f"the {len(records)} runs are {len(groups)} configuration once seeds are averaged; "
-                          "correlating needs at least 2 (or name seed in the axes)")
-    sizes = sorted({len(grp) for grp in groups})
-    seeds_per_config: int | str = sizes[0] if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
-    configs = [records[grp[0]] for grp in groups]
-    g = np.array([g_runs[grp].mean() for grp in groups])
-    rows = []
-    names = [k for k in records[0] if k in MEASURES or k.startswith("sharpness@")]
-    for name in names:
-        values = [r.get(name) for r in records]
-        if any(v is None or not np.isfinite(v) for v in values):
-            continue
-        per_run = np.array(values, dtype=float)
-        mu = np.array([per_run[grp].mean() for grp in groups])
-        lo, hi = bootstrap_ci(mu, g, n_boot=n_boot, seed=seed)
-        row = {"measure": name, "n": len(mu), "tau": kendall_tau(mu, g), "tau_low": lo, "tau_high": hi,
-               "spearman": spearman(mu, g), "runs": len(records), "seeds_per_config": seeds_per_config}
-        with_gap = [{**{a: json.dumps(r.get(a)) for a in axes}, "_gap": gi, "_measure": m}
-                    for r, gi, m in zip(configs, g, mu, strict=True)]
-        if axes:
-            try:
-                psi = granulated_kendall(with_gap, "_measure", "_gap", axes)
-                row["psi"] = psi["psi"]
-                row.update({f"psi({a})": v for a, v in psi["per_axis"].items()})
-            except ConfigError:  # no axis has a group of ≥ 2 runs that agree on the other axes
-                row["psi"] = float("nan")
-        if cmi:
-            try:
-                row["cmi"] = conditional_mutual_information(with_gap, "_measure", "_gap", axes,
-                                                            variant=cmi_variant)["score"] if axes else float("nan")
-            except ConfigError:  # PGDL needs ≥ 2 axes; a constant gap has no ordering to explain
-                row["cmi"] = float("nan")
-        rows.append(row)
-    return sorted(rows, key=lambda r: -abs(r["tau"]))

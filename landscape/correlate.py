@@ -21,7 +21,7 @@ Conventions
   axes, every ordered pair of runs including self-pairs, cells averaged uniformly); the toolkit's
   earlier form is ``variant="landscape"``.
 - Seed is not an axis: :func:`seed_groups` finds the runs that differ only in their seed, which
-  callers (``landscape.analyze.correlation_table``) average into one configuration.
+  callers (``landscape.study.correlation_table``) average into one configuration.
 - Every function checks its input and raises :class:`~landscape.errors.ConfigError` (one line)
   on length mismatch, fewer than 2 runs, NaN/inf values, or an unknown axis / key.
 """

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -218,12 +218,15 @@ class FeatureSettings:
     classifier's; or what the context's ``features_fn`` returns), on each of ``splits``, for a
     fixed seeded subset of ``samples`` points; per-token features pooled by ``pool``."""
 
-    layer: str | None = None
-    splits: str = "train,test"
-    samples: int | None = None
-    batch_size: int = 1024
-    seed: int = 0
-    pool: str = "flatten"  # per-token features: flatten | mean | last (landscape.features.pool_tokens)
+    layer: str | None = field(default=None, metadata={"help": "Module whose input is the feature "
+                                                              "(default: the classifier)."})
+    splits: str = field(default="train,test", metadata={"help": "train, test or both."})
+    samples: int | None = field(default=None, metadata={"help": "A fixed subset of N samples per "
+                                                                "split (default: all)."})
+    batch_size: int = field(default=1024, metadata={"help": "Samples per forward pass."})
+    seed: int = field(default=0, metadata={"help": "Seed of the sample subset."})
+    pool: str = field(default="flatten", metadata={"help": "Per-token features: flatten, mean or "
+                                                           "last."})
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:

@@ -2,7 +2,9 @@
 
 ``probe_figures(store, probe, plots_dir)`` writes the figures of one probe and returns their
 paths: per checkpoint for the Hessian (ESD, top-k spectrum, per-layer bars), and curves over the
-stored checkpoints for the representation probes.
+stored checkpoints for the representation probes. Which figures a probe gets is its own declaration
+(:class:`~landscape.probes.base.Probe`): a drawer kind registered here with :func:`drawer`
+(``figure="hessian"``), or its ``curves``.
 """
 
 from __future__ import annotations
@@ -12,24 +14,49 @@ from pathlib import Path
 
 import numpy as np
 
+from landscape.probes.base import PROBES, probe_order
 from landscape.results import collect_series
 from landscape.store import Store
 
-# (panel title, key inside a split's subgroup, log y)
-CURVES: dict[str, list[tuple[str, str, bool]]] = {
-    "collapse": [
-        ("NC1  Tr(Σ_W Σ_B⁺)/C", "nc1", True),
-        ("NC2 equinorm (means)", "equinorm_means", True),
-        ("NC2 equiangularity (means)", "equiangular_means", True),
-        ("NC3 self-duality", "self_duality", True),
-        ("NC4 NCC mismatch", "ncc_mismatch", True),
-        ("CDNV", "cdnv", True),
-    ],
-    "rankme": [("RankMe", "rankme", False), ("effective rank", "effective_rank", False),
-               ("α-ReQ", "alpha_req", False)],
-    "dse": [("DSE (bits)", "dse", False), ("DSMI(Z; Y) (bits)", "dsmi_y", False),
-            ("DSMI(Z; X) (bits)", "dsmi_x", False)],
-}
+Drawer = Callable[[Store, str, Path, tuple[str, ...]], list[Path]]  # (store, probe, plots dir, formats)
+DRAWERS: dict[str, Drawer] = {}
+"""Bespoke figure kinds by name; a probe names its kind in its declaration (``figure="hessian"``)."""
+
+
+def drawer(kind: str) -> Callable[[Drawer], Drawer]:
+    """Decorator: register a figure kind a probe may declare."""
+
+    def decorate(fn: Drawer) -> Drawer:
+        DRAWERS[kind] = fn
+        return fn
+
+    return decorate
+
+
+def curves() -> dict[str, list[tuple[str, str, bool]]]:
+    """``{probe: [(panel title, key inside a split's subgroup, log y), ...]}`` of every probe that
+    declares figures over training (its ``curves``), in probe order."""
+    return {name: list(PROBES[name].curves) for name in probe_order() if PROBES[name].curves}
+
+
+def __getattr__(name: str) -> object:
+    if name == "CURVES":  # derived from the probes' declarations, computed on access
+        return curves()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def drawer_for(probe: str) -> Drawer | None:
+    """The figures of ``probe``: its declared bespoke kind, else curves over training when it
+    declares ``curves``, else none (also for a name that is no registered probe)."""
+    if probe not in PROBES:
+        return None
+    declared = PROBES[probe]
+    if declared.figure is not None:
+        if declared.figure not in DRAWERS:
+            raise ValueError(f"probe {probe!r} declares figure kind {declared.figure!r}; "
+                             f"registered kinds: {', '.join(sorted(DRAWERS))}")
+        return DRAWERS[declared.figure]
+    return _curve_figures if declared.curves else None
 
 
 def plots_dir_for(results: str | Path) -> Path:
@@ -41,17 +68,11 @@ def plots_dir_for(results: str | Path) -> Path:
 
 def probe_figures(store_path: str | Path, probe: str, plots_dir: str | Path,
                   formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    """Draw ``probe``'s figures from ``store_path`` into ``plots_dir``."""
-    drawers: dict[str, Callable[[Store, Path, tuple[str, ...]], list[Path]]] = {
-        "hessian": _hessian_figures,
-        "surface": _surface_figures,
-        "sharpness": _sharpness_figures,
-        "coherence": _coherence_figures,
-        **{name: (lambda s, d, f, name=name: _curve_figures(s, name, d, f)) for name in CURVES},
-    }
-    if probe not in drawers:
+    """Draw ``probe``'s figures from ``store_path`` into ``plots_dir`` (:func:`drawer_for`)."""
+    draw = drawer_for(probe)
+    if draw is None:
         return []
-    return drawers[probe](Store(store_path), Path(plots_dir), formats)
+    return draw(Store(store_path), PROBES.canonical(probe), Path(plots_dir), formats)
 
 
 def training_axis(series: dict[str, np.ndarray]) -> tuple[np.ndarray, str, list[str] | None]:
@@ -75,12 +96,13 @@ def _stored(store: Store, probe: str):
             yield ckpt, arrays, attrs
 
 
-def _hessian_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+@drawer("hessian")
+def _hessian_figures(store: Store, probe: str, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
     from landscape.plots import plot_esd, plot_layer_spectrum, plot_top_eigenvalues, save_figure
 
     written: list[Path] = []
-    for ckpt, r, _ in _stored(store, "hessian"):
-        stem = plots_dir / "hessian" / ckpt
+    for ckpt, r, _ in _stored(store, probe):
+        stem = plots_dir / probe / ckpt
         fig = plot_top_eigenvalues(r["eigenvalues"], bottom=r.get("bottom_eigenvalues"), title=f"Hessian spectrum — {ckpt}")
         written += save_figure(fig, f"{stem}_top", formats)
         if "density" in r:
@@ -96,16 +118,17 @@ def _hessian_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) ->
     return written
 
 
-def _surface_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+@drawer("surface")
+def _surface_figures(store: Store, probe: str, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
     """1D: loss and accuracy on twin axes; 2D: contour, filled contour, heat map, 3D surface (with the
     PCA trajectory and explained-variance axis labels when the directions are PCA)."""
     from landscape.plots import plot_surface_1d, plot_surface_2d, save_figure
 
     written: list[Path] = []
-    for ckpt, r, attrs in _stored(store, "surface"):
+    for ckpt, r, attrs in _stored(store, probe):
         settings = attrs.get("settings", {})
         splits = settings.get("splits", "train").split(",")
-        stem = plots_dir / "surface" / ckpt
+        stem = plots_dir / probe / ckpt
         if "ycoords" not in r:
             kw = {f"{s}_{m}": r.get(f"{s}_{m}") for s in ("train", "test") for m in ("loss", "acc") if f"{s}_{m}" in r}
             train_loss = kw.pop("train_loss", None)
@@ -128,12 +151,13 @@ def _surface_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) ->
     return written
 
 
-def _sharpness_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+@drawer("sharpness")
+def _sharpness_figures(store: Store, probe: str, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
     """Sharpness against ρ, one line per checkpoint (Andriushchenko et al. 2023, Fig. 1 style)."""
     from landscape.plots import plot_curves, save_figure
 
-    results = {ckpt: r for ckpt, r, _ in _stored(store, "sharpness")}
-    order = list(collect_series(store.path, "sharpness", [])["name"])  # lines in training order
+    results = {ckpt: r for ckpt, r, _ in _stored(store, probe)}
+    order = list(collect_series(store.path, probe, [])["name"])  # lines in training order
     results = {ckpt: results[ckpt] for ckpt in order}
     if not results:
         return []
@@ -143,31 +167,32 @@ def _sharpness_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) 
         "Δ error": {ckpt: r["delta_error"] for ckpt, r in results.items()},
     }
     fig = plot_curves(rhos, series, xlabel="ρ", logx=True, title="Sharpness vs radius")
-    return save_figure(fig, plots_dir / "sharpness", formats)
+    return save_figure(fig, plots_dir / probe, formats)
 
 
-def _coherence_figures(store: Store, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+@drawer("coherence")
+def _coherence_figures(store: Store, probe: str, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
     """Coherence m·α and GSNR over training (Chatterjee & Zielinski; Liu et al.), and the GSNR
     histogram of the last stored checkpoint."""
     from landscape.plots import plot_curves, save_figure
 
     keys = ["m_alpha", "alpha", "gsnr_mean", "gsnr_median"]
-    series = collect_series(store.path, "coherence", keys)
+    series = collect_series(store.path, probe, keys)
     if not len(series["step"]):
         return []
     x, xlabel, names = training_axis(series)
     panels = {"coherence m·α (1 = orthogonal)": series["m_alpha"], "α = ‖E g‖² / E‖g‖²": series["alpha"],
               "GSNR mean": series["gsnr_mean"], "GSNR median": series["gsnr_median"]}
     written = save_figure(plot_curves(x, panels, xlabel=xlabel, logy=["GSNR mean", "GSNR median"], xticklabels=names,
-                                      title="Gradient coherence over training"), plots_dir / "coherence", formats)
-    last = f"{series['name'][-1]}/coherence"  # the last in training order
+                                      title="Gradient coherence over training"), plots_dir / probe, formats)
+    last = f"{series['name'][-1]}/{probe}"  # the last in training order
     r, _ = store.read(last)
     edges, counts = np.asarray(r["gsnr_bin_edges"]), np.asarray(r["gsnr_hist"])
     if counts.size:
         centers = 0.5 * (edges[1:] + edges[:-1])
         fig = plot_curves(centers, {"parameters per bin": counts}, xlabel="log₁₀ GSNR",
                           title=f"GSNR histogram — {last.rpartition('/')[0]}")
-        written += save_figure(fig, plots_dir / "coherence_gsnr_hist", formats)
+        written += save_figure(fig, plots_dir / f"{probe}_gsnr_hist", formats)
     return written
 
 
@@ -219,9 +244,11 @@ def monitor_figures(run_dir: str | Path, plots_dir: str | Path, formats: tuple[s
 
 
 def _curve_figures(store: Store, probe: str, plots_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+    """The probe's declared ``curves`` over the stored checkpoints, one line per split."""
     from landscape.plots import plot_curves, save_figure
 
-    panels = CURVES[probe]
+    declared = PROBES[probe]
+    panels = declared.curves
     splits = ("train", "test")
     keys = [f"{s}/{k}" for s in splits for _, k, _ in panels]
     series = collect_series(store.path, probe, keys)
@@ -234,10 +261,8 @@ def _curve_figures(store: Store, probe: str, plots_dir: Path, formats: tuple[str
         if lines:
             data[title] = lines
     logy = [title for title, _, log in panels if log]
-    logx = xlabel == "epoch" and probe == "collapse" and (x > 0).sum() >= 2
-    fig = plot_curves(x, data, xlabel=xlabel, logx=logx, logy=logy, title=_TITLES[probe], xticklabels=names)
+    logx = xlabel == "epoch" and declared.curves_logx and (x > 0).sum() >= 2
+    title = declared.curves_title or f"{probe} over training"
+    fig = plot_curves(x, data, xlabel=xlabel, logx=logx, logy=logy, title=title, xticklabels=names)
     return save_figure(fig, plots_dir / probe, formats)
 
-
-_TITLES = {"collapse": "Neural collapse over training", "rankme": "RankMe over training",
-           "dse": "Diffusion spectral entropy over training"}

@@ -141,8 +141,9 @@ def test_analyze_runs_several_probes_and_records_failures(run_copy):
 def test_collect_runs_and_correlation_table(tiny_run, tmp_path):
     import shutil
 
-    from landscape.analyze import analyze, collect_runs, correlation_table
+    from landscape.analyze import analyze
     from landscape.correlate import kendall_tau
+    from landscape.study import collect_runs, correlation_table
 
     runs = []
     for i in range(3):  # three copies of a run, analyzed, with made-up hyper-parameters and accuracies

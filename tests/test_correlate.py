@@ -459,7 +459,7 @@ def seeded_records(n_seeds=3):
 
 
 def test_correlation_table_averages_seeds():
-    from landscape.analyze import HYPERPARAMETERS, correlation_table, varying_axes
+    from landscape.study import HYPERPARAMETERS, correlation_table, varying_axes
 
     recs = seeded_records()
     assert "seed" not in HYPERPARAMETERS
@@ -489,7 +489,7 @@ def test_correlation_table_averages_seeds():
 
 
 def test_correlation_table_seed_as_an_axis_when_asked():
-    from landscape.analyze import correlation_table
+    from landscape.study import correlation_table
 
     recs = seeded_records()
     (row,) = correlation_table(recs, axes=["lr", "model_params.width", "seed"], n_boot=20)
@@ -505,7 +505,7 @@ def test_correlation_table_seed_as_an_axis_when_asked():
 
 
 def test_correlation_table_copies_of_one_run_are_not_seeds_and_cmi_variants():
-    from landscape.analyze import correlation_table
+    from landscape.study import correlation_table
 
     recs = seeded_records(1)  # one seed: nothing to average
     copy = dict(recs[0], run="copy", test_acc=0.5)

@@ -32,7 +32,7 @@ def seeded_runs(tmp_path_factory):
 
 
 def test_correlate_averages_seeds_and_writes_both_tables(seeded_runs, tmp_path, capsys):
-    from landscape.analyze import collect_runs
+    from landscape.study import collect_runs
 
     out, runs_json = tmp_path / "table.csv", tmp_path / "runs.json"
     assert main(["correlate", str(seeded_runs), "--out", str(out), "--runs-table", str(runs_json)]) == 0

@@ -180,7 +180,7 @@ def test_enospc_mid_run_cleans_up_and_resumes_identically(tmp_path, reference, m
                     return _HalfWriter(path, mode)
             return open(path, mode, *a, **k)
 
-        import landscape.checkpoints as C  # RunDir appends the records
+        import landscape.run_dir as C  # RunDir appends the records
 
         monkeypatch.setattr(C, "open", fake_open, raising=False)
         named = "metrics.jsonl"
@@ -214,7 +214,7 @@ def test_state_without_weights_is_removed_after_a_full_disk(tmp_path, monkeypatc
 
 
 def test_full_disk_before_config_leaves_a_directory_a_rerun_can_use(tmp_path, monkeypatch):
-    import landscape.checkpoints as C  # RunDir.create writes config.json
+    import landscape.run_dir as C  # RunDir.create writes config.json
 
     def no_space(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -84,7 +84,7 @@ def test_tau_is_kendalls_definition(study):
 
 
 def test_every_varying_hyper_parameter_is_an_axis(study):
-    from landscape.analyze import collect_runs, varying_axes
+    from landscape.study import collect_runs, varying_axes
 
     _, runs = study
     assert varying_axes(collect_runs(runs)) == ["lr", "batch_size", "weight_decay", "optimizer_params.momentum"]

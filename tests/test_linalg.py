@@ -46,10 +46,16 @@ def test_every_hvp_method_agrees_with_dense(case, method, batch_size):
         torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
 
 
-def test_auto_method_caches_the_graph_only_for_one_batch(case):
+def test_auto_method_caches_graphs_in_memory_and_double_backwards_the_rest(case):
     model, x, y, _ = case
     assert HessianOperator(model, CE, x, y).method == "cached_graph"
-    assert HessianOperator(model, CE, x, y, batch_size=len(x) // 2).method == "double_backward"
+    op = HessianOperator(model, CE, x, y, batch_size=len(x) // 2)  # in memory: cached within the budget
+    assert op.method == "cached_graph"
+    op.matvec(torch.ones(op.size))
+    assert op.hvp_info()["hvp_cached_batches"] == 2
+    op = HessianOperator(model, CE, x, y, batch_size=len(x) // 2, memory_budget_mb=0)
+    op.matvec(torch.ones(op.size))  # only the first graph kept
+    assert op.hvp_info()["hvp_method"] == "cached_graph+double_backward"
     assert HessianOperator(model, CE, x, y, method="forward_over_reverse", bn_mode="train").method == "double_backward"
 
 

@@ -359,7 +359,7 @@ def test_export_bad_input_is_one_line_and_writes_nothing(results_file, tmp_path,
 
 
 def test_correlate_out_writes_the_runs_table(tiny_run, tmp_path, capsys):
-    from landscape.analyze import collect_runs
+    from landscape.study import collect_runs
     from landscape.train.config import TrainConfig
     from landscape.train.trainer import train
 

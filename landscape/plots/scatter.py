@@ -52,7 +52,7 @@ def plot_correlation_panels(rows: Sequence[Mapping[str, Any]], families: Mapping
                             title: str | None = None) -> Figure:
     """One panel per measure family (``families``: measure → family; Jiang et al. 2020's
     grouping): each measure's Kendall τ with the gap as a bar with its bootstrap 95% interval,
-    and Ψ (granulated τ) as a marker. ``rows`` are :func:`landscape.analyze.correlation_table`'s."""
+    and Ψ (granulated τ) as a marker. ``rows`` are :func:`landscape.study.correlation_table`'s."""
     if not rows:
         raise LandscapeError("no measure to draw: the correlation table is empty")
     by_family: dict[str, list[Mapping[str, Any]]] = {}

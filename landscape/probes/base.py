@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +20,8 @@ from landscape.datasets import Dataset, Split
 from landscape.errors import ConfigError
 from landscape.registry import Registry
 
-__all__ = ["PROBES", "Probe", "ProbeContext", "fixed_subset", "make_config", "parse_splits", "register_probe"]
+__all__ = ["PROBES", "Probe", "ProbeContext", "default_probes", "fixed_subset", "make_config", "measure_families",
+           "measure_table", "parse_splits", "probe_order", "register_probe", "setting", "setting_help"]
 
 
 @dataclass
@@ -38,7 +38,8 @@ class ProbeContext:
     advance: Callable[[int], None] = lambda n: None  # progress: n units of work done so far
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the probes of one checkpoint
     run_cache: dict[str, Any] = field(default_factory=dict)  # shared across checkpoints of one run
-    run_dir: Path | None = None  # the RUN_DIR the checkpoint belongs to, if any
+    # the training log (metrics records) and the training config of the checkpoint's run (a RUN_DIR only)
+    run_record: Callable[[], tuple[list[dict[str, Any]], dict[str, Any]]] | None = None
     partial: dict[str, Any] | None = None  # results of an interrupted run with the same settings
     save_partial: Callable[[dict[str, Any]], None] = lambda arrays: None  # record work done so far
     resolve_checkpoint: Callable[[str], dict[str, torch.Tensor]] | None = None  # another checkpoint's tensors
@@ -54,25 +55,105 @@ class ProbeContext:
         return table[name]
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field with its default and the help text the CLI shows for ``--KEY``:
+    ``top_k: int = setting(5, "Largest eigenvalues.")``."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Probe:
+    """Everything the rest of the toolkit needs to know about a probe, declared by its module.
+
+    ``analyze``'s default probe list, ``correlate``'s measures, the figures and the CLI command
+    are all read from here (:func:`default_probes`, :func:`measure_table`, ...), so adding a probe
+    is one module. The declaration is data: a probe never imports a higher layer."""
+
     name: str
     config: type
     run: Callable[[ProbeContext, Any], dict[str, Any]]
     summary: tuple[str, ...] = ()  # result keys worth a column in a summary table
+    default: int | None = None  # position in analyze's default probe list; None: not a default probe
+    # measures correlate may use: name → key path in the probe's stored group ("train/nc1")
+    measures: dict[str, str] = field(default_factory=dict)
+    # the measure families (Jiang et al. 2020) of its measures: family → measure-name prefixes
+    families: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # figures over training: (panel title, key inside a split's subgroup, log y)
+    curves: tuple[tuple[str, str, bool], ...] = ()
+    curves_title: str = ""  # the title of that figure
+    curves_logx: bool = False  # log x when the axis is epochs (and two are > 0)
+    figure: str | None = None  # a bespoke drawer kind registered in landscape.figures
+    cli_help: str = ""  # one line: what ``landscape NAME`` measures
+    checkpoints: str = "last"  # the CLI's default --checkpoints (``all``: a probe over training)
+    unit: str = ""  # what the progress bar counts (ctx.advance units)
+    work: Callable[[Any], int] | None = None  # units of work per checkpoint for a config (ETA)
+    # more option names for a setting, beside its own --KEY: {"splits": ("--split",)}
+    cli_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 PROBES: Registry[Probe] = Registry("probe")
 
 
-def register_probe(name: str, config: type, summary: tuple[str, ...] = ()):
-    """Decorator: ``@register_probe("hessian", HessianConfig)`` on ``run(ctx, cfg)``."""
+def register_probe(name: str, config: type, *, summary: tuple[str, ...] = (), default: int | None = None,
+                   measures: dict[str, str] | None = None, families: dict[str, tuple[str, ...]] | None = None,
+                   curves: tuple[tuple[str, str, bool], ...] = (), curves_title: str = "",
+                   curves_logx: bool = False, figure: str | None = None, cli_help: str = "",
+                   checkpoints: str = "last", unit: str = "", work: Callable[[Any], int] | None = None,
+                   cli_names: dict[str, tuple[str, ...]] | None = None):
+    """Decorator: ``@register_probe("hessian", HessianConfig, ...)`` on ``run(ctx, cfg)``; the
+    keywords are the fields of :class:`Probe`."""
 
     def decorator(run: Callable[[ProbeContext, Any], dict[str, Any]]):
-        PROBES.register(name)(Probe(name, config, run, summary))
+        unknown = sorted(set(cli_names or {}) - {f.name for f in dataclasses.fields(config)})
+        if unknown:
+            raise ValueError(f"probe {name!r}: cli_names for unknown setting(s) {', '.join(unknown)}")
+        PROBES.register(name)(Probe(
+            name, config, run, summary, default, dict(measures or {}), dict(families or {}), tuple(curves),
+            curves_title, curves_logx, figure, cli_help or (run.__doc__ or "").strip().split("\n")[0], checkpoints,
+            unit, work, dict(cli_names or {})))
         return run
 
     return decorator
+
+
+# ---- what the rest of the toolkit reads from the declarations ---------------------------------
+
+
+def probe_order() -> list[str]:
+    """Every probe: the default ones in their declared positions, then the others by name."""
+    defaults = sorted((p.default, n) for n, p in PROBES.items() if p.default is not None)
+    return [n for _, n in defaults] + [n for n, p in PROBES.items() if p.default is None]
+
+
+def default_probes() -> tuple[str, ...]:
+    """What ``analyze(probes="default")`` runs: the probes declaring a ``default`` position."""
+    return tuple(n for n in probe_order() if PROBES[n].default is not None)
+
+
+def measure_table() -> dict[str, tuple[str, str]]:
+    """Every declared measure: name → (probe, key path in its stored group), in probe order."""
+    out: dict[str, tuple[str, str]] = {}
+    for probe in probe_order():
+        for measure, key in PROBES[probe].measures.items():
+            if measure in out:
+                raise ValueError(f"measure {measure!r} is declared by probes {out[measure][0]!r} and {probe!r}")
+            out[measure] = (probe, key)
+    return out
+
+
+def measure_families() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``(family, measure-name prefixes)`` from every probe's ``families``, families in the order
+    they first appear (probe order)."""
+    merged: dict[str, tuple[str, ...]] = {}
+    for probe in probe_order():
+        for family, prefixes in PROBES[probe].families.items():
+            merged[family] = merged.get(family, ()) + tuple(p for p in prefixes if p not in merged.get(family, ()))
+    return tuple(merged.items())
+
+
+def setting_help(config: type) -> dict[str, str]:
+    """``{field: help}`` of a config's fields (``setting(..., help)`` metadata; empty if none)."""
+    return {f.name: str(f.metadata.get("help", "")) for f in dataclasses.fields(config)}
 
 
 def make_config(probe: str, **settings: Any) -> Any:

@@ -76,7 +76,7 @@ from landscape.core.data import samples_args, select
 from landscape.errors import ConfigError, LandscapeError
 from landscape.outputs import OutputFn, logits_of
 from landscape.params import call, model_state, select_parameters
-from landscape.probes.base import ProbeContext, fixed_subset, register_probe
+from landscape.probes.base import ProbeContext, fixed_subset, register_probe, setting
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 METHODS = ("hooks", "vmap")
@@ -100,17 +100,20 @@ class CoherenceConfig:
     log10-GSNR histogram (``None`` = the range of the data).
     """
 
-    subset: int | None = 512
-    split: str = "train"
-    method: str = "hooks"
-    chunk: int = 64
-    batch_size: int | None = None
-    per_layer: bool = True
-    histogram_bins: int = 50
-    histogram_range: tuple[float, float] | None = None
-    ddof: int = 1
-    dtype: str = "float32"
-    seed: int = 0
+    subset: int | None = setting(512, "Examples whose per-example gradients are compared (None: "
+                                      "all of the split).")
+    split: str = setting("train", "train or test.")
+    method: str = setting("hooks", "hooks (one batched backward) or vmap (per-example grads).")
+    chunk: int = setting(64, "Examples per vmap call and per batched matmul (at most).")
+    batch_size: int | None = setting(None, "Examples per forward and backward (None: all in one).")
+    per_layer: bool = setting(True, "Also report each layer's coherence and GSNR.")
+    histogram_bins: int = setting(50, "Bins of the log10-GSNR histogram.")
+    histogram_range: tuple[float, float] | None = setting(None, "Fixed LOW,HIGH of the log10-GSNR"
+                                                                " histogram (None: the data's "
+                                                                "range).")
+    ddof: int = setting(1, "The GSNR's variance divides by m − ddof (0 or 1).")
+    dtype: str = setting("float32", "float32 or float64.")
+    seed: int = setting(0, "Seed of the subset.")
 
     def __post_init__(self) -> None:
         rng = self.histogram_range
@@ -538,7 +541,12 @@ def coherence(
     return out
 
 
-@register_probe("coherence", CoherenceConfig, summary=("alpha", "m_alpha", "gsnr_mean"))
+@register_probe(
+    "coherence", CoherenceConfig, summary=("alpha", "m_alpha", "gsnr_mean"), default=2,
+    measures={"coherence_m_alpha": "m_alpha"}, families={"optimization-based": ("coherence",)},
+    figure="coherence", checkpoints="all",
+    cli_help="Gradient coherence α, m·α (Chatterjee & Zielinski) and GSNR (Liu et al.), per layer, over a run's "
+    "checkpoints.")
 def run_coherence(ctx: ProbeContext, cfg: CoherenceConfig) -> dict[str, Any]:
     """The coherence / GSNR probe on the checkpoint's ``cfg.split`` (labels as trained)."""
     x, y = samples_args(ctx.split(cfg.split))

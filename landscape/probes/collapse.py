@@ -85,7 +85,7 @@ from landscape.features import (
     find_classifier,
     split_features,
 )
-from landscape.probes.base import ProbeContext, register_probe
+from landscape.probes.base import ProbeContext, register_probe, setting
 
 __all__ = ["CollapseConfig", "neural_collapse"]
 
@@ -103,9 +103,11 @@ class CollapseConfig:
         global_mean: ``"class_means"`` (the Colab's :math:`\\mu_G`) or ``"samples"``.
     """
 
-    nc1_rank_tol: float = 1e-12
-    include_orthogonal_frame: bool = True
-    global_mean: str = "class_means"
+    nc1_rank_tol: float = setting(1e-12, "Eigenvalues of Σ_B at or below this × the largest are "
+                                         "left out of Σ_B⁺.")
+    include_orthogonal_frame: bool = setting(True, "Also return the orthogonal-frame measures.")
+    global_mean: str = setting("class_means", "class_means (μ_G as the mean of the class means) "
+                                              "or samples.")
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.nc1_rank_tol < 1.0):
@@ -334,7 +336,16 @@ class CollapseProbeConfig(FeatureSettings, CollapseConfig):
     """The neural-collapse probe: :class:`CollapseConfig` on the features of :class:`FeatureSettings`."""
 
 
-@register_probe("collapse", CollapseProbeConfig, summary=("nc1", "equiangular_means", "self_duality", "ncc_mismatch"))
+@register_probe(
+    "collapse", CollapseProbeConfig, summary=("nc1", "equiangular_means", "self_duality", "ncc_mismatch"),
+    default=3, measures={"nc1_train": "train/nc1"}, families={"representation": ("nc1",)},
+    curves=(("NC1  Tr(Σ_W Σ_B⁺)/C", "nc1", True), ("NC2 equinorm (means)", "equinorm_means", True),
+            ("NC2 equiangularity (means)", "equiangular_means", True), ("NC3 self-duality", "self_duality", True),
+            ("NC4 NCC mismatch", "ncc_mismatch", True), ("CDNV", "cdnv", True)),
+    curves_title="Neural collapse over training", curves_logx=True, checkpoints="all",
+    cli_names={"splits": ("--split",)},
+    cli_help="Neural collapse (NC1–NC4, CDNV, orthogonal frame) of the penultimate features, over a run's "
+    "checkpoints.")
 def run_collapse(ctx: ProbeContext, cfg: CollapseProbeConfig) -> dict[str, Any]:
     """NC1–NC4 of the penultimate features on each split (Papyan et al. 2020); one subgroup per split."""
     if getattr(ctx.data.train, "task", "classification") != "classification":

@@ -71,7 +71,7 @@ from torch import Tensor
 from landscape.core.data import is_stream
 from landscape.errors import ConfigError
 from landscape.features import FeatureSettings, check_finite_features, split_features
-from landscape.probes.base import ProbeContext, register_probe
+from landscape.probes.base import ProbeContext, register_probe, setting
 from landscape.utils import check_allocation
 
 __all__ = ["DSEConfig", "diffusion_spectral_entropy", "diffusion_spectral_mutual_information"]
@@ -95,13 +95,16 @@ class DSEConfig:
         n_random_subsets: random subsets averaged for each :math:`H^*_i` in DSMI.
     """
 
-    sigma: float | str = 10.0
-    t: int = 1
-    max_n: int = 10_000
-    drop_trivial: bool = False
-    seed: int = 0
-    n_clusters: int = 10
-    n_random_subsets: int = 5
+    sigma: float | str = setting(10.0, "Gaussian kernel bandwidth: a positive number, sqrt_d or "
+                                       "median.")
+    t: int = setting(1, "Diffusion time (power of the eigenvalues), ≥ 1.")
+    max_n: int = setting(10_000, "At most this many points enter one kernel matrix (seeded "
+                                 "subsample).")
+    drop_trivial: bool = setting(False, "Drop the top eigenvalue (the older api/dse.py "
+                                        "convention).")
+    seed: int = setting(0, "Seed of the subsampling, DSMI's random subsets and the clustering.")
+    n_clusters: int = setting(10, "Groups made from a continuous Y in DSMI.")
+    n_random_subsets: int = setting(5, "Random subsets averaged for each H*_i in DSMI.")
 
     def __post_init__(self) -> None:
         if isinstance(self.sigma, str):
@@ -294,10 +297,15 @@ class DSEProbeConfig(FeatureSettings, DSEConfig):
     ``dsmi_inputs`` also computes DSMI(Z; X) against the (spectrally clustered) inputs.
     """
 
-    dsmi_inputs: bool = True
+    dsmi_inputs: bool = setting(True, "Also DSMI(Z; X) against the spectrally clustered inputs.")
 
 
-@register_probe("dse", DSEProbeConfig, summary=("dse", "dsmi_y", "dsmi_x"))
+@register_probe(
+    "dse", DSEProbeConfig, summary=("dse", "dsmi_y", "dsmi_x"),
+    curves=(("DSE (bits)", "dse", False), ("DSMI(Z; Y) (bits)", "dsmi_y", False), ("DSMI(Z; X) (bits)", "dsmi_x", False)),
+    curves_title="Diffusion spectral entropy over training", checkpoints="all", cli_names={"splits": ("--split",)},
+    cli_help="Diffusion spectral entropy and mutual information DSMI(Z;Y), DSMI(Z;X) of the features, over a run's "
+    "checkpoints.")
 def run_dse(ctx: ProbeContext, cfg: DSEProbeConfig) -> dict[str, Any]:
     """DSE of the features, DSMI(Z; Y) with the labels and DSMI(Z; X) with clustered inputs, per split.
 

@@ -129,9 +129,10 @@ from torch import nn
 
 from landscape.core.data import samples_args, select
 from landscape.core.kernel import logits_at
+from landscape.core.state_dict import fit_state_dict
 from landscape.errors import ConfigError, LandscapeError
 from landscape.params import model_state, select_parameters
-from landscape.probes.base import ProbeContext, fixed_subset, register_probe
+from landscape.probes.base import ProbeContext, fixed_subset, register_probe, setting
 from landscape.probes.sharpness import (
     DTYPES,
     PAC_MAG_FORMS,
@@ -170,30 +171,43 @@ class MeasuresConfig:
     gradients of each of the ``pac_subset/pac_m`` batches (≈ 60 forward+backward passes over
     1,024 points, about half the default sharpness probe's 4 ρ × 20 iterations)."""
 
-    init: str | None = "0"
-    fold_batchnorm: bool = True
-    margin_quantile: float = 0.1
-    batch_size: int = 512
-    grad_batch_size: int | None = None
-    grad_subset: int | None = 2048
-    ce_key: str = "train_ce"
-    ce_thresholds: tuple[float, float] = (0.1, 0.01)
-    bn_mode: str = "eval"
-    seed: int = 0
+    init: str | None = setting("0", "The initialization: a step or checkpoint name of the run, or"
+                                    " a file (None: no init-based measures).")
+    fold_batchnorm: bool = setting(True, "Fold a BatchNorm into the layer it follows before the "
+                                         "norm measures.")
+    margin_quantile: float = setting(0.1, "Quantile of the output margins used as the margin.")
+    batch_size: int = setting(512, "Samples per forward pass.")
+    grad_batch_size: int | None = setting(None, "Samples per batch of the gradient-noise measure "
+                                                "(None: the run's batch size, else 128).")
+    grad_subset: int | None = setting(2048, "Samples of the gradient-noise measure (None: the "
+                                            "whole split).")
+    ce_key: str = setting("train_ce", "The metrics.jsonl key of the training cross-entropy "
+                                      "(steps-to-CE measures).")
+    ce_thresholds: tuple[float, float] = setting((0.1, 0.01), "The two cross-entropy levels of "
+                                                              "the steps-to-CE measures, "
+                                                              "HIGH,LOW.")
+    bn_mode: str = setting("eval", "BatchNorm in eval or train mode.")
+    seed: int = setting(0, "Seed of the subsets and the noise draws.")
     # flatness: PAC-Bayes σ, σ′ (the sharpness probe's search and defaults) and worst-case α
-    pac_bayes: bool = True
-    pac_target: float = SharpnessConfig.pac_target
-    pac_draws: int = SharpnessConfig.pac_draws
-    pac_steps: int = SharpnessConfig.pac_steps
-    pac_eps: float = SharpnessConfig.pac_eps
-    pac_mag_form: str = SharpnessConfig.pac_mag_form
-    pac_subset: int | None = SharpnessConfig.subset
-    pac_m: int = SharpnessConfig.m
-    pac_dtype: str = SharpnessConfig.dtype
-    worst_sharpness: bool = True
-    worst_target: float = 0.1
-    worst_iters: int = 5
-    worst_steps: int = 8
+    pac_bayes: bool = setting(True, "PAC-Bayes σ and σ′ with the sharpness probe's search.")
+    pac_target: float = setting(SharpnessConfig.pac_target, "PAC-Bayes: allowed drop of train "
+                                                            "accuracy.")
+    pac_draws: int = setting(SharpnessConfig.pac_draws, "PAC-Bayes: Monte-Carlo draws per σ.")
+    pac_steps: int = setting(SharpnessConfig.pac_steps, "PAC-Bayes: bisection steps of the σ "
+                                                        "search.")
+    pac_eps: float = setting(SharpnessConfig.pac_eps, "ε of the magnitude-aware noise (0 = noise "
+                                                      "σ|w| only).")
+    pac_mag_form: str = setting(SharpnessConfig.pac_mag_form, "Magnitude-aware noise std: jiang "
+                                                              "or linear.")
+    pac_subset: int | None = setting(SharpnessConfig.subset, "PAC-Bayes and worst-case α: fixed "
+                                                             "subset of training points.")
+    pac_m: int = setting(SharpnessConfig.m, "Batch size of the PAC-Bayes and worst-case α passes.")
+    pac_dtype: str = setting(SharpnessConfig.dtype, "float32 or float64.")
+    worst_sharpness: bool = setting(True, "Bisect the worst-case sharpness α.")
+    worst_target: float = setting(0.1, "Worst-case α: the allowed increase of the error at the "
+                                       "worst case.")
+    worst_iters: int = setting(5, "Worst-case α: Auto-PGD steps per bisection step.")
+    worst_steps: int = setting(8, "Worst-case α: bisection steps.")
 
     def __post_init__(self) -> None:
         checks = [
@@ -621,8 +635,6 @@ def _init_matrices(ctx: ProbeContext, cfg: MeasuresConfig) -> tuple[dict[str, to
         return None, "no initialization asked for (init=None)"
     if ctx.resolve_checkpoint is None:
         return None, "no initialization checkpoint (the model was not loaded from a run or a checkpoint folder)"
-    from landscape.checkpoints import fit_state_dict
-
     try:
         tensors = ctx.resolve_checkpoint(cfg.init)
         tensors, _ = fit_state_dict(tensors, ctx.model.state_dict().keys())
@@ -632,17 +644,32 @@ def _init_matrices(ctx: ProbeContext, cfg: MeasuresConfig) -> tuple[dict[str, to
 
 
 def _run_meta(ctx: ProbeContext) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
-    if ctx.run_dir is None:
+    """The training log and config of the checkpoint's run, as the caller gives them (no run: ``None, {}``)."""
+    if ctx.run_record is None:
         return None, {}
-    from landscape.checkpoints import RunDir
-
-    run = RunDir(ctx.run_dir)
-    return run.metrics(), dict(run.meta.get("config") or {})
+    records, config = ctx.run_record()
+    return records, dict(config)
 
 
-@register_probe("measures", MeasuresConfig,
-                summary=("inv_margin2", "log_prod_spectral", "path_norm", "dist_init_frobenius", "gradient_noise",
-                         "pacbayes_flatness", "sharpness_flatness"))
+@register_probe(
+    "measures", MeasuresConfig,
+    summary=("inv_margin2", "log_prod_spectral", "path_norm", "dist_init_frobenius", "gradient_noise",
+             "pacbayes_flatness", "sharpness_flatness"),
+    # Jiang et al. 2020, Appendix C: each stored under its own name
+    measures={name: name for name in (
+        "num_params", "inv_margin2", "log_prod_spectral", "log_prod_spectral_over_margin", "log_sum_spectral",
+        "log_sum_spectral_over_margin", "fro_over_spectral", "log_spec_orig_main", "log_spec_init_main",
+        "log_prod_frobenius", "log_prod_frobenius_over_margin", "log_sum_frobenius",
+        "log_sum_frobenius_over_margin", "dist_init_frobenius", "dist_init_spectral", "param_norm",
+        "path_norm", "path_norm_over_margin", "steps_to_ce_0.1", "steps_ce_0.1_to_0.01", "gradient_noise",
+        "pacbayes_init", "pacbayes_orig", "pacbayes_flatness", "pacbayes_mag_init", "pacbayes_mag_orig",
+        "pacbayes_mag_flatness", "sharpness_init", "sharpness_orig", "sharpness_flatness")},
+    families={"VC (parameter count)": ("num_params",), "output margin": ("inv_margin2",),
+              "sharpness-based": ("pacbayes", "sharpness"),
+              "norm-based": ("log_prod_", "log_sum_", "fro_over", "log_spec_", "dist_init", "param_norm", "path_norm"),
+              "optimization-based": ("steps_", "gradient_noise")},
+    cli_help="The generalization measures of Jiang et al. 2020 (norms, margins, path norm, PAC-Bayes and "
+    "optimization-based) of checkpoints.")
 def run_measures(ctx: ProbeContext, cfg: MeasuresConfig) -> dict[str, Any]:
     """The Jiang et al. 2020 measures of the checkpoint (VC, margin, norm, path-norm,
     optimization-based, gradient noise) on the training split; see :mod:`landscape.probes.measures`."""

@@ -56,7 +56,7 @@ from torch import Tensor
 
 from landscape.errors import ConfigError, LandscapeError
 from landscape.features import FeatureSettings, check_finite_features, split_features
-from landscape.probes.base import ProbeContext, register_probe
+from landscape.probes.base import ProbeContext, register_probe, setting
 
 __all__ = ["RankMeConfig", "rankme", "power_law_fit"]
 
@@ -67,13 +67,16 @@ _WEIGHTINGS = ("none", "inverse_rank")
 class RankMeConfig:
     """Options of :func:`rankme` (see the module docstring for the formulas)."""
 
-    eps: float = 1e-7
-    center: bool = False
-    alpha_rank_min: int = 1
-    alpha_rank_max: int | None = None
-    alpha_fraction: float = 0.5
-    alpha_weighting: str = "none"
-    alpha_rank_tol: float = 1e-12
+    eps: float = setting(1e-7, "ε added to the normalized singular values before the entropy.")
+    center: bool = setting(False, "Center the features before the SVD.")
+    alpha_rank_min: int = setting(1, "α-ReQ: first rank of the power-law fit.")
+    alpha_rank_max: int | None = setting(None, "α-ReQ: last rank of the fit (None: from "
+                                               "alpha_fraction).")
+    alpha_fraction: float = setting(0.5, "α-ReQ: fraction of the spectrum fitted when "
+                                         "alpha_rank_max is None.")
+    alpha_weighting: str = setting("none", "α-ReQ fit weights: none or inverse_rank.")
+    alpha_rank_tol: float = setting(1e-12, "α-ReQ: eigenvalues at or below this × the largest are"
+                                           " left out.")
 
     def __post_init__(self) -> None:
         if self.eps < 0:
@@ -172,7 +175,12 @@ class RankMeProbeConfig(FeatureSettings, RankMeConfig):
     """The RankMe probe: :class:`RankMeConfig` on the features of :class:`FeatureSettings`."""
 
 
-@register_probe("rankme", RankMeProbeConfig, summary=("rankme", "effective_rank", "alpha_req"))
+@register_probe(
+    "rankme", RankMeProbeConfig, summary=("rankme", "effective_rank", "alpha_req"), default=4,
+    measures={"rankme_train": "train/rankme"}, families={"representation": ("rankme",)},
+    curves=(("RankMe", "rankme", False), ("effective rank", "effective_rank", False), ("α-ReQ", "alpha_req", False)),
+    curves_title="RankMe over training", checkpoints="all", cli_names={"splits": ("--split",)},
+    cli_help="RankMe, effective rank and α-ReQ of the features, over a run's checkpoints.")
 def run_rankme(ctx: ProbeContext, cfg: RankMeProbeConfig) -> dict[str, Any]:
     """RankMe, effective rank and α-ReQ of the features on each split; one subgroup per split."""
     out = {}

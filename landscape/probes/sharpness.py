@@ -41,7 +41,7 @@ from landscape.core.kernel import logits_at
 from landscape.errors import ConfigError, LandscapeError
 from landscape.outputs import OutputFn
 from landscape.params import ParamLayout, model_state, second_order, select_parameters
-from landscape.probes.base import ProbeContext, fixed_subset, register_probe
+from landscape.probes.base import ProbeContext, fixed_subset, register_probe, setting
 from landscape.tasks import Task, correct_count, get_task
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -94,37 +94,44 @@ class SharpnessConfig:
     draws per σ, 3 by default (the reference code averages 10).
     """
 
-    kind: str = "worst"
-    norm: str = "linf"
-    adaptive: bool = True
-    rhos: tuple[float, ...] | None = None
-    m: int = 128
-    iters: int = 20
-    restarts: int = 1
-    random_start: bool = False
-    momentum: float = 0.75
-    step_mult: float = 1.0
-    ellipsoid: str = "scaled"
-    samples_avg: int = 20
-    logit_normalize: bool = False
-    params: str = "all"
-    bn_mode: str = "eval"
-    subset: int | None = 1024
-    split: str = "train"
-    dtype: str = "float32"
-    seed: int = 0
+    kind: str = setting("worst", "worst (Auto-PGD ascent) or average (Monte Carlo).")
+    norm: str = setting("linf", "linf or l2.")
+    adaptive: bool = setting(True, "Scale the perturbation set by |w|.")
+    rhos: tuple[float, ...] | None = setting(None, "Radii, comma-separated (default: the paper's "
+                                                   "grid for kind/norm/adaptive).")
+    m: int = setting(128, "Batch size of m-sharpness.")
+    iters: int = setting(20, "Ascent iterations.")
+    restarts: int = setting(1, "Restarts of the worst-case ascent (the largest is kept).")
+    random_start: bool = setting(False, "Start the ascent from a random point of the perturbation"
+                                        " set.")
+    momentum: float = setting(0.75, "Auto-PGD momentum.")
+    step_mult: float = setting(1.0, "Multiplier of the Auto-PGD initial step size.")
+    ellipsoid: str = setting("scaled", "Adaptive l2 worst case: scaled (ascent in δ/|w|) or "
+                                       "euclidean (the reference's).")
+    samples_avg: int = setting(20, "Monte-Carlo draws of the average-case sharpness.")
+    logit_normalize: bool = setting(False, "Normalize the logits before the loss.")
+    params: str = setting("all", "Perturbed parameters: all or no_norm_bias.")
+    bn_mode: str = setting("eval", "BatchNorm in eval or train mode.")
+    subset: int | None = setting(1024, "Fixed subset of training points (None: the whole split).")
+    split: str = setting("train", "train or test.")
+    dtype: str = setting("float32", "float32 or float64.")
+    seed: int = setting(0, "Seed of the subset, random starts and noise draws.")
     # first-order flatness (GAM); None switches it off
-    first_order_rho: float | None = 0.05
-    first_order_iters: int = 10
+    first_order_rho: float | None = setting(0.05, "Radius of the first-order flatness (GAM); None"
+                                                  " switches it off.")
+    first_order_iters: int = setting(10, "Ascent iterations of the first-order flatness.")
     # Auto-PGD momentum update: Croce & Hein's, or the tml-epfl code's 0.75·z + 0.25·δ_{k−1}
-    momentum_form: str = "croce_hein"
+    momentum_form: str = setting("croce_hein", "Auto-PGD momentum update: croce_hein or tml_epfl "
+                                               "(0.75·z + 0.25·δ_{k−1}).")
     # PAC-Bayes flatness (Jiang et al. 2019); target = allowed drop of train accuracy
-    pac_bayes: bool = True
-    pac_target: float = 0.1
-    pac_draws: int = 3
-    pac_steps: int = 12
-    pac_eps: float = 1e-3  # ε of the magnitude-aware noise (Jiang et al.; 0 = noise σ|w| only)
-    pac_mag_form: str = "jiang"  # std √(σ²w² + ε²) (Jiang et al.) or "linear": σ(|w| + ε)
+    pac_bayes: bool = setting(True, "PAC-Bayes flatness σ and σ′ (Jiang et al. 2019).")
+    pac_target: float = setting(0.1, "PAC-Bayes: allowed drop of train accuracy.")
+    pac_draws: int = setting(3, "PAC-Bayes: Monte-Carlo draws per σ.")
+    pac_steps: int = setting(12, "PAC-Bayes: bisection steps of the σ search.")
+    pac_eps: float = setting(1e-3, "ε of the magnitude-aware noise (Jiang et al.; 0 = noise σ|w| "
+                                   "only).")
+    pac_mag_form: str = setting("jiang", "Magnitude-aware noise std: jiang √(σ²w² + ε²) or linear"
+                                         " σ(|w| + ε).")
     ABSENT_MEANS: ClassVar[dict[str, Any]] = {"pac_eps": 0.0}  # what older stored results were computed with
 
     def __post_init__(self) -> None:
@@ -770,8 +777,14 @@ def _pac_bayes(obj: _Objective, batches, cfg: SharpnessConfig, dtype, dev) -> di
     return out
 
 
-@register_probe("sharpness", SharpnessConfig,
-                summary=("delta_loss", "delta_error", "first_order_flatness", "num_gradients"))
+@register_probe(
+    "sharpness", SharpnessConfig, summary=("delta_loss", "delta_error", "first_order_flatness", "num_gradients"),
+    default=1, measures={"first_order_flatness": "first_order_flatness", "pac_bayes_inv_sigma2": "pac_bayes/inv_sigma2",
+                         "pac_bayes_mag_inv_sigma2": "pac_bayes/inv_sigma2_mag"},
+    families={"sharpness-based": ("pac_bayes", "sharpness", "first_order_flatness")},  # sharpness@ρ too
+    figure="sharpness", unit="gradients", cli_names={"rhos": ("--rho",)},
+    cli_help="Adaptive worst/average-case sharpness, first-order flatness and PAC-Bayes flatness "
+    "(Andriushchenko et al. 2023).")
 def run_sharpness(ctx: ProbeContext, cfg: SharpnessConfig) -> dict[str, Any]:
     """The sharpness probe on the checkpoint's ``cfg.split`` (the training loss, labels as trained)."""
     split = ctx.split(cfg.split)

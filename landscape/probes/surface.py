@@ -29,7 +29,7 @@ from landscape.core.kernel import logits_at, perturbed_state
 from landscape.errors import ConfigError
 from landscape.outputs import OutputFn, logits_of
 from landscape.params import call
-from landscape.probes.base import ProbeContext, fixed_subset, parse_splits, register_probe
+from landscape.probes.base import ProbeContext, fixed_subset, parse_splits, register_probe, setting
 from landscape.tasks import Task, correct_count
 from landscape.utils import check_allocation
 
@@ -77,24 +77,27 @@ class SurfaceConfig:
     2 cores: ``benchmarks/surface.py``) and vmaps on a GPU, where a small model otherwise idles.
     """
 
-    dim: int = 2
-    x: str = "-1:1:51"
-    y: str = "-1:1:51"
-    direction: str = "random"
-    norm: str = "filter"
-    ignore: str = "biasbn"
-    kind: str = "weights"
-    orthogonal: bool = False
-    splits: str = "train"
-    subset: int | None = None
-    batch_size: int = 4096
-    bn_mode: str = "eval"
-    seed: int = 0
-    chunk: int = 32
-    workers: int = 1
-    vectorize: str = "auto"
-    points_per_call: int | None = None
-    memory_budget_mb: float = 1024.0
+    dim: int = setting(2, "1 (a line) or 2 (a plane).")
+    x: str = setting("-1:1:51", "Grid along the first direction, MIN:MAX:NUM.")
+    y: str = setting("-1:1:51", "Grid along the second direction, MIN:MAX:NUM.")
+    direction: str = setting("random", "random, pca (the run's trajectory), or "
+                                       "interpolate:CHECKPOINT.")
+    norm: str = setting("filter", "Direction normalization: filter, layer, weight, none.")
+    ignore: str = setting("biasbn", "biasbn (zero bias/BN directions) or none.")
+    kind: str = setting("weights", "weights, or states (BatchNorm running statistics too).")
+    orthogonal: bool = setting(False, "Make the second direction orthogonal to the first.")
+    splits: str = setting("train", "train, test or both.")
+    subset: int | None = setting(None, "A fixed subset of N samples (default: the whole split).")
+    batch_size: int = setting(4096, "Samples per forward pass.")
+    bn_mode: str = setting("eval", "BatchNorm in eval or train mode.")
+    seed: int = setting(0, "Seed of the random directions and the subset.")
+    chunk: int = setting(32, "Grid points per saved chunk (the unit of resume).")
+    workers: int = setting(1, "Processes evaluating grid chunks.")
+    vectorize: str = setting("auto", "loop (one point at a time), vmap (many per call), auto "
+                                     "(vmap on GPU).")
+    points_per_call: int | None = setting(None, "Grid points per vectorized call (default: as "
+                                                "many as fit in memory_budget_mb).")
+    memory_budget_mb: float = setting(1024.0, "Memory for one vectorized call of grid points.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "splits", ",".join(parse_splits(self.splits)))
@@ -311,7 +314,10 @@ def _directions(ctx: ProbeContext, cfg: SurfaceConfig) -> tuple[list[dict[str, t
     return dirs, extra
 
 
-@register_probe("surface", SurfaceConfig, summary=("origin_loss",))
+@register_probe(
+    "surface", SurfaceConfig, summary=("origin_loss",), figure="surface", unit="grid points",
+    work=lambda cfg: math.prod(cfg.shape), cli_names={"splits": ("--split",)},
+    cli_help="Loss and accuracy on a 1D line or 2D plane through the weights (Li et al. 2018); resumes by itself.")
 def run_surface(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, Any]:
     """Loss/accuracy over the grid; resumes from ``ctx.partial`` and reports chunks through ``ctx.save_partial``."""
     from landscape.directions import flatten, target_tensors, unflatten

@@ -261,7 +261,8 @@ def test_config_errors(settings):
 def test_run_probe_on_a_trained_run(run_copy):
     from safetensors.torch import load_file
 
-    from landscape.analyze import collect_runs, run_probe
+    from landscape.analyze import run_probe
+    from landscape.study import collect_runs
 
     (rec,) = run_probe(run_copy, "measures", MeasuresConfig(ce_thresholds=(2.1, 1.0)), device="cpu")
     r = rec.result
@@ -402,7 +403,8 @@ def test_worst_case_alpha_brackets_the_target_one_fgsm_step():
 def test_flatness_on_a_trained_run_matches_the_sharpness_probe(run_copy):
     from safetensors.torch import load_file
 
-    from landscape.analyze import collect_runs, run_probe
+    from landscape.analyze import run_probe
+    from landscape.study import collect_runs
 
     (rec,) = run_probe(run_copy, "measures", device="cpu")
     from landscape.probes.sharpness import SharpnessConfig

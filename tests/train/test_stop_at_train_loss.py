@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from landscape.analyze import collect_runs
 from landscape.checkpoints import RunDir, load_state_dict
 from landscape.errors import ConfigError
 from landscape.run_selection import NotReached, select_run_checkpoint
+from landscape.study import collect_runs
 from landscape.train.config import TrainConfig
 from landscape.train.trainer import steps_per_epoch, train
 
