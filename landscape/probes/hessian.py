@@ -353,7 +353,7 @@ def _pyhessian(model, loss, x, y, cfg: HessianConfig, device, output_fn=None) ->
     "hessian", HessianConfig, summary=("eigenvalues", "bottom_eigenvalues", "trace", "num_hvps"), default=0,
     measures={"lambda_max": "eigenvalues", "hessian_trace": "trace"},
     families={"curvature (Hessian)": ("lambda_max", "hessian_")}, figure="hessian", unit="HVPs",
-    cli_help="Hessian eigenvalues (Lanczos), trace (Hutchinson/Hutch++) and spectral density (SLQ) of checkpoints.")
+    cli_help="Hessian eigenvalues (Lanczos), trace (krylov++ by default, Hutch++, Hutchinson; with its standard error) and spectral density (SLQ) of checkpoints.")
 def run_hessian(ctx: ProbeContext, cfg: HessianConfig) -> dict[str, Any]:
     """The Hessian probe on the checkpoint's ``cfg.split`` (the training loss, labels as trained)."""
     x, y = samples_args(ctx.split(cfg.split))
