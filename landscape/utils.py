@@ -17,6 +17,9 @@ import torch
 from landscape._version import __version__
 from landscape.errors import CheckpointError, LandscapeError
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+"""The floating dtypes a probe or monitor computes in, by the name its config gives."""
+
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"``/None → CUDA when available, else CPU; otherwise the named device."""

@@ -77,8 +77,8 @@ from landscape.errors import ConfigError, LandscapeError
 from landscape.outputs import OutputFn, logits_of
 from landscape.params import call, model_state, select_parameters
 from landscape.probes.base import ProbeContext, fixed_subset, register_probe, setting
+from landscape.utils import DTYPES
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 METHODS = ("hooks", "vmap")
 QUANTILE_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
 _MATMUL_BUDGET = 2**25  # elements of one chunk of materialized per-example gradients (128 MiB fp32)

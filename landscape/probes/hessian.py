@@ -32,9 +32,8 @@ from landscape.linalg import (
 from landscape.outputs import OutputFn, logits_of
 from landscape.params import layer_blocks, select_parameters
 from landscape.probes.base import ProbeContext, fixed_subset, register_probe, setting
-from landscape.utils import check_allocation
+from landscape.utils import DTYPES, check_allocation
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TRACE_METHODS = ("hutchinson", "hutch++", "krylov++")  # landscape.linalg.TRACE_ESTIMATORS
 ENGINES = ("lanczos", "pyhessian")
 

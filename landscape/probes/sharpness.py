@@ -43,8 +43,8 @@ from landscape.outputs import OutputFn
 from landscape.params import ParamLayout, model_state, second_order, select_parameters
 from landscape.probes.base import ProbeContext, fixed_subset, register_probe, setting
 from landscape.tasks import Task, correct_count, get_task
+from landscape.utils import DTYPES
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 KINDS = ("worst", "average")
 NORMS = ("linf", "l2")
 PARAM_SETS = ("all", "no_norm_bias")

@@ -53,12 +53,12 @@ Registered monitors (``landscape train --monitor NAME[:every=K,subset=N,KEY=VALU
   :func:`landscape.probes.coherence.coherence`. Cost: per-example gradients of the subset.
 - ``attention_logits``: per layer ``attn_max_logit/<i>`` (max |qᵀk|/√d) and
   ``attn_entropy/<i>`` (mean attention entropy, nats), and ``attn_max_logit`` over layers, from
-  the model's ``attention_stats(ids)`` (the ``transformer``); a one-line error before training
+  the model's ``attention_stats(x)`` (the ``transformer``, the ``vit``); a one-line error before training
   for a model without it. Cost: one forward pass.
 """
 
-from landscape.train.monitors.registry import (  # noqa: I001 — the registry first, then the monitors
-    DTYPES,
+from landscape.utils import DTYPES  # noqa: I001 — then the registry, then the monitors
+from landscape.train.monitors.registry import (
     MONITORS,
     MonitorFn,
     MonitorInputs,

@@ -16,7 +16,6 @@ from landscape.params import model_state, select_parameters
 from landscape.registry import Registry
 
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass

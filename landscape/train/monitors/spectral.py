@@ -11,7 +11,8 @@ from torch import nn
 from landscape.errors import ConfigError
 from landscape.linalg import HessianOperator, lanczos
 from landscape.params import select_parameters
-from landscape.train.monitors.registry import DTYPES, MonitorInputs, register_monitor
+from landscape.train.monitors.registry import MonitorInputs, register_monitor
+from landscape.utils import DTYPES
 
 
 @register_monitor("lambda_max", "at most `steps` Hessian-vector products over the monitor samples",
