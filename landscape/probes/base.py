@@ -15,13 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape.core.kernel import BN_MODES
 from landscape.core.subsets import fixed_subset, parse_splits
 from landscape.datasets import Dataset, Split
 from landscape.errors import ConfigError
 from landscape.registry import Registry
+from landscape.utils import DTYPES
 
-__all__ = ["PROBES", "Probe", "ProbeContext", "default_probes", "fixed_subset", "make_config", "measure_families",
-           "measure_table", "parse_splits", "probe_order", "register_probe", "setting", "setting_help"]
+__all__ = ["PROBES", "SPLITS", "Probe", "ProbeContext", "batch_size_setting", "bn_mode_setting", "check_settings",
+           "default_probes", "dtype_setting", "fixed_subset", "make_config", "measure_families", "measure_table",
+           "parse_splits", "probe_order", "register_probe", "seed_setting", "setting", "setting_help",
+           "split_setting", "subset_setting"]
 
 
 @dataclass
@@ -59,6 +63,63 @@ def setting(default: Any, help: str) -> Any:
     """A config field with its default and the help text the CLI shows for ``--KEY``:
     ``top_k: int = setting(5, "Largest eigenvalues.")``."""
     return field(default=default, metadata={"help": help})
+
+
+# The option groups every probe shares, declared once: which data (split, subset, batch_size, seed)
+# and which numerics (dtype, bn_mode). A probe's config names the ones it has with these helpers
+# (its own default where it differs) and :func:`check_settings` validates them alike everywhere.
+SPLITS = ("train", "test")
+
+
+def split_setting(default: str = "train") -> Any:
+    """``split``: the checkpoint's data the probe reads."""
+    return setting(default, "train or test.")
+
+
+def subset_setting(default: int | None, what: str = "samples") -> Any:
+    """``subset``: a fixed, seeded subset of the split (``None``: all of it)."""
+    return setting(default, f"A fixed subset of N {what}, drawn with seed (None: the whole split).")
+
+
+def batch_size_setting(default: int | None, what: str = "Samples per forward pass") -> Any:
+    """``batch_size``: samples per pass (memory, never the result, except where said)."""
+    return setting(default, f"{what}{' (None: all in one)' if default is None else ''}.")
+
+
+def seed_setting(uses: str) -> Any:
+    """``seed``: every random draw of the probe; ``uses`` says which."""
+    return setting(0, f"Seed of {uses}.")
+
+
+def dtype_setting() -> Any:
+    """``dtype``: the precision the probe computes in (the model is cast for it)."""
+    return setting("float32", "float32 or float64.")
+
+
+def bn_mode_setting() -> Any:
+    """``bn_mode``: BatchNorm with its running statistics (eval) or each batch's (train)."""
+    return setting("eval", "BatchNorm in eval (running stats) or train (batch stats) mode.")
+
+
+def check_settings(cfg: Any, checks: list[tuple[bool, str]] = ()) -> None:
+    """Raise :class:`ConfigError` with the first failed message: the shared groups' checks for the
+    fields ``cfg`` has (split, subset, batch_size, dtype, bn_mode), then the probe's own ``checks``."""
+    have = {f.name for f in dataclasses.fields(cfg)}
+    shared: list[tuple[bool, str]] = []
+    if "split" in have:
+        shared.append((cfg.split in SPLITS, f"split must be train or test, got {cfg.split!r}"))
+    if "subset" in have:
+        shared.append((cfg.subset is None or cfg.subset >= 1, f"subset must be ≥ 1 or None, got {cfg.subset}"))
+    if "batch_size" in have:
+        shared.append((cfg.batch_size is None or cfg.batch_size >= 1,
+                       f"batch_size must be ≥ 1, got {cfg.batch_size}"))
+    if "dtype" in have:
+        shared.append((cfg.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}"))
+    if "bn_mode" in have:
+        shared.append((cfg.bn_mode in BN_MODES, f"bn_mode must be one of {', '.join(BN_MODES)}, got {cfg.bn_mode!r}"))
+    for ok, message in [*shared, *checks]:
+        if not ok:
+            raise ConfigError(message)
 
 
 @dataclass(frozen=True)
