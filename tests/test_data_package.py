@@ -15,7 +15,7 @@ def test_the_public_path_re_exports_every_public_name_of_the_package():
 def test_every_loader_lives_in_the_data_package_and_is_registered_once():
     expected = ["cifar10", "digits", "fashion_mnist", "gaussian_mixture", "mnist", "modular", "npz",
                 "shakespeare_chars", "sparse_parity", "teacher_student"]
-    assert datasets.dataset_names() == expected
+    assert datasets.DATASETS.names() == expected
     for name in expected:
         assert datasets.DATASETS[name].__module__.startswith("landscape.data."), name
     assert datasets.DATASETS.aliases("shakespeare_chars") == ["chars", "text", "tiny_shakespeare"]

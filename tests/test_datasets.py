@@ -18,7 +18,6 @@ from landscape.datasets import (
     DATASETS,
     Dataset,
     Split,
-    dataset_names,
     dataset_params,
     iterate_batches,
     load_dataset,
@@ -123,7 +122,7 @@ def make_cifar(
 
 
 def test_registry_names_and_aliases():
-    assert dataset_names() == [
+    assert DATASETS.names() == [
         "cifar10",
         "digits",
         "fashion_mnist",
@@ -136,7 +135,7 @@ def test_registry_names_and_aliases():
         "teacher_student",
     ]
     assert DATASETS["gmm"] is DATASETS["gaussian_mixture"]
-    for name in dataset_names():
+    for name in DATASETS.names():
         assert DATASETS[name].__doc__
     assert dataset_params("gmm")["separation"] == 3.0
     assert "seed" not in dataset_params("digits") and "root" not in dataset_params("digits")
@@ -147,7 +146,7 @@ def test_unknown_dataset_lists_valid_names():
         load_dataset("imagenet")
     msg = str(err.value)
     assert isinstance(err.value, LandscapeError)
-    assert "imagenet" in msg and all(n in msg for n in dataset_names())
+    assert "imagenet" in msg and all(n in msg for n in DATASETS.names())
 
 
 # --------------------------------------------------------------------------- digits

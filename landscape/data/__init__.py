@@ -4,7 +4,7 @@ One concept a module:
 
 - :mod:`~landscape.data.containers`: :class:`Split`, :class:`Dataset`, :class:`RawData`,
   :func:`iterate_batches`, :func:`describe_data`;
-- :mod:`~landscape.data.loaders`: the registry :data:`DATASETS`, :func:`dataset_names`,
+- :mod:`~landscape.data.loaders`: the registry :data:`DATASETS`,
   :func:`dataset_params`;
 - :mod:`~landscape.data.pipeline`: :func:`load_dataset`, which applies the shared options
   (subset, long tail, label noise, normalization; the steps in
@@ -49,7 +49,7 @@ from landscape.data.algorithmic import (
 from landscape.data.containers import Dataset, RawData, Split, describe_data, iterate_batches
 from landscape.data.files import DATA_ENV
 from landscape.data.idx import read_idx
-from landscape.data.loaders import DATASETS, dataset_names, dataset_params
+from landscape.data.loaders import DATASETS, dataset_params
 from landscape.data.pickles import load_pickle_restricted
 from landscape.data.pipeline import NORMALIZATIONS, load_dataset
 from landscape.data.text import CORPUS
@@ -65,7 +65,6 @@ __all__ = [
     "Dataset",
     "RawData",
     "Split",
-    "dataset_names",
     "dataset_params",
     "describe_data",
     "iterate_batches",

@@ -17,11 +17,6 @@ Loader = Callable[..., RawData]
 DATASETS: Registry[Loader] = Registry("dataset")
 
 
-def dataset_names() -> list[str]:
-    """The registered dataset names (aliases not included)."""
-    return DATASETS.names()
-
-
 def dataset_params(name: str) -> dict[str, Any]:
     """The loader's own parameters and their defaults (``inspect.Parameter.empty`` if required)."""
     return {p.name: p.default for p in loader_parameters(DATASETS[name])}

@@ -33,7 +33,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from landscape.errors import ConfigError
 from landscape.registry import Registry
 
-__all__ = ["SCHEDULES", "Constant", "Cosine", "Linear", "Step", "build_schedule", "schedule_names"]
+__all__ = ["SCHEDULES", "Constant", "Cosine", "Linear", "Step", "build_schedule"]
 
 
 class Schedule:
@@ -179,10 +179,6 @@ def _whole(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ConfigError(f"invalid {name}={value!r}: must be a whole number ≥ {minimum}")
     return int(value)
-
-
-def schedule_names() -> list[str]:
-    return SCHEDULES.names()
 
 
 def build_schedule(

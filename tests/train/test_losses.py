@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from landscape.errors import ConfigError, LandscapeError
 from landscape.registry import UnknownNameError
-from landscape.train.losses import LOSSES, Loss, build_loss, loss_names, sparsemax
+from landscape.train.losses import LOSSES, Loss, build_loss, sparsemax
 
 RTOL, ATOL = 1e-10, 1e-12
 N, C = 7, 5
@@ -86,7 +86,7 @@ NONDEFAULT = {
 
 
 def test_every_registered_loss_has_a_test_case():
-    assert sorted(NONDEFAULT) == loss_names()
+    assert sorted(NONDEFAULT) == LOSSES.names()
 
 
 # --------------------------------------------------------------------------- special cases
@@ -301,7 +301,7 @@ def test_per_sample_has_no_flooding(batch):
 # --------------------------------------------------------------------------- every loss
 
 
-@pytest.mark.parametrize("name", loss_names())
+@pytest.mark.parametrize("name", LOSSES.names())
 def test_shape_finite_and_mean(name, batch):
     z, y = batch
     loss = build_loss(name, z_loss=1e-3, **NONDEFAULT[name])
@@ -316,7 +316,7 @@ def test_shape_finite_and_mean(name, batch):
     assert torch.isfinite(loss.per_sample(z32, y)).all()
 
 
-@pytest.mark.parametrize("name", loss_names())
+@pytest.mark.parametrize("name", LOSSES.names())
 def test_gradcheck(name):
     # maxsup (max) and sparsemax are piecewise smooth: random points are away from the kinks.
     z, y = make_batch(seed=11, n=3, c=4, scale=1.0)
@@ -325,7 +325,7 @@ def test_gradcheck(name):
     assert torch.autograd.gradcheck(lambda x: loss.per_sample(x, y), (z,))
 
 
-@pytest.mark.parametrize("name", loss_names())
+@pytest.mark.parametrize("name", LOSSES.names())
 def test_vmap_per_example_gradients(name, batch):
     z, y = batch
     fn = LOSSES[name]
@@ -336,7 +336,7 @@ def test_vmap_per_example_gradients(name, batch):
     close(per_example, full.numpy())
 
 
-@pytest.mark.parametrize("name", loss_names())
+@pytest.mark.parametrize("name", LOSSES.names())
 def test_spec_round_trip(name, batch):
     z, y = batch
     loss = build_loss(name, z_loss=1e-3, flooding=0.05, **NONDEFAULT[name])
@@ -369,8 +369,8 @@ def test_spec_resolves_defaults_and_aliases():
     assert isinstance(build_loss(), Loss) and build_loss().name == "ce"
 
 
-def test_loss_names():
-    assert loss_names() == sorted(
+def test_loss_registry_names():
+    assert LOSSES.names() == sorted(
         [
             "ce",
             "label_smoothing",
@@ -396,7 +396,7 @@ def test_unknown_name_lists_valid_names():
     with pytest.raises(UnknownNameError) as info:
         build_loss("hinge")
     assert isinstance(info.value, LandscapeError)
-    for name in loss_names():
+    for name in LOSSES.names():
         assert name in str(info.value)
 
 

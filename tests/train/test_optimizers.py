@@ -30,7 +30,6 @@ from landscape.train.optim import (
     bn_first_pass_only,
     build_optimizer,
     normalization_parameters,
-    optimizer_names,
 )
 from landscape.train.schedules import build_schedule
 
@@ -554,7 +553,7 @@ def test_hyperparameters_round_trip_through_state_dict():
 def test_registry_names():
     dynamics = ["entropy_sgd", "friendly_sam", "perp_adam", "perp_adamw", "perp_sgd",  # test_optimizers_dynamics
                 "fsam", "mesa", "saf"]  # test_optimizers_fisher_saf
-    assert optimizer_names() == sorted(ALL + dynamics)
+    assert OPTIMIZERS.names() == sorted(ALL + dynamics)
     assert OPTIMIZERS["sam-on"] is SAMON and OPTIMIZERS["samon"] is SAMON
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from landscape.errors import ConfigError
 from landscape.registry import UnknownNameError
 from landscape.train.optim import build_optimizer
-from landscape.train.schedules import SCHEDULES, build_schedule, schedule_names
+from landscape.train.schedules import SCHEDULES, build_schedule
 
 BASE_LR = 0.4
 
@@ -141,7 +141,7 @@ def test_state_dict_round_trip(name, params):
 
 
 def test_registry():
-    assert schedule_names() == ["constant", "cosine", "linear", "step"]
+    assert SCHEDULES.names() == ["constant", "cosine", "linear", "step"]
     assert SCHEDULES["multistep"] is SCHEDULES["step"]
     _, opt = make_opt()
     with pytest.raises(UnknownNameError, match="constant, cosine, linear, step"):

@@ -30,7 +30,7 @@ from landscape.train.losses.registry import LOSSES  # noqa: I001 — the registr
 from landscape.train.losses.cross_entropy import cross_entropy, focal, label_smoothing, maxsup, poly1, temperature_ce
 from landscape.train.losses.robust import generalized_ce, mae, mse, symmetric_ce
 from landscape.train.losses.normalizers import sparsemax, sparsemax_loss, spherical_zloss, stablemax, stablemax_ce
-from landscape.train.losses.objective import Loss, SequenceLoss, build_loss, loss_names, task_objective
+from landscape.train.losses.objective import Loss, SequenceLoss, build_loss, task_objective
 
 __all__ = [
     "LOSSES",
@@ -38,7 +38,6 @@ __all__ = [
     "build_loss",
     "SequenceLoss",
     "task_objective",
-    "loss_names",
     "sparsemax",
     "cross_entropy",
     "label_smoothing",

@@ -180,7 +180,3 @@ def task_objective(loss: Loss, data: Any) -> Loss | SequenceLoss:
         return loss
     return SequenceLoss(loss, task["name"], len(data.train) / task["valid_tokens"]["train"])
 
-
-def loss_names() -> list[str]:
-    """The canonical names of the registered losses, sorted."""
-    return LOSSES.names()

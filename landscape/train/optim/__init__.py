@@ -52,7 +52,7 @@ from landscape.train.optim.orthogonal import (
     orthogonal_gradient,
     orthogonalized,
 )
-from landscape.train.optim.registry import OPTIMIZERS, optimizer_names
+from landscape.train.optim.registry import OPTIMIZERS
 from landscape.train.optim.sam import ASAM, SAM, SAMON
 from landscape.train.optim.sharpness_aware import ADAPTIVE_ETA, SharpnessAware
 from landscape.train.optim.trajectory import MESA, SAF, trajectory_kl
@@ -81,7 +81,6 @@ __all__ = [
     "build_optimizer",
     "no_decay_parameters",
     "normalization_parameters",
-    "optimizer_names",
     "orthogonal_gradient",
     "orthogonalized",
     "trajectory_kl",

@@ -18,10 +18,6 @@ OPTIMIZERS: Registry[type[Optimizer]] = Registry("optimizer")
 _STRUCTURAL_ARGS = ("self", "params", "base_optimizer", "model", "norm_params")
 
 
-def optimizer_names() -> list[str]:
-    return OPTIMIZERS.names()
-
-
 def _keyword_names(cls: type) -> list[str]:
     sig = inspect.signature(cls.__init__)
     return [
