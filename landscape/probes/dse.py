@@ -71,7 +71,7 @@ from torch import Tensor
 from landscape.core.data import is_stream
 from landscape.errors import ConfigError
 from landscape.features import FeatureSettings, check_finite_features, split_features
-from landscape.probes.base import ProbeContext, register_probe, setting
+from landscape.probes.base import ProbeContext, register_probe, seed_setting, setting
 from landscape.utils import check_allocation
 
 __all__ = ["DSEConfig", "diffusion_spectral_entropy", "diffusion_spectral_mutual_information"]
@@ -102,7 +102,7 @@ class DSEConfig:
                                  "subsample).")
     drop_trivial: bool = setting(False, "Drop the top eigenvalue (the older api/dse.py "
                                         "convention).")
-    seed: int = setting(0, "Seed of the subsampling, DSMI's random subsets and the clustering.")
+    seed: int = seed_setting("the subsampling, DSMI's random subsets and the clustering")
     n_clusters: int = setting(10, "Groups made from a continuous Y in DSMI.")
     n_random_subsets: int = setting(5, "Random subsets averaged for each H*_i in DSMI.")
 
