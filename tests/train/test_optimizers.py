@@ -614,8 +614,13 @@ def test_step_without_closure_is_an_error():
     opt = build_optimizer("sam", model, lr=0.1)
     with pytest.raises(RuntimeError, match="closure"):
         opt.step()
-    with pytest.raises(NotImplementedError):
-        build_optimizer("gam", model, lr=0.1).first_step()
+    expected = {"gam": "GAM takes four gradient evaluations", "entropy_sgd": "Entropy-SGD takes L gradient evaluations",
+                "saf": "SAF adds a loss term", "mesa": "MESA adds a loss term"}
+    for name, why in expected.items():  # the wrappers whose step is more than first_step + second_step
+        opt = build_optimizer(name, model, lr=0.1)
+        for half in (opt.first_step, opt.second_step):
+            with pytest.raises(NotImplementedError, match=f"^{why}: use step"):
+                half()
 
 
 def test_step_hooks_run_once_even_after_torch_wrapped_its_own_classes():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -43,6 +43,8 @@ class EntropySGD(SharpnessAware):
     Defaults: ``L=20, gamma=1e-4, noise=1e-4, inner_lr=0.1, alpha=0.75``.
     """
 
+    step_only: ClassVar[str | None] = "Entropy-SGD takes L gradient evaluations"
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -67,12 +69,6 @@ class EntropySGD(SharpnessAware):
     @property
     def closure_calls(self) -> int:  # type: ignore[override]
         return int(self.param_groups[0]["L"])
-
-    def first_step(self, zero_grad: bool = False) -> None:
-        raise NotImplementedError("Entropy-SGD takes L gradient evaluations: use step(closure)")
-
-    def second_step(self, zero_grad: bool = False) -> None:
-        raise NotImplementedError("Entropy-SGD takes L gradient evaluations: use step(closure)")
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]

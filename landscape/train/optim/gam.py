@@ -48,6 +48,7 @@ class GAM(SharpnessAware):
     """
 
     closure_calls: ClassVar[int] = 4
+    step_only: ClassVar[str | None] = "GAM takes four gradient evaluations"
 
     def __init__(
         self,
@@ -79,12 +80,6 @@ class GAM(SharpnessAware):
             "eta": eta,
         }
         super().__init__(params, base_optimizer, hyper, base_kwargs)
-
-    def first_step(self, zero_grad: bool = False) -> None:
-        raise NotImplementedError("GAM takes four gradient evaluations: use step(closure)")
-
-    def second_step(self, zero_grad: bool = False) -> None:
-        raise NotImplementedError("GAM takes four gradient evaluations: use step(closure)")
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]

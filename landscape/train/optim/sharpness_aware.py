@@ -90,6 +90,9 @@ class SharpnessAware(Optimizer):
     """
 
     closure_calls: ClassVar[int] = 2
+    # why first_step/second_step do not apply, for a wrapper whose step is more than those two
+    # (``"{name} takes four gradient evaluations"``, ``{name}`` the class's); None: they do
+    step_only: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -201,9 +204,14 @@ class SharpnessAware(Optimizer):
 
     # ---- davda54/sam API
 
+    def _refuse_half_steps(self) -> None:
+        if self.step_only is not None:
+            raise NotImplementedError(f"{self.step_only.format(name=type(self).__name__)}: use step(closure)")
+
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
         """Save ``w`` and move to ``w + ε`` with the (A)SAM step of radius ``rho``."""
+        self._refuse_half_steps()
         groups = self._with_grad()
         steps = _ascent(groups, self._grads(groups), "rho")
         self._save(groups)
@@ -214,6 +222,7 @@ class SharpnessAware(Optimizer):
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
         """Restore ``w`` exactly and update it with the base optimizer and the current gradients."""
+        self._refuse_half_steps()
         self._restore()
         self.base_optimizer.step()
         if zero_grad:

@@ -49,6 +49,7 @@ class _TrajectoryLoss(SharpnessAware):
     """
 
     closure_calls: ClassVar[int] = 1
+    step_only: ClassVar[str | None] = "{name} adds a loss term"
 
     def active(self, epoch: int) -> bool:
         group = self.param_groups[0]
@@ -58,12 +59,6 @@ class _TrajectoryLoss(SharpnessAware):
     def auxiliary_loss(self, model: nn.Module, inputs: Any, logits: Tensor, indices: Tensor,
                        epoch: int) -> Tensor:
         raise NotImplementedError
-
-    def first_step(self, zero_grad: bool = False) -> None:
-        raise NotImplementedError(f"{type(self).__name__} adds a loss term: use step(closure)")
-
-    def second_step(self, zero_grad: bool = False) -> None:
-        raise NotImplementedError(f"{type(self).__name__} adds a loss term: use step(closure)")
 
     def _after_step(self) -> None:
         """What changes once the base optimizer has updated the weights."""
