@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -101,6 +102,10 @@ def bn_mode_setting() -> Any:
     return setting("eval", "BatchNorm in eval (running stats) or train (batch stats) mode.")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 def check_settings(cfg: Any, checks: list[tuple[bool, str]] = ()) -> None:
     """Raise :class:`ConfigError` with the first failed message: the shared groups' checks for the
     fields ``cfg`` has (split, subset, batch_size, dtype, bn_mode), then the probe's own ``checks``."""
@@ -108,11 +113,11 @@ def check_settings(cfg: Any, checks: list[tuple[bool, str]] = ()) -> None:
     shared: list[tuple[bool, str]] = []
     if "split" in have:
         shared.append((cfg.split in SPLITS, f"split must be train or test, got {cfg.split!r}"))
-    if "subset" in have:
-        shared.append((cfg.subset is None or cfg.subset >= 1, f"subset must be ≥ 1 or None, got {cfg.subset}"))
-    if "batch_size" in have:
-        shared.append((cfg.batch_size is None or cfg.batch_size >= 1,
-                       f"batch_size must be ≥ 1, got {cfg.batch_size}"))
+    for name in ("subset", "batch_size"):
+        if name in have:
+            value = getattr(cfg, name)
+            shared.append((value is None or (_is_int(value) and value >= 1),
+                           f"{name} must be a whole number ≥ 1 or None, got {value!r}"))
     if "dtype" in have:
         shared.append((cfg.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}"))
     if "bn_mode" in have:

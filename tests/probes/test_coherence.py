@@ -224,6 +224,9 @@ def test_registered_probe_runs_on_context():
         ({"ddof": 2}, "ddof"),
         ({"dtype": "float16"}, "dtype"),
         ({"split": "val"}, "split"),
+        ({"subset": 0}, "subset must be a whole number ≥ 1"),
+        ({"batch_size": 0}, "batch_size must be a whole number ≥ 1"),
+        ({"batch_size": 2.5}, "batch_size must be a whole number"),
     ],
 )
 def test_bad_config(settings, message):

@@ -248,11 +248,15 @@ def test_gradient_noise_needs_two_batches_and_is_zero_for_identical_samples():
     assert same["gradient_noise"] == pytest.approx(0.0, abs=1e-28) and same["grad_norm2"] > 0
 
 
-@pytest.mark.parametrize("settings", [{"margin_quantile": 0.0}, {"ce_thresholds": (0.01, 0.1)},
-                                      {"grad_batch_size": 0}, {"bn_mode": "other"}])
-def test_config_errors(settings):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"margin_quantile": 0.0}, "margin_quantile"), ({"ce_thresholds": (0.01, 0.1)}, "ce_thresholds"),
+    ({"grad_batch_size": 0}, "grad_batch_size"), ({"bn_mode": "other"}, "bn_mode must be one of eval, train"),
+    ({"batch_size": 0}, "batch_size must be a whole number ≥ 1"), ({"pac_dtype": "float16"}, "pac_dtype"),
+    ({"pac_m": 64, "pac_subset": 32}, "pac_m=64 is larger")])
+def test_config_errors(settings, message):
+    with pytest.raises(ConfigError, match=message) as info:
         MeasuresConfig(**settings)
+    assert "\n" not in str(info.value)
 
 
 # ---- a real run: the initialization and the training log --------------------------------------------
