@@ -152,7 +152,7 @@ class _HalfWriter:
 
 @pytest.mark.parametrize("where", ["weights", "state", "metrics"])
 def test_enospc_mid_run_cleans_up_and_resumes_identically(tmp_path, reference, monkeypatch, where):
-    import landscape.train.trainer as T
+    import landscape.train.loop as T  # the loop saves the checkpoints
 
     out = tmp_path / "run"
     calls = {"n": 0}
@@ -194,7 +194,7 @@ def test_enospc_mid_run_cleans_up_and_resumes_identically(tmp_path, reference, m
 
 
 def test_state_without_weights_is_removed_after_a_full_disk(tmp_path, monkeypatch):
-    import landscape.train.trainer as T
+    import landscape.train.loop as T  # the loop saves the checkpoints
 
     real = T.save_weights
     calls = {"n": 0}

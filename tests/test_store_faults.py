@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-import landscape.store as S
+import landscape.store.hdf5 as H  # the group writes (where a full disk is simulated)
 from landscape.store import Store, StoreError
 
 DISK_FULL = "disk full writing .*: free space and rerun the same command to resume"
@@ -42,7 +42,7 @@ def test_no_space_to_reserve_fails_in_one_line_before_the_file_is_touched(tmp_pa
 
 def test_disk_full_inside_a_write_is_one_line_and_keeps_the_previous_groups(tmp_path, monkeypatch):
     store, _ = _filled(tmp_path)
-    monkeypatch.setattr(S, "_fill", _enospc)
+    monkeypatch.setattr(H, "_fill", _enospc)
     with pytest.raises(StoreError, match=DISK_FULL):
         store.write("c1/p", {"v": np.arange(10.0)}, {"settings_hash": "1"})
     assert store.groups() == ["c0/p"] and store.read("c0/p")[0]["v"].tolist() == list(range(10))
