@@ -16,6 +16,7 @@ from landscape.plots.style import (
     _figure,
     _labels,
     _legend,
+    _panel_grid,
     _plot_series,
     _positive,
     _same_length,
@@ -85,11 +86,7 @@ def plot_curves(x: Any, series: Mapping[str, Any], *, xlabel: str = "epoch",
     if xticklabels is not None and len(xticklabels) != len(xs):
         raise LandscapeError(f"xticklabels has {len(xticklabels)} labels for {len(xs)} x values")
     n = len(series)
-    ncols = min(3, n) if ncols is None else int(ncols)
-    if ncols < 1:
-        raise LandscapeError(f"ncols must be ≥ 1, got {ncols}")
-    ncols = min(ncols, n)
-    nrows = math.ceil(n / ncols)
+    ncols, nrows = _panel_grid(n, ncols)
     fig = _figure(3.7 * ncols, 2.9 * nrows + (0.3 if title else 0.0))
     first_ax = None
     for i, (name, value) in enumerate(series.items()):

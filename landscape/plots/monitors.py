@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,6 +14,7 @@ from landscape.plots.style import (
     _figure,
     _labels,
     _legend,
+    _panel_grid,
     _plot_series,
     _positive,
     _style,
@@ -115,11 +115,7 @@ def plot_monitors(records: Iterable[Mapping[str, Any]], *, lr: float | None = No
         raise LandscapeError("no monitor values to plot; train with --monitor NAME (e.g. --monitor lambda_max)")
 
     n = len(panels)
-    ncols = min(3, n) if ncols is None else int(ncols)
-    if ncols < 1:
-        raise LandscapeError(f"ncols must be ≥ 1, got {ncols}")
-    ncols = min(ncols, n)
-    nrows = math.ceil(n / ncols)
+    ncols, nrows = _panel_grid(n, ncols)
     fig = _figure(3.9 * ncols, 3.0 * nrows + (0.3 if title else 0.0))
     lrs = column("lr")
     for i, (name, keys, ylabel, log) in enumerate(panels):

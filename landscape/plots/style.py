@@ -6,6 +6,7 @@ SVG). Figures are built on :class:`~matplotlib.figure.Figure` with a
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -41,6 +42,15 @@ def _figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def _panel_grid(n: int, ncols: int | None) -> tuple[int, int]:
+    """``(ncols, nrows)`` of a grid of ``n`` panels: at most 3 columns unless ``ncols`` says."""
+    ncols = min(3, n) if ncols is None else int(ncols)
+    if ncols < 1:
+        raise LandscapeError(f"ncols must be ≥ 1, got {ncols}")
+    ncols = min(ncols, n)
+    return ncols, math.ceil(n / ncols)
 
 
 def _style(ax: Any) -> None:
