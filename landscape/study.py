@@ -1,11 +1,13 @@
 """The cross-run study: one record per run (hyper-parameters, metrics, stored measures) and the
 correlation of every measure with the generalization gap (Kendall τ, granulated Ψ, CMI; Jiang et
 al. 2020). Reads run directories and their ``analysis.h5``; the statistics are
-:mod:`landscape.correlate`'s.
+:mod:`landscape.correlate`'s. Writes the study's outputs: the tables as CSV or JSON
+(:func:`write_table`, :func:`runs_table`) and its figures (:func:`correlation_figures`).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from collections.abc import Callable
@@ -26,10 +28,12 @@ from landscape.correlate import (
     spearman,
 )
 from landscape.errors import ConfigError
+from landscape.plots import plot_correlation_panels, plot_measure_scatter, save_figure
 from landscape.probes.base import measure_families, measure_table
 from landscape.run_selection import NotReached, select_run_checkpoint
 from landscape.store import Store, group_name
 from landscape.train.config import TrainConfig
+from landscape.utils import atomic_write, atomic_write_json
 
 
 def measure_family(name: str) -> str:
@@ -50,6 +54,18 @@ def _flat_config(config: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def run_dirs_in(paths: list[str | Path]) -> list[Path]:
+    """The RUN_DIRs ``paths`` name: each a RUN_DIR, or a folder of them (a sweep's ``--out``, which
+    stands for every RUN_DIR inside it, in name order)."""
+    run_dirs: list[Path] = []
+    for r in map(Path, paths):
+        if not r.is_dir():
+            raise ConfigError(f"{r} is not a directory; give RUN_DIRs (or folders of them)")
+        inner = sorted(p for p in r.iterdir() if (p / "config.json").is_file())
+        run_dirs += [r] if (r / "config.json").is_file() or not inner else inner
+    return run_dirs
 
 
 def collect_runs(run_dirs: list[str | Path], checkpoint: str = "last",
@@ -190,3 +206,61 @@ def correlation_table(records: list[dict[str, Any]], *, gap: str = "acc", axes: 
                 row["cmi"] = float("nan")
         rows.append(row)
     return sorted(rows, key=lambda r: -abs(r["tau"]))
+
+
+# ---- the study's outputs: tables and figures -----------------------------------------------------
+
+def runs_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run: what :func:`collect_runs` found (hyper-parameters, metrics, measures) plus
+    ``gap_acc`` = train − test accuracy and ``gap_loss`` = test − train loss where both are numbers."""
+    table = []
+    for r in records:
+        row = dict(r)
+        for name, (a, b) in {"gap_acc": ("train_acc", "test_acc"), "gap_loss": ("test_loss", "train_loss")}.items():
+            if isinstance(r.get(a), int | float) and isinstance(r.get(b), int | float):
+                row[name] = float(r[a]) - float(r[b])
+        table.append(row)
+    return table
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Rows (dicts) as CSV at ``path``, atomically: the union of their keys as columns (first seen
+    first), empty cells where a row has none, lists and dicts as JSON."""
+
+    def write(fh) -> None:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            cells = (row.get(c) for c in columns)
+            writer.writerow(["" if v is None else json.dumps(v) if isinstance(v, list | dict) else v for v in cells])
+
+    atomic_write(path, write)
+
+
+def write_table(path: str | Path, rows: list[dict[str, Any]], document: Any = None) -> None:
+    """``rows`` as CSV for a ``.csv`` path (:func:`write_csv`), else ``document`` (default: the
+    rows) as JSON; atomically either way."""
+    if Path(path).suffix == ".csv":
+        write_csv(path, rows)
+    else:
+        atomic_write_json(path, rows if document is None else document)
+
+
+def correlation_figures(records: list[dict[str, Any]], rows: list[dict[str, Any]], folder: str | Path, *,
+                        gap: str = "acc", color: str | None = None) -> list[Path]:
+    """``folder/<measure>.png``: the gap against each measure of ``rows``
+    (:func:`correlation_table`'s), one point per run, coloured by the hyper-parameter ``color``;
+    and ``folder/families.png``: τ and Ψ per measure family (:func:`measure_family`)."""
+    folder = Path(folder)
+    g = generalization_gap(records, kind=gap)
+    written = []
+    for row in rows:
+        fig = plot_measure_scatter([r[row["measure"]] for r in records], g,
+                                   [r.get(color) for r in records] if color else None, xlabel=row["measure"],
+                                   ylabel=f"gap ({gap})", group_label=color or "", title=f"τ = {row['tau']:+.2f}")
+        written += save_figure(fig, folder / row["measure"].replace("@", "_at_"))
+    families = {row["measure"]: measure_family(row["measure"]) for row in rows}
+    written += save_figure(plot_correlation_panels(rows, families, title=f"Kendall τ and Ψ with the {gap} gap, "
+                                                   f"{rows[0]['n']} configurations"), folder / "families")
+    return written

@@ -40,7 +40,8 @@ from landscape.trajectory import run_trajectory
 from landscape.user_data import as_dataset
 
 __all__ = ["SELECTION_HELP", "DataSpec", "Target", "check_data_spec", "data_identity", "factory_data",
-           "load_data_and_loss", "load_model", "load_model_and_record", "model_spec_for", "resolve_targets",
+           "infer_model_shapes", "load_data_and_loss", "load_model", "load_model_and_record", "model_spec_for",
+           "resolve_targets",
            "select_checkpoints", "trajectory_loader"]
 
 
@@ -173,6 +174,19 @@ def model_spec_for(target: Target, spec: ModelSpec | None) -> ModelSpec:
             "(--model NAME --num-classes C --input-shape C,H,W, or --model-factory pkg.module:fn)"
         )
     return spec
+
+
+def infer_model_shapes(spec: ModelSpec | None, data_spec: DataSpec) -> ModelSpec | None:
+    """``spec`` with the input shape and class count it lacks taken from the registered dataset
+    ``data_spec`` names (which is loaded for it); unchanged for a factory, a complete spec, no
+    spec, or no named dataset."""
+    if spec is None or spec.factory is not None or data_spec.dataset is None:
+        return spec
+    if spec.input_shape is not None and spec.num_classes is not None:
+        return spec
+    data = load_dataset(data_spec.dataset, **data_spec.dataset_params)
+    return ModelSpec(name=spec.name, input_shape=spec.input_shape or data.input_shape,
+                     num_classes=spec.num_classes or data.num_classes, params=spec.params)
 
 
 def check_inside_run(target: Target, allow_outside: bool = False) -> None:

@@ -119,7 +119,7 @@ def built(monkeypatch):
     def capture(probe, cfg, *args, **kwargs):
         seen[probe] = cfg
 
-    monkeypatch.setattr(cli, "_run_probe_cli", capture)
+    monkeypatch.setattr("landscape_cli.probes.run_probe_cli", capture)
     return seen
 
 
