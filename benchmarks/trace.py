@@ -26,6 +26,13 @@ medians over the seeds are printed per model, with the machine's load (``os.getl
     in one batch and in ``--timing-batches`` batches (the operator's default, and double backward
     with the graph rebuilt per product, what runs when the graphs do not fit): medians of
     ``--timing-repeats`` interleaved rounds, the ratio looped / batched (> 1: ``matmat`` faster).
+(d) SLQ with ``--slq-vectors`` probes × ``--slq-steps`` Lanczos steps (the Hessian probe's density):
+    one vector at a time (a ``matvec`` per step) against the recurrences in lockstep (one k-row
+    ``matmat`` per step: one pass over the batches), same three operator set-ups as (c); medians of
+    ``--slq-repeats`` alternated rounds, the ratio sequential / lockstep, and the largest relative
+    difference of the nodes. ``--slq-only`` runs just this (and the training).
+
+    python benchmarks/trace.py --model mlp --slq-only --slq-vectors 4 --slq-repeats 5 --threads 1
 """
 
 from __future__ import annotations
@@ -45,7 +52,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hessian import load_data, train  # noqa: E402  (benchmarks/hessian.py)
 
-from landscape.linalg import TRACE_ESTIMATORS, HessianOperator, estimate_trace  # noqa: E402
+from landscape.linalg import (  # noqa: E402
+    TRACE_ESTIMATORS,
+    HessianOperator,
+    estimate_trace,
+    stochastic_lanczos_quadrature,
+)
 from landscape.models import build_model, count_parameters  # noqa: E402
 from landscape.train.losses import build_loss  # noqa: E402
 
@@ -67,6 +79,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--timing-k", type=int, default=16, help="vectors of the matmat timing (0: skip)")
     p.add_argument("--timing-batches", type=int, default=2)
     p.add_argument("--timing-repeats", type=int, default=3)
+    p.add_argument("--slq-vectors", type=int, default=4, help="SLQ probe vectors of the lockstep timing (0: skip)")
+    p.add_argument("--slq-steps", type=int, default=30)
+    p.add_argument("--slq-repeats", type=int, default=3)
+    p.add_argument("--slq-only", action="store_true", help="only the SLQ timing (d)")
     return p.parse_args()
 
 
@@ -105,6 +121,32 @@ def timing(model, per_sample, x, y, k: int, batches: int, repeats: int) -> None:
               f"looped / matmat(vmap) ×{med['k × matvec'] / med['matmat (vmap)']:.2f}")
 
 
+def slq_timing(model, per_sample, x, y, vectors: int, steps: int, batches: int, repeats: int) -> None:
+    """Median seconds of SLQ one vector at a time vs in lockstep (one matmat per step), alternated."""
+    per_batch = -(-len(x) // batches)
+    for label, bs, method in (("one batch", None, "auto"), (f"{batches} batches", per_batch, "auto"),
+                              (f"{batches} batches", per_batch, "double_backward")):
+        op = HessianOperator(model, per_sample, x, y, batch_size=bs, method=method)
+        runs = {"sequential": lambda op=op: stochastic_lanczos_quadrature(op.matvec, op.size, vectors=vectors,
+                                                                          steps=steps),
+                "lockstep": lambda op=op: stochastic_lanczos_quadrature(op.matvec, op.size, vectors=vectors,
+                                                                        steps=steps, matmat=op.matmat)}
+        ref, lock = runs["sequential"](), runs["lockstep"]()  # warm-up (and the cached graphs built)
+        err = float(np.abs(lock.nodes - ref.nodes).max() / np.abs(ref.nodes).max())
+        times: dict[str, list[float]] = {n: [] for n in runs}
+        for r in range(repeats):
+            for n in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+                t0 = time.perf_counter()
+                runs[n]()
+                times[n].append(time.perf_counter() - t0)
+        med = {n: statistics.median(t) for n, t in times.items()}
+        print(f"  SLQ {vectors} vectors × {steps} steps, {label} [{op.hvp_info()['hvp_method']}]: sequential "
+              f"{med['sequential']:.2f} s, lockstep {med['lockstep']:.2f} s → sequential / lockstep "
+              f"×{med['sequential'] / med['lockstep']:.2f} (nodes max rel diff {err:.0e}; "
+              f"runs: {', '.join(f'{a / b:.2f}' for a, b in zip(times['sequential'], times['lockstep'], strict=True))})",
+              flush=True)
+
+
 def main() -> None:
     args = parse_args()
     if args.threads > 0:
@@ -130,6 +172,9 @@ def main() -> None:
           f"threads={torch.get_num_threads()} torch={torch.__version__} load={os.getloadavg()}")
     if before is not None:
         print(f"SGD {args.train_steps} steps: loss {before:.4f} → {after:.4f}")
+    if args.slq_only:
+        slq(args, model, per_sample, x, y)
+        return
     ratios: dict[str, list[float]] = {m: [] for m in methods}
     ses: dict[str, list[float]] = {m: [] for m in methods}
     sigmas = []
@@ -165,6 +210,13 @@ def main() -> None:
     if args.timing_k:
         print(f"k-vector products ({args.timing_repeats} interleaved rounds, medians):")
         timing(model, per_sample, x, y, args.timing_k, args.timing_batches, args.timing_repeats)
+    slq(args, model, per_sample, x, y)
+
+
+def slq(args: argparse.Namespace, model, per_sample, x, y) -> None:
+    if args.slq_vectors:
+        print(f"SLQ in lockstep ({args.slq_repeats} alternated rounds, medians; load {os.getloadavg()}):")
+        slq_timing(model, per_sample, x, y, args.slq_vectors, args.slq_steps, args.timing_batches, args.slq_repeats)
 
 
 if __name__ == "__main__":

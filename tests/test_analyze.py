@@ -298,3 +298,24 @@ def test_sharpness_stored_before_pac_eps_is_not_served_as_the_new_default(run_co
     assert run_probe(run_copy, "sharpness", make_config("sharpness", pac_eps=0.0, **small), device="cpu")[0].skipped
     with pytest.raises(LandscapeError, match="other settings"):
         run_probe(run_copy, "sharpness", make_config("sharpness", **small), device="cpu")
+
+
+def test_a_probe_leaves_the_callers_global_rng_as_it_was(tiny_run, tmp_path):
+    """The probes seed their own draws (a random surface direction, Hutchinson's probes) inside a
+    forked RNG: the caller's global torch RNG state is unchanged, and the results do not depend on it."""
+    from landscape.analyze import analyze
+
+    settings = {"hessian": FAST_HESSIAN, "surface": {"dim": 1, "x": "-1:1:3"}}
+    torch.manual_seed(1234)
+    torch.rand(3)
+    before = torch.get_rng_state()
+    first = analyze(tiny_run, "hessian,surface", settings=settings, device="cpu", out=tmp_path / "a.h5")
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(99)  # another caller state: the same results
+    second = analyze(tiny_run, "hessian,surface", settings=settings, device="cpu", out=tmp_path / "b.h5")
+    for probe in ("hessian", "surface"):
+        a, b = first.results[probe][0].result, second.results[probe][0].result
+        np.testing.assert_array_equal(a["train_loss" if probe == "surface" else "eigenvalues"],
+                                      b["train_loss" if probe == "surface" else "eigenvalues"])
+    np.testing.assert_array_equal(first.results["surface"][0].result["directions"]["d0"],
+                                  second.results["surface"][0].result["directions"]["d0"])

@@ -132,10 +132,11 @@ def test_grouping_loads_each_checkpoint_once(tiny_run, tmp_path, monkeypatch):
     """One task per checkpoint, holding all its probes; the worker reads the checkpoint once. (The
     worker function runs in this process here, so that the loads can be counted.)"""
     import landscape.analyze as an
+    from landscape.analyze import compute, schedule
     from landscape.checkpoints import RunDir
 
     loads: list[str] = []
-    real_load = an.load_model_and_record
+    real_load = compute.load_model_and_record
 
     def counting(target, *args, **kwargs):
         loads.append(target.name)
@@ -147,8 +148,8 @@ def test_grouping_loads_each_checkpoint_once(tiny_run, tmp_path, monkeypatch):
         submitted.extend(tasks)
         return executors.map_unordered(fn, tasks, executor="local")
 
-    monkeypatch.setattr(an, "load_model_and_record", counting)
-    monkeypatch.setattr(an, "map_unordered", here)
+    monkeypatch.setattr(compute, "load_model_and_record", counting)  # where the worker looks them up
+    monkeypatch.setattr(schedule, "map_unordered", here)
     probes = "hessian,rankme,collapse"
     report = an.analyze(tiny_run, probes, settings=FAST, checkpoints="all", device="cpu",
                         out=tmp_path / "grouped.h5", executor="process", workers=2)
@@ -182,7 +183,7 @@ def test_probes_of_a_checkpoint_get_their_own_copy_of_its_model(tiny_run, monkey
         calls.append(1)
         raise CheckpointError("unreadable")
 
-    monkeypatch.setattr(an, "load_model_and_record", broken)
+    monkeypatch.setattr(an.compute, "load_model_and_record", broken)
     loaded = {"left": 2}
     for _ in range(2):
         with pytest.raises(CheckpointError, match="unreadable"):

@@ -44,6 +44,7 @@ def user_folder(tmp_path_factory):
     y = digits.target.astype(np.int64)
     np.savez(root / "digits_mine.npz", x_train=x[:600], y_train=y[:600], x_test=x[600:800], y_test=y[600:800])
     sys.path.insert(0, str(root))
+    sys.modules.pop("mynets", None)  # this file's module, not one another test imported
     try:
         import mynets
 

@@ -8,7 +8,7 @@ arrays and scalars (nested dicts become HDF5 subgroups); the probe never opens a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,26 @@ class ProbeContext:
     load_trajectory: Callable[[str], tuple[list[dict[str, torch.Tensor]], list[int]]] | None = None
     output_fn: Callable[[Any], torch.Tensor] | None = None  # model output → logits (see landscape.outputs)
     features_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None  # (model, x) → features [N, D]
+    # where map_chunks runs the chunks, set by the run layer: (ctx, fn, shared, items, workers) → (i, out)
+    # pairs as each finishes; None: here, in order
+    chunk_runner: Callable[..., Iterator[tuple[int, Any]]] | None = None
+
+    def map_chunks(self, fn: Callable[[ProbeContext, dict[str, Any], Any], Any], shared: dict[str, Any],
+                   items: Sequence[Any], *, workers: int = 1) -> Iterator[tuple[int, Any]]:
+        """``(index, fn(ctx, shared, items[index]))`` for every item, as each finishes: the chunks of
+        a probe's work, which the run layer may send to worker processes or Ray (here, in order,
+        without one). ``fn`` is a module-level function (picklable); ``ctx`` is this context, or in
+        a worker one rebuilt there from the same checkpoint and data; ``shared`` holds the tensors
+        every chunk reads (a dict of tensors, lists and dicts of them: written once per call);
+        ``items`` are small picklable chunks. ``workers``: the probe's own setting of how many local
+        processes it may use when the run layer has no executor of its own (1: here). A probe
+        using it declares ``chunked=True`` (:func:`register_probe`), so that it runs where its
+        partial results can be saved as the chunks come back."""
+        if self.chunk_runner is None:
+            for index, item in enumerate(items):
+                yield index, fn(self, shared, item)
+        else:
+            yield from self.chunk_runner(self, fn, shared, list(items), workers)
 
     def split(self, name: str) -> Split:
         table = {"train": self.data.train, "test": self.data.test}
@@ -155,6 +175,9 @@ class Probe:
     work: Callable[[Any], int] | None = None  # units of work per checkpoint for a config (ETA)
     # more option names for a setting, beside its own --KEY: {"splits": ("--split",)}
     cli_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # its work goes through ctx.map_chunks: it runs in the process that stores (saving each chunk as
+    # it comes back) and only its chunks go to the executor's workers
+    chunked: bool = False
 
 
 PROBES: Registry[Probe] = Registry("probe")
@@ -165,7 +188,7 @@ def register_probe(name: str, config: type, *, summary: tuple[str, ...] = (), de
                    curves: tuple[tuple[str, str, bool], ...] = (), curves_title: str = "",
                    curves_logx: bool = False, figure: str | None = None, cli_help: str = "",
                    checkpoints: str = "last", unit: str = "", work: Callable[[Any], int] | None = None,
-                   cli_names: dict[str, tuple[str, ...]] | None = None):
+                   cli_names: dict[str, tuple[str, ...]] | None = None, chunked: bool = False):
     """Decorator: ``@register_probe("hessian", HessianConfig, ...)`` on ``run(ctx, cfg)``; the
     keywords are the fields of :class:`Probe`."""
 
@@ -176,7 +199,7 @@ def register_probe(name: str, config: type, *, summary: tuple[str, ...] = (), de
         PROBES.register(name)(Probe(
             name, config, run, summary, default, dict(measures or {}), dict(families or {}), tuple(curves),
             curves_title, curves_logx, figure, cli_help or (run.__doc__ or "").strip().split("\n")[0], checkpoints,
-            unit, work, dict(cli_names or {})))
+            unit, work, dict(cli_names or {}), chunked))
         return run
 
     return decorator

@@ -3,11 +3,13 @@
 
 References: Yao et al. 2020 (PyHessian), Ghorbani et al. 2019 (SLQ for neural nets), Meyer et al.
 2021 (Hutch++). ``engine="pyhessian"`` runs PyHessian itself (power iteration with deflation,
-Hutchinson, SLQ) on the same model and data, for comparison.
+Hutchinson) on the same model and data, for comparison; its SLQ (``density()``) needs ``torch.eig``,
+gone since torch 2.0, so that engine has no density.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import warnings
 from collections.abc import Callable
@@ -23,7 +25,6 @@ from landscape.errors import ConfigError, LandscapeError
 from landscape.linalg import (
     MEMORY_BUDGET_MB,
     HessianOperator,
-    SpectralDensity,
     estimate_trace,
     lanczos,
     smoothed_density,
@@ -31,11 +32,25 @@ from landscape.linalg import (
 )
 from landscape.outputs import OutputFn, logits_of
 from landscape.params import layer_blocks, select_parameters
-from landscape.probes.base import ProbeContext, fixed_subset, register_probe, setting
-from landscape.utils import DTYPES, check_allocation
+from landscape.probes.base import (
+    ProbeContext,
+    batch_size_setting,
+    bn_mode_setting,
+    check_settings,
+    dtype_setting,
+    fixed_subset,
+    register_probe,
+    seed_setting,
+    setting,
+    split_setting,
+    subset_setting,
+)
+from landscape.utils import DTYPES, check_allocation, memory_limit
 
 TRACE_METHODS = ("hutchinson", "hutch++", "krylov++")  # landscape.linalg.TRACE_ESTIMATORS
 ENGINES = ("lanczos", "pyhessian")
+PYHESSIAN_DENSITY = ("engine 'pyhessian' has no density: PyHessian 0.1's density() needs torch.eig, removed in "
+                     "torch 2.0; use engine='lanczos' (the same SLQ) for density=True")
 
 
 @dataclass(frozen=True)
@@ -59,47 +74,40 @@ class HessianConfig:
     density_bins: int = setting(10_000, "Grid points of the smoothed spectral density.")
     sigma_squared: float = setting(1e-5, "Variance of the Gaussian smoothing the spectral density.")
     per_layer: bool = setting(False, "Top eigenvalue and trace of each layer's block.")
-    subset: int | None = setting(None, "A fixed subset of N samples (default: the whole split).")
-    batch_size: int = setting(2048, "Samples per HVP batch (each batch's gradient graph is built "
-                                    "once and reused while memory_budget_mb allows).")
+    subset: int | None = subset_setting(None)
+    batch_size: int = batch_size_setting(2048, "Samples per HVP batch (each batch's gradient graph is "
+                                               "built once and reused while memory_budget_mb allows)")
     memory_budget_mb: float = setting(MEMORY_BUDGET_MB, "Memory (MB, measured) for the gradient graphs "
                                       "kept across HVP batches (the first is always kept); the batches "
                                       "that do not fit are rebuilt at every HVP.")
-    bn_mode: str = setting("eval", "BatchNorm in eval (running stats) or train (batch stats) mode.")
-    dtype: str = setting("float32", "float32 or float64.")
-    engine: str = setting("lanczos", "lanczos (ours) or pyhessian.")
-    seed: int = setting(0, "Seed of the subset and the random vectors.")
+    bn_mode: str = bn_mode_setting()
+    dtype: str = dtype_setting()
+    engine: str = setting("lanczos", "lanczos (ours) or pyhessian (eigenvalues and trace only).")
+    seed: int = seed_setting("the subset and the random vectors")
     basis_device: str | None = setting(None, "Keep the Lanczos basis here (e.g. cpu) for huge "
                                              "models.")
-    split: str = setting("train", "train or test.")
+    split: str = split_setting()
 
     # what results stored without a setting were computed with (the default has changed since)
     ABSENT_MEANS: ClassVar[dict[str, Any]] = {"trace_method": "hutchinson"}
 
     def __post_init__(self) -> None:
-        checks = [
+        check_settings(self, [
             (self.top_k >= 1, f"top_k must be ≥ 1, got {self.top_k}"),
             (self.bottom_k >= 0, f"bottom_k must be ≥ 0, got {self.bottom_k}"),
             (self.lanczos_steps >= 2, f"lanczos_steps must be ≥ 2, got {self.lanczos_steps}"),
             (self.trace_method in TRACE_METHODS, f"trace_method must be one of {', '.join(TRACE_METHODS)}"),
             (self.trace_samples >= 2, f"trace_samples must be ≥ 2, got {self.trace_samples}"),
             (self.density_vectors >= 1 and self.density_steps >= 2, "density needs ≥ 1 vector and ≥ 2 steps"),
-            (self.subset is None or self.subset >= 1, f"subset must be ≥ 1, got {self.subset}"),
             (self.tol is None or self.tol >= 0, f"tol must be ≥ 0, got {self.tol}"),
             (self.sigma_squared > 0, f"sigma_squared must be > 0, got {self.sigma_squared}"),
             (self.density_bins >= 2, f"density_bins must be ≥ 2, got {self.density_bins}"),
             (self.trace_method != "hutch++" or self.trace_samples >= 6,
              f"hutch++ needs trace_samples ≥ 6 (3 groups of ≥ 2), got {self.trace_samples}"),
-            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
             (self.memory_budget_mb >= 0, f"memory_budget_mb must be ≥ 0, got {self.memory_budget_mb}"),
-            (self.bn_mode in ("eval", "train"), f"bn_mode must be eval or train, got {self.bn_mode!r}"),
-            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
             (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}"),
-            (self.split in ("train", "test"), f"split must be train or test, got {self.split!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+            (self.engine != "pyhessian" or not self.density, PYHESSIAN_DENSITY),
+        ])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -217,8 +225,10 @@ def hessian(
         est = _trace(op, cfg, dtype, dev)
         out["trace"], out["trace_se"] = est.estimate, est.standard_error
     if cfg.density:
+        lockstep = _slq_lockstep(op, cfg, dtype, dev)  # one k-vector product per Lanczos step
         sd = stochastic_lanczos_quadrature(op.matvec, op.size, vectors=cfg.density_vectors,
-                                           steps=cfg.density_steps, seed=cfg.seed, dtype=dtype, device=dev)
+                                           steps=cfg.density_steps, seed=cfg.seed, dtype=dtype, device=dev,
+                                           matmat=op.matmat if lockstep else None)
         grid, dens = smoothed_density(sd, bins=cfg.density_bins, sigma_squared=cfg.sigma_squared)
         out.update(esd_nodes=sd.nodes, esd_weights=sd.weights, density_grid=grid, density=dens)
     info = op.hvp_info()  # hvp_method, batches, graphs cached and their measured memory
@@ -244,6 +254,21 @@ def _check_sizes(size: int, cfg: HessianConfig, dtype: torch.dtype, dev: torch.d
                          min(cfg.density_steps, size) * size * item, "use fewer --density-steps", dev)
         check_allocation(f"a density grid of {cfg.density_bins:,} bins", cfg.density_bins * 8 * 4,
                          "use fewer density_bins")
+
+
+def _slq_lockstep(op: HessianOperator, cfg: HessianConfig, dtype: torch.dtype, dev: torch.device) -> bool:
+    """Whether SLQ runs its ``density_vectors`` recurrences in lockstep (one ``matmat`` per step:
+    one pass over the batches for k products; the same nodes and weights, bit-equal in our CPU runs): where
+    a batch's graph is rebuilt per product (one forward and first backward per step instead of k:
+    ×1.27 on the digits MLP, ``benchmarks/trace.py``; with every graph cached a block costs what
+    its matvecs cost: ×0.85–1.2, noise) and the k bases take at most half the device's memory; else
+    one vector at a time (one basis)."""
+    if cfg.density_vectors < 2 or "double_backward" not in op.hvp_info()["hvp_method"]:  # known: Lanczos ran
+        return False
+    size = op.size
+    limit = memory_limit(dev)
+    nbytes = cfg.density_vectors * min(cfg.density_steps, size) * size * (torch.finfo(dtype).bits // 8)
+    return limit is None or nbytes <= limit / 2
 
 
 def _trace(op: HessianOperator, cfg: HessianConfig, dtype: torch.dtype, dev: torch.device):
@@ -284,8 +309,8 @@ def _pyhessian(model, loss, x, y, cfg: HessianConfig, device, output_fn=None) ->
 
     PyHessian runs on a copy of the model (its constructor switches the model to eval mode and
     leaves gradients behind) inside a forked RNG (its random vectors come from the global one, seeded
-    with ``cfg.seed``). PyHessian 0.1's ``density()`` calls ``torch.eig``, removed in torch 2.0; it is
-    given an ``eigh``-based stand-in for that one call (its tridiagonal matrix is symmetric).
+    with ``cfg.seed``). Eigenvalues and trace only: PyHessian 0.1's ``density()`` calls ``torch.eig``,
+    removed in torch 2.0 (the config refuses ``density=True`` with this engine; ours is the same SLQ).
     """
     try:  # the module (pyhessian/__init__ shadows the name `pyhessian.hessian` with the class)
         pyhessian_module = importlib.import_module("pyhessian.hessian")
@@ -296,9 +321,7 @@ def _pyhessian(model, loss, x, y, cfg: HessianConfig, device, output_fn=None) ->
     if cfg.bn_mode != "eval" or cfg.dtype != "float32" or cfg.per_layer:
         raise ConfigError("engine 'pyhessian' supports bn_mode=eval, dtype=float32 and no per-layer spectra")
     if not isinstance(x, torch.Tensor):
-        raise ConfigError("engine 'pyhessian' takes one input tensor; use engine='landscape' for dict batches")
-    import copy
-
+        raise ConfigError("engine 'pyhessian' takes one input tensor; use engine='lanczos' for dict batches")
     idx = fixed_subset(len(x), cfg.subset, cfg.seed)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model = copy.deepcopy(model).to(dev)
@@ -310,14 +333,7 @@ def _pyhessian(model, loss, x, y, cfg: HessianConfig, device, output_fn=None) ->
         count["n"] += 1
         return real_hvp(*args, **kwargs)
 
-    def eig_standin(t: torch.Tensor, eigenvectors: bool = False):
-        values, vectors = torch.linalg.eigh(t)
-        return torch.stack([values, torch.zeros_like(values)], dim=1), vectors
-
-    had_eig = hasattr(torch, "eig")
-    old_eig = getattr(torch, "eig", None)
     pyhessian_module.hessian_vector_product = counted_hvp
-    torch.eig = eig_standin  # type: ignore[attr-defined]
     devices = [dev] if dev.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
@@ -332,17 +348,8 @@ def _pyhessian(model, loss, x, y, cfg: HessianConfig, device, output_fn=None) ->
                 values = np.array(hc.trace(maxIter=cfg.trace_samples, tol=1e-3))
                 out["trace"] = float(values.mean())
                 out["trace_se"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
-            if cfg.density:
-                nodes, weights = hc.density(iter=cfg.density_steps, n_v=cfg.density_vectors)
-                sd = SpectralDensity(np.array(nodes), np.array(weights))
-                grid, dens = smoothed_density(sd, bins=cfg.density_bins, sigma_squared=cfg.sigma_squared)
-                out.update(esd_nodes=sd.nodes, esd_weights=sd.weights, density_grid=grid, density=dens)
     finally:
         pyhessian_module.hessian_vector_product = real_hvp
-        if had_eig:
-            torch.eig = old_eig  # type: ignore[attr-defined]
-        else:
-            del torch.eig
     out["num_hvps"] = count["n"]
     out["engine"] = "pyhessian"
     return out

@@ -9,14 +9,16 @@ and the accuracy, on each chosen split, at every grid point, without touching th
 (``functional_call`` with the perturbed tensors). Values are indexed ``[ix, iy]`` with
 ``α = xcoords[ix]``, ``β = ycoords[iy]`` for any grid shape; a ``done`` mask marks the points
 computed so far (NaN/inf losses of divergent regions are stored as they are), so an interrupted
-run resumes with exactly the values of an uninterrupted one.
+run resumes with exactly the values of an uninterrupted one. The grid is evaluated in chunks
+through :meth:`~landscape.probes.base.ProbeContext.map_chunks` (:func:`evaluate_chunk`): here, or
+on the workers the run layer chooses, each chunk saved as it comes back.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,12 +26,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape import directions as D
 from landscape.core.data import is_stream, iter_batches
 from landscape.core.kernel import logits_at, perturbed_state
 from landscape.errors import ConfigError
 from landscape.outputs import OutputFn, logits_of
 from landscape.params import call
-from landscape.probes.base import ProbeContext, fixed_subset, parse_splits, register_probe, setting
+from landscape.probes.base import (
+    ProbeContext,
+    batch_size_setting,
+    bn_mode_setting,
+    check_settings,
+    fixed_subset,
+    parse_splits,
+    register_probe,
+    seed_setting,
+    setting,
+    subset_setting,
+)
 from landscape.tasks import Task, correct_count
 from landscape.utils import check_allocation
 
@@ -87,12 +101,13 @@ class SurfaceConfig:
     kind: str = setting("weights", "weights, or states (BatchNorm running statistics too).")
     orthogonal: bool = setting(False, "Make the second direction orthogonal to the first.")
     splits: str = setting("train", "train, test or both.")
-    subset: int | None = setting(None, "A fixed subset of N samples (default: the whole split).")
-    batch_size: int = setting(4096, "Samples per forward pass.")
-    bn_mode: str = setting("eval", "BatchNorm in eval or train mode.")
-    seed: int = setting(0, "Seed of the random directions and the subset.")
+    subset: int | None = subset_setting(None)
+    batch_size: int = batch_size_setting(4096)
+    bn_mode: str = bn_mode_setting()
+    seed: int = seed_setting("the random directions and the subset")
     chunk: int = setting(32, "Grid points per saved chunk (the unit of resume).")
-    workers: int = setting(1, "Processes evaluating grid chunks.")
+    workers: int = setting(1, "Processes evaluating grid chunks under --executor local (the warm "
+                              "process pool); other executors use their own workers.")
     vectorize: str = setting("auto", "loop (one point at a time), vmap (many per call), auto "
                                      "(vmap on GPU).")
     points_per_call: int | None = setting(None, "Grid points per vectorized call (default: as "
@@ -112,22 +127,17 @@ class SurfaceConfig:
                 f"each a pass over the data (results alone ~{grid_bytes(points, len(parse_splits(self.splits))) / 2**30:.1f} GiB); "
                 "use fewer points (e.g. --x -1:1:51 --y -1:1:51)"
             )
-        checks = [
+        check_settings(self, [
             (self.dim in (1, 2), f"dim must be 1 or 2, got {self.dim}"),
             (self.direction in ("random", "pca") or self.direction.startswith("interpolate:"),
              f"direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}"),
-            (self.bn_mode in ("eval", "train"), f"bn_mode must be eval or train, got {self.bn_mode!r}"),
             (self.vectorize in ("auto", "loop", "vmap"), f"vectorize must be auto, loop or vmap, got {self.vectorize!r}"),
             (not (self.vectorize == "vmap" and self.bn_mode == "train"), "vectorize=vmap needs bn_mode=eval"),
             (self.points_per_call is None or self.points_per_call >= 1,
              f"points_per_call must be ≥ 1, got {self.points_per_call}"),
             (self.memory_budget_mb > 0, f"memory_budget_mb must be > 0, got {self.memory_budget_mb}"),
-            (self.subset is None or self.subset >= 1, f"subset must be ≥ 1, got {self.subset}"),
-            (self.batch_size >= 1 and self.chunk >= 1 and self.workers >= 1, "batch_size, chunk and workers must be ≥ 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+            (self.chunk >= 1 and self.workers >= 1, "chunk and workers must be ≥ 1"),
+        ])
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -264,29 +274,41 @@ def _chunks(n: int, size: int) -> list[np.ndarray]:
     return [np.arange(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-_WORKER: dict[str, Any] = {}
+def _split_data(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, tuple[Any, torch.Tensor | None]]:
+    """``{split: (x, y)}`` on the device: the (fixed subset of the) split in memory, or a streamed
+    split with ``y`` None (read batch by batch at every grid point). Made once per context."""
+    key = f"surface:data:{cfg.splits}:{cfg.subset}:{cfg.seed}"
+    if key in ctx.cache:
+        return ctx.cache[key]
+    data = {}
+    for split in parse_splits(cfg.splits):
+        s = ctx.split(split)
+        if cfg.subset is not None and cfg.subset > len(s):
+            raise ConfigError(f"subset of {cfg.subset} samples asked for, but the {split} split has {len(s)}")
+        if is_stream(s) and cfg.subset is None:
+            data[split] = (s.to(ctx.device), None)
+            continue
+        taken = s if cfg.subset is None else s.take(fixed_subset(len(s), cfg.subset, cfg.seed))
+        data[split] = (taken.x.to(ctx.device), taken.y.to(ctx.device))
+    ctx.cache[key] = data
+    return data
 
 
-def _init_worker(payload: dict[str, Any]) -> None:
-    torch.set_num_threads(1)
-    _WORKER.update(payload)
-
-
-def _worker_chunk(points: np.ndarray, coefficients: np.ndarray) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    w = _WORKER
-    out = {}
-    evaluate = _evaluator(w["cfg"], w["device"], w.get("output_fn"), w.get("task", "classification"))
-    for split, (x, y) in w["data"].items():
-        out[split] = evaluate(w["model"], w["base"], w["directions"], coefficients, x, y, w["loss"])
-    return points, out
+def evaluate_chunk(ctx: ProbeContext, shared: dict[str, Any],
+                   item: tuple[SurfaceConfig, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """One chunk of the grid (:meth:`ProbeContext.map_chunks`): ``item = (cfg, coefficients)``,
+    ``shared = {"base": θ's tensors, "directions": [d₀, (d₁)]}`` → ``{split: (losses, accuracies)}``."""
+    cfg, coefficients = item
+    task = getattr(ctx.data.train, "task", "classification")
+    evaluate = _evaluator(cfg, ctx.device, ctx.output_fn, task)
+    return {split: evaluate(ctx.model, shared["base"], shared["directions"], coefficients, x, y, ctx.loss)
+            for split, (x, y) in _split_data(ctx, cfg).items()}
 
 
 # ---- the probe ---------------------------------------------------------------------------------
 
 
 def _directions(ctx: ProbeContext, cfg: SurfaceConfig) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
-    from landscape import directions as D
-
     extra: dict[str, Any] = {}
     model = ctx.model
     if cfg.direction == "random":
@@ -316,36 +338,21 @@ def _directions(ctx: ProbeContext, cfg: SurfaceConfig) -> tuple[list[dict[str, t
 
 @register_probe(
     "surface", SurfaceConfig, summary=("origin_loss",), figure="surface", unit="grid points",
-    work=lambda cfg: math.prod(cfg.shape), cli_names={"splits": ("--split",)},
+    work=lambda cfg: math.prod(cfg.shape), cli_names={"splits": ("--split",)}, chunked=True,
     cli_help="Loss and accuracy on a 1D line or 2D plane through the weights (Li et al. 2018); resumes by itself.")
 def run_surface(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, Any]:
     """Loss/accuracy over the grid; resumes from ``ctx.partial`` and reports chunks through ``ctx.save_partial``."""
-    from landscape.directions import flatten, target_tensors, unflatten
-
     xs = parse_grid(cfg.x)
     ys = parse_grid(cfg.y) if cfg.dim == 2 else None
     shape = cfg.shape
     grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2) if ys is not None else xs[:, None]
     splits = parse_splits(cfg.splits)
-    task = getattr(ctx.data.train, "task", "classification")
-    data = {}
-    for split in splits:
-        s = ctx.split(split)
-        if cfg.subset is not None and cfg.subset > len(s):
-            raise ConfigError(f"subset of {cfg.subset} samples asked for, but the {split} split has {len(s)}")
-        if is_stream(s) and cfg.subset is None:
-            if cfg.workers > 1:
-                raise ConfigError("surface workers > 1 send the data to each worker process; with streamed data "
-                                  "(a DataLoader) use workers=1, or a subset")
-            data[split] = (s.to(ctx.device), None)  # read batch by batch at every grid point
-            continue
-        taken = s if cfg.subset is None else s.take(fixed_subset(len(s), cfg.subset, cfg.seed))
-        data[split] = (taken.x.to(ctx.device), taken.y.to(ctx.device))
+    _split_data(ctx, cfg)  # checked (and made) before any work
 
     partial = ctx.partial or {}
     if "directions" in partial:  # resume with exactly the stored directions
-        like = target_tensors(ctx.model, cfg.kind)
-        dirs = [unflatten(torch.as_tensor(partial["directions"][f"d{i}"]).to(ctx.device), like) for i in range(cfg.dim)]
+        like = D.target_tensors(ctx.model, cfg.kind)
+        dirs = [D.unflatten(torch.as_tensor(partial["directions"][f"d{i}"]).to(ctx.device), like) for i in range(cfg.dim)]
         extra = {k: partial[k] for k in ("trajectory", "explained_variance_ratio", "trajectory_steps") if k in partial}
     else:
         dirs, extra = _directions(ctx, cfg)
@@ -356,7 +363,7 @@ def run_surface(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, Any]:
     done = np.asarray(partial.get("done", np.zeros(shape, dtype=np.uint8))).reshape(-1).astype(bool)
     values = {f"{s}_{m}": np.asarray(partial.get(f"{s}_{m}", np.full(shape, np.nan))).reshape(-1).copy()
               for s in splits for m in ("loss", "acc")}
-    result_dirs = {f"d{i}": flatten(d).cpu().numpy() for i, d in enumerate(dirs)}
+    result_dirs = {f"d{i}": D.flatten(d).cpu().numpy() for i, d in enumerate(dirs)}
 
     def snapshot() -> dict[str, Any]:
         out: dict[str, Any] = {"xcoords": xs, **({"ycoords": ys} if ys is not None else {})}
@@ -377,19 +384,11 @@ def run_surface(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, Any]:
         ctx.advance(int(done.sum()))
         ctx.save_partial(snapshot())
 
-    if cfg.workers > 1 and len(todo) > 1:
-        payload = {"model": ctx.model, "base": base, "directions": dirs, "data": data, "loss": ctx.loss,
-                   "cfg": cfg, "device": ctx.device, "output_fn": ctx.output_fn, "task": task}
-        mp = torch.multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(cfg.workers, mp_context=mp, initializer=_init_worker, initargs=(payload,)) as pool:
-            futures = [pool.submit(_worker_chunk, c, grid[c]) for c in todo]
-            for fut in futures:  # in order: the same sequence of partial saves as a serial run
-                record(*fut.result())
-    else:
-        evaluate = _evaluator(cfg, ctx.device, ctx.output_fn, task)
-        for c in todo:
-            by_split = {split: evaluate(ctx.model, base, dirs, grid[c], x, y, ctx.loss) for split, (x, y) in data.items()}
-            record(c, by_split)
+    shared = {"base": base, "directions": dirs}
+    chunks = ctx.map_chunks(evaluate_chunk, shared, [(cfg, grid[c]) for c in todo], workers=cfg.workers)
+    with closing(chunks):  # left early (an interrupt): the chunks still out are cancelled now
+        for index, by_split in chunks:
+            record(todo[index], by_split)  # as each comes back: saved, the unit of resume
 
     out = snapshot()
     origin = np.argmin(np.abs(grid).sum(1))

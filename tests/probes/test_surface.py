@@ -160,6 +160,46 @@ def test_resume_after_kill(tiny_run, tmp_path):
     np.testing.assert_array_equal(ra["train_loss"], rb["train_loss"])
 
 
+@pytest.mark.parametrize("executor,workers,surface_workers", [
+    ("process", 2, 1),  # the surface runs here, its chunks on the executor's workers
+    ("local", None, 2),  # its own workers: chunks on the warm process pool
+    ("local", None, 1),  # all here
+])
+def test_a_surface_interrupted_under_any_executor_resumes_from_its_stored_chunks(tiny_run, tmp_path, executor,
+                                                                                 workers, surface_workers):
+    """Ctrl-C in the storing process after two chunks came back: those two are stored, the chunks
+    still out are cancelled, and the rerun computes only the rest, to the uninterrupted values."""
+    cfg = make_config("surface", x="-1:1:6", y="-1:1:5", chunk=5, workers=surface_workers)
+    full = run_probe(tiny_run, "surface", make_config("surface", x="-1:1:6", y="-1:1:5", chunk=5),
+                     out=tmp_path / "full.h5", device="cpu")[0].result
+    calls = {"n": 0}
+
+    def interrupt_at_the_third_chunk(target, n):
+        calls["n"] += 1  # the first call tells the points already done (0)
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "cut" / "s.h5"
+    out.parent.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        run_probe(tiny_run, "surface", cfg, out=out, device="cpu", executor=executor, workers=workers,
+                  on_progress=interrupt_at_the_third_chunk)
+    store = Store(out)
+    (group,) = store.groups()
+    partial, attrs = store.read(group)
+    assert attrs["complete"] is False and partial["done"].sum() == 10  # two chunks of five points
+    done = partial["done"].astype(bool)
+    np.testing.assert_array_equal(partial["train_loss"][done], full["train_loss"][done])
+    seen: list[int] = []
+    resumed = run_probe(tiny_run, "surface", cfg, out=out, device="cpu", executor=executor, workers=workers,
+                        on_progress=lambda t, n: seen.append(n))[0]
+    assert not resumed.skipped and seen[0] == 10 and seen[-1] == 30  # resumed from the stored chunks
+    for key in ("train_loss", "train_acc", "done"):
+        np.testing.assert_array_equal(resumed.result[key], full[key])
+    np.testing.assert_array_equal(resumed.result["directions"]["d0"], full["directions"]["d0"])
+    assert not [p.name for p in out.parent.iterdir() if "chunks" in p.name]  # no shared-tensor file left
+
+
 def test_worker_processes_give_the_same_values(tiny_run, tmp_path):
     cfg = make_config("surface", x="-1:1:4", y="-1:1:4", chunk=4)
     one = run_probe(tiny_run, "surface", cfg, out=tmp_path / "a.h5", device="cpu")[0].result
