@@ -10,8 +10,9 @@ Trains one small run (8 checkpoints), then times ``landscape.analyze.analyze`` o
   each worker has), then each executor at 1 and at 2 workers, each twice: *cold* (a fresh pool,
   whose start-up — spawning workers that import torch and warm up — is part of the timing, as it
   is for a user's first call) and *warm* (the same pool again, as for a later call in the same
-  process). Prints the speed-up of 2 workers over 1, cold and warm (target ≥ 1.8×; the ideal is
-  n / ⌈n / 2⌉ for n equal tasks), and the executor's overhead per task: (time with 1 warm
+  process; the pool of 2 serves the 1-worker rounds too, with one task in flight, alternated
+  ``--heavy-repeats`` times). Prints the speed-up of 2 workers over 1, cold and warm (medians;
+  target ≥ 1.8×; the ideal is n / ⌈n / 2⌉ for n equal tasks), and the executor's overhead per task: (time with 1 warm
   worker − in-process time) / tasks, relative to the in-process time per task. Ray's local
   cluster is started outside its timings.
 * light (top-5, 20 trace samples): in-process (default threads, as a user runs it) against
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--executors", default="process,ray")
     parser.add_argument("--epochs", type=int, default=7, help="checkpoints = epochs + 1")
     parser.add_argument("--light-repeats", type=int, default=3)
+    parser.add_argument("--heavy-repeats", type=int, default=3, help="warm rounds, 1 and 2 workers alternated")
     parser.add_argument("--skip-heavy", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,30 +77,44 @@ def heavy(timed, n: int, args) -> None:
           f"({local / n:.3f} s per task)")
     ideal = n / math.ceil(n / 2)
     for executor in args.executors.split(","):
-        times: dict[tuple[int, str], float] = {}
+        cold: dict[int, float] = {}
+        warm: dict[int, list[float]] = {1: [], 2: []}
         try:
-            for workers in (1, 2):
-                if executor == "ray":  # a local cluster of that many CPUs, started outside the timing
-                    import ray
-
-                    ray.shutdown()
-                    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-                else:
-                    executors.shutdown_pool()  # cold: this call starts the pool
-                for state in ("cold", "warm"):
-                    times[workers, state] = timed(HEAVY, executor=executor, workers=workers)[0]
+            for workers in (1, 2):  # cold: this call starts the pool (or Ray's local cluster)
+                _fresh(executor, workers)
+                cold[workers] = timed(HEAVY, executor=executor, workers=workers)[0]
+            # warm: the 2-worker pool started above serves both, alternated, so that a change in
+            # the machine's load hits both (1 worker: at most one task in flight on it)
+            for _ in range(args.heavy_repeats):
+                for workers in (1, 2):
+                    if executor == "ray":  # Ray runs what it has CPUs for: a cluster of that many
+                        _fresh(executor, workers)
+                    warm[workers].append(timed(HEAVY, executor=executor, workers=workers)[0])
         except Exception as exc:  # e.g. Ray not installed
             print(f"{executor}: skipped ({type(exc).__name__}: {exc})")
             continue
-        for state in ("cold", "warm"):
-            one, two = times[1, state], times[2, state]
-            print(f"{executor:8s} {state}: 1 worker {one:6.2f} s   2 workers {two:6.2f} s   "
-                  f"speed-up ×{one / two:.2f} (target ≥ 1.8, ideal ×{ideal:.2f})")
-        overhead = (times[1, "warm"] - local) / n
+        print(f"{executor:8s} cold: 1 worker {cold[1]:6.2f} s   2 workers {cold[2]:6.2f} s   "
+              f"speed-up ×{cold[1] / cold[2]:.2f} (start-up included; ideal ×{ideal:.2f} without it)")
+        one, two = statistics.median(warm[1]), statistics.median(warm[2])
+        pairs = ", ".join(f"×{a / b:.2f}" for a, b in zip(warm[1], warm[2], strict=True))
+        print(f"{executor:8s} warm: 1 worker {one:6.2f} s   2 workers {two:6.2f} s   speed-up ×{one / two:.2f} "
+              f"(medians of {args.heavy_repeats}, alternated; per round {pairs}; target ≥ 1.8, ideal ×{ideal:.2f})")
+        overhead = (one - local) / n
         print(f"{executor:8s} overhead with a warm worker {overhead:+.3f} s/task = {overhead / (local / n):+.0%} "
-              f"of a task; start-up of a cold pool ≈ {times[1, 'cold'] - times[1, 'warm']:+.2f} s (1 worker), "
-              f"{times[2, 'cold'] - times[2, 'warm']:+.2f} s (2 workers)")
+              f"of a task; start-up of a cold pool ≈ {cold[1] - one:+.2f} s (1 worker), "
+              f"{cold[2] - two:+.2f} s (2 workers)")
     executors.shutdown_pool()
+
+
+def _fresh(executor: str, workers: int) -> None:
+    """No pool (or a Ray cluster of ``workers`` CPUs, started outside the timing)."""
+    if executor == "ray":
+        import ray
+
+        ray.shutdown()
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    else:
+        executors.shutdown_pool()
 
 
 def light(timed, n: int, repeats: int) -> None:

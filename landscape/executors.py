@@ -70,11 +70,12 @@ _POOL: dict[str, Any] = {"pool": None, "workers": 0, "served": 0}
 
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
-    """The pool of ``workers`` warm spawned workers: this process's pool when it has that size,
-    else a new one (the old one is shut down)."""
+    """A pool of at least ``workers`` warm spawned workers: this process's pool when it has that
+    many or more (a call asking fewer keeps at most ``workers`` tasks in flight on it, so that a
+    pool once started stays warm), else a new one of ``workers`` (the old one is shut down)."""
     import multiprocessing
 
-    if _POOL["pool"] is not None and _POOL["workers"] != workers:
+    if _POOL["pool"] is not None and _POOL["workers"] < workers:
         shutdown_pool()
     if _POOL["pool"] is None:
         _POOL["pool"] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
@@ -84,8 +85,8 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def pool_is_warm(workers: int) -> bool:
-    """Whether this process holds a pool of ``workers`` whose every worker has started."""
-    return _POOL["pool"] is not None and _POOL["workers"] == workers and _POOL["served"] >= workers
+    """Whether this process holds a pool of at least ``workers`` whose every worker has started."""
+    return _POOL["pool"] is not None and _POOL["workers"] >= workers and _POOL["served"] >= _POOL["workers"]
 
 
 def shutdown_pool(*, kill: bool = False) -> None:
@@ -158,12 +159,27 @@ def map_unordered(
 
 
 def _pool_map(fn: Callable[[T], R], tasks: Sequence[T], workers: int) -> Iterator[tuple[int, R]]:
+    """The tasks on the pool, at most ``workers`` in flight where the pool has more workers (else
+    all are queued at once, so that a worker never waits for this process to hand it the next)."""
     pool = process_pool(workers)
-    futures: dict[Future, int] = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
-    pending = set(futures)
+    limit = workers if _POOL["workers"] > workers else len(tasks)
+    futures: dict[Future, int] = {}
+    queued = iter(enumerate(tasks))
+    pending: set[Future] = set()
+
+    def submit() -> None:
+        for i, task in queued:
+            future = pool.submit(fn, task)
+            futures[future] = i
+            pending.add(future)
+            if len(pending) >= limit:
+                return
+
+    submit()
     try:
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            submit()
             for future in sorted(finished, key=futures.__getitem__):
                 try:
                     result = future.result()

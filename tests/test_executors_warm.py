@@ -236,3 +236,24 @@ def test_cli_analyze_says_what_auto_chose_and_rejects_an_unknown_executor(tiny_r
     err = capsys.readouterr().err
     assert "unknown executor 'threads'; valid: local, auto, process, ray" in err and "Traceback" not in err
     assert not (tmp_path / "b.h5").exists()
+
+
+def test_a_warm_pool_serves_a_call_asking_fewer_workers_with_no_more_in_flight():
+    executors.shutdown_pool()
+    list(executors.map_tasks(_worker_state, range(4), executor="process", workers=2))
+    pool = executors._POOL["pool"]
+    spans = list(executors.map_tasks(_busy_span, range(4), executor="process", workers=1))
+    assert executors._POOL["pool"] is pool and executors.pool_is_warm(1)  # not restarted for fewer workers
+    ordered = sorted(spans)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(ordered, ordered[1:], strict=False))  # one at a time
+    list(executors.map_tasks(abs, [1, 2, 3], executor="process", workers=3))
+    assert executors._POOL["pool"] is not pool and executors._POOL["workers"] == 3  # more workers: a new pool
+    executors.shutdown_pool()
+
+
+def _busy_span(_: int) -> tuple[float, float]:
+    import time
+
+    start = time.time()
+    time.sleep(0.05)
+    return start, time.time()
