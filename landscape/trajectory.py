@@ -1,6 +1,6 @@
 """A run's training trajectory: its checkpoints as the tensors a direction perturbs.
 
-The reader of RUN_DIRs for :func:`landscape.directions.pca_directions` (which stays pure math):
+The reader of RUN_DIRs for :func:`landscape.trajectory_pca.pca_directions` (which stays pure math):
 ``analyze`` hands it to a probe as :attr:`~landscape.probes.base.ProbeContext.load_trajectory`.
 """
 

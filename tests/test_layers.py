@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("landscape._version", "landscape.errors", "landscape.registry", "landscape.tasks",
               "landscape.arrays", "landscape.utils", "landscape.models", "landscape.data", "landscape.datasets")),
     ("core", ("landscape.core", "landscape.batch", "landscape.outputs", "landscape.params")),
-    ("math", ("landscape.linalg", "landscape.directions", "landscape.features", "landscape.evaluate",
+    ("math", ("landscape.linalg", "landscape.directions", "landscape.trajectory_pca", "landscape.features", "landscape.evaluate",
               "landscape.user_data")),
     ("probes", ("landscape.probes",)),
     ("io", ("landscape.checkpoints", "landscape.model_spec", "landscape.weights", "landscape.checkpoint_files",

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from landscape.checkpoints import ModelSpec, checkpoint_name, save_weights
-from landscape.directions import KINDS, pca_directions, target_tensors
+from landscape.directions import KINDS, target_tensors
 from landscape.errors import CheckpointError, ConfigError
 from landscape.trajectory import run_trajectory
+from landscape.trajectory_pca import pca_directions
 
 CNN_SPEC = ModelSpec(name="cnn", input_shape=(1, 8, 8), num_classes=4, params={"channels": 3, "width": 10, "batchnorm": True})
 

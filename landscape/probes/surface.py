@@ -45,6 +45,7 @@ from landscape.probes.base import (
     subset_setting,
 )
 from landscape.tasks import Task, correct_count
+from landscape.trajectory_pca import pca_directions
 from landscape.utils import check_allocation
 
 DIRECTIONS = ("random", "pca", "interpolate:<checkpoint>")
@@ -328,7 +329,7 @@ def _directions(ctx: ProbeContext, cfg: SurfaceConfig) -> tuple[list[dict[str, t
             raise ConfigError("direction 'pca' needs a RUN_DIR (it uses the run's checkpoint trajectory)")
         trajectory, steps = ctx.load_trajectory(cfg.kind)
         final = D.target_tensors(model, cfg.kind)
-        pca = D.pca_directions([{k: v.to(ctx.device) for k, v in t.items()} for t in trajectory], final,
+        pca = pca_directions([{k: v.to(ctx.device) for k, v in t.items()} for t in trajectory], final,
                                ignore=cfg.ignore, steps=steps)
         dirs = [pca.d0, pca.d1][: cfg.dim]
         extra = {"trajectory": np.asarray(pca.coords), "explained_variance_ratio": np.asarray(pca.explained_variance_ratio),
