@@ -185,9 +185,10 @@ def _pool_map(fn: Callable[[T], R], tasks: Sequence[T], workers: int) -> Iterato
                     result = future.result()
                 except BrokenProcessPool:
                     shutdown_pool(kill=True)
-                    raise LandscapeError(f"a worker process ended abruptly (out of memory?); the results "
-                                         f"finished so far are kept: rerun with fewer --workers than "
-                                         f"{workers} or --executor local") from None
+                    raise LandscapeError(f"a worker process ended abruptly (out of memory, or a script "
+                                         f"that starts workers without an `if __name__ == \"__main__\":` "
+                                         f"guard?); the results finished so far are kept: rerun with fewer "
+                                         f"--workers than {workers} or --executor local") from None
                 _POOL["served"] += 1
                 yield futures[future], result
     finally:

@@ -64,6 +64,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape.analyze.chunks import context_runner
 from landscape.batch import InputBatch, forward
 from landscape.core.loss import per_sample_loss, regression_loss, task_loss  # noqa: F401 (re-exported)
 from landscape.errors import ConfigError
@@ -179,12 +180,10 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
     was_training = model.training
     work.eval()
     try:
-        with torch.no_grad():
-            first = dataset.train.take(torch.arange(min(2, len(dataset.train)))).to(dev)
-            logits = logits_of(_first_call(work, first.x), output_fn)
-        per_sample = task_loss(loss, logits, first.y, t, dataset)
-        ctx = ProbeContext(model=work, loss=per_sample, data=dataset, device=dev, output_fn=output_fn,
-                           features_fn=features_fn)
+        parts = (work, loss, dataset, t, dev, output_fn, features_fn)
+        ctx = _context(*parts)
+        per_sample = ctx.loss
+        ctx.chunk_runner = context_runner(_context, parts, what=spec.name)  # workers rebuild it alike
         torch.manual_seed(getattr(cfg, "seed", 0))
         start = time.perf_counter()
         arrays = spec.run(ctx, cfg)
@@ -204,6 +203,20 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
              "loss": _describe_loss(loss), "seconds": seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "complete": True, "model_sha256": model_sha256(model)}
     return Result(spec.name, arrays, attrs)
+
+
+def _context(work: nn.Module, loss: Callable, dataset: Any, t: Any, dev: torch.device,
+             output_fn: Callable[[Any], torch.Tensor] | None,
+             features_fn: Callable[[nn.Module, Any], torch.Tensor] | None) -> ProbeContext:
+    """The probe context of the model ``work`` (on ``dev``, in eval mode) and the user's ``loss``
+    and ``dataset``: the per-sample loss read from the model's output on two samples. Module-level,
+    so that a chunk worker builds the same context from a pickled copy of these parts."""
+    with torch.no_grad():
+        first = dataset.train.take(torch.arange(min(2, len(dataset.train)))).to(dev)
+        logits = logits_of(_first_call(work, first.x), output_fn)
+    per_sample = task_loss(loss, logits, first.y, t, dataset)
+    return ProbeContext(model=work, loss=per_sample, data=dataset, device=dev, output_fn=output_fn,
+                        features_fn=features_fn)
 
 
 def _first_call(model: nn.Module, sample: Any) -> Any:
