@@ -73,7 +73,8 @@ from landscape.probes import PROBES, ProbeContext, make_config
 from landscape.store import Store, group_name, settings_hash
 from landscape.tasks import get_task
 from landscape.user_data import as_dataset
-from landscape.utils import resolve_device, versions
+from landscape.utils import keep_global_rng, resolve_device, seed_global_rng, versions
+from landscape.weights import check_finite_weights
 
 PROBE_NAMES = ("hessian", "surface", "sharpness", "coherence", "collapse", "rankme", "dse", "measures")
 
@@ -175,6 +176,7 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
     dataset = as_dataset(data, test, target_key=target_key, task=t)
     if "test" in str(getattr(cfg, "splits", getattr(cfg, "split", ""))).replace("both", "test") and not len(dataset.test):
         raise ConfigError(f"{probe} is set to use the test split; pass test=(x, y) or choose splits='train'")
+    check_finite_weights(model, "the model")
     on_device = next((p.device for p in model.parameters()), dev) == dev
     work = model if on_device else copy.deepcopy(model).to(dev)
     was_training = model.training
@@ -184,9 +186,10 @@ def run(probe: str, model: nn.Module, loss: Callable, data: Any, *, test: Any = 
         ctx = _context(*parts)
         per_sample = ctx.loss
         ctx.chunk_runner = context_runner(_context, parts, what=spec.name)  # workers rebuild it alike
-        torch.manual_seed(getattr(cfg, "seed", 0))
         start = time.perf_counter()
-        arrays = spec.run(ctx, cfg)
+        with keep_global_rng(dev):  # the probe's draws are seeded; the caller's RNG is left as it was
+            seed_global_rng(getattr(cfg, "seed", 0), dev)
+            arrays = spec.run(ctx, cfg)
         seconds = time.perf_counter() - start
     finally:
         model.train(was_training)
@@ -231,11 +234,17 @@ def _first_call(model: nn.Module, sample: Any) -> Any:
                           "(x, y) tensors") from None
 
 
+_MISSING = object()  # no data given: ls.hessian(model, loader) left the loss out
+
+
 def _facade(probe: str) -> Callable[..., Result]:
-    def call(model: nn.Module, loss: Callable, data: Any, *, test: Any = None, config: Any = None,
+    def call(model: nn.Module, loss: Callable, data: Any = _MISSING, *, test: Any = None, config: Any = None,
              device: str | torch.device = "auto", output_fn: Callable[[Any], torch.Tensor] | None = None,
              target_key: str = "labels", task: str = "classification",
         features_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None, **settings: Any) -> Result:
+        if data is _MISSING:
+            raise ConfigError(f"ls.{probe}(model, loss, data): pass the loss before the data, e.g. "
+                              f"ls.{probe}(model, torch.nn.CrossEntropyLoss(), loader)")
         return run(probe, model, loss, data, test=test, config=config, device=device, output_fn=output_fn,
                    target_key=target_key, task=task, features_fn=features_fn, **settings)
 

@@ -7,7 +7,8 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -184,3 +185,21 @@ def check_allocation(what: str, nbytes: float, hint: str, device: str | torch.de
             f"{what} needs ~{format_bytes(nbytes)}, more than the {format_bytes(limit)} of "
             f"{torch.device(device).type} memory; {hint}"
         )
+
+
+@contextmanager
+def keep_global_rng(device: torch.device) -> Iterator[None]:
+    """Whatever runs inside may seed and draw from torch's global RNG; the caller's state (the CPU's,
+    and every CUDA device's when ``device`` is one) is restored afterwards, however it ends."""
+    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        yield
+
+
+def seed_global_rng(seed: int, device: torch.device) -> None:
+    """Seed the global RNG a probe draws from: every device's on CUDA (as ``torch.manual_seed``),
+    the CPU's alone otherwise (no lazily queued CUDA seed is left for the caller)."""
+    if device.type == "cuda":
+        torch.manual_seed(seed)
+    else:
+        torch.random.default_generator.manual_seed(seed)

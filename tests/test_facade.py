@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import landscape as ls
-from landscape.errors import LandscapeError
+from landscape.errors import ConfigError, LandscapeError
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +147,28 @@ def test_a_model_returning_an_output_object_gives_the_same_numbers(problem):
     picked = ls.hessian(Wrapped(model), nn.CrossEntropyLoss(), (x, y), top_k=2, trace_samples=5, device="cpu",
                         output_fn=lambda out: out.logits)
     np.testing.assert_allclose(picked["eigenvalues"], plain["eigenvalues"], rtol=1e-12)
+
+
+def test_a_model_with_nan_weights_is_refused_in_one_line_and_the_callers_rng_is_untouched():
+    import landscape as ls
+    from landscape.errors import CheckpointError
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    state = torch.random.get_rng_state()
+    ls.surface(model, torch.nn.CrossEntropyLoss(), (x, y), dim=1, x="-1:1:5")  # seeds its directions
+    assert torch.equal(torch.random.get_rng_state(), state)
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"^the model has 1 non-finite weight \(first: 0.weight\)"):
+        ls.surface(model, torch.nn.CrossEntropyLoss(), (x, y), dim=1, x="-1:1:5")
+
+
+def test_leaving_the_loss_out_names_what_is_missing():
+    import landscape as ls
+
+    model = torch.nn.Linear(4, 3)
+    loader = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    with pytest.raises(ConfigError, match=r"^ls.hessian\(model, loss, data\): pass the loss before the data"):
+        ls.hessian(model, loader)

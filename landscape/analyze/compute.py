@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from landscape.targets import (
     trajectory_loader,
 )
 from landscape.tasks import check_shapes
+from landscape.utils import keep_global_rng, seed_global_rng
 
 _WORKER_CACHES: dict[str, Any] = {}
 
@@ -162,7 +162,7 @@ def compute_probe(
         ctx = probe_context(task, dev, caches, loaded, partial=partial, advance=advance,
                             save_partial=save_partial, chunk_runner=chunk_runner)
         start = time.perf_counter()
-        _seed(getattr(task.cfg, "seed", 0), dev)
+        seed_global_rng(getattr(task.cfg, "seed", 0), dev)
         result = PROBES[task.probe].run(ctx, task.cfg)
     info = {**caches["info"], "seconds": time.perf_counter() - start,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -227,22 +227,3 @@ def _checkpoint_tensors(target: Target, which: str, info: dict[str, Any]) -> dic
     info.setdefault("other_checkpoints", {})[which] = {"checkpoint": str(path), "checkpoint_sha256": file_sha256(path),
                                                        **file_fingerprint(path)}
     return load_state_dict(path)
-
-
-
-@contextmanager
-def keep_global_rng(device: torch.device) -> Iterator[None]:
-    """Whatever runs inside may seed and draw from torch's global RNG; the caller's state (the CPU's,
-    and every CUDA device's when ``device`` is one) is restored afterwards, however it ends."""
-    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-        yield
-
-
-def _seed(seed: int, device: torch.device) -> None:
-    """Seed the global RNG a probe draws from: every device's on CUDA (as ``torch.manual_seed``),
-    the CPU's alone otherwise (no lazily queued CUDA seed is left for the caller)."""
-    if device.type == "cuda":
-        torch.manual_seed(seed)
-    else:
-        torch.random.default_generator.manual_seed(seed)

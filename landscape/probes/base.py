@@ -23,7 +23,7 @@ from landscape.errors import ConfigError
 from landscape.registry import Registry
 from landscape.utils import DTYPES
 
-__all__ = ["PROBES", "SPLITS", "Probe", "ProbeContext", "batch_size_setting", "bn_mode_setting", "check_settings",
+__all__ = ["PROBES", "SPLITS", "Probe", "ProbeContext", "batch_size_setting", "bn_mode_setting", "check_settings", "check_subset",
            "default_probes", "dtype_setting", "fixed_subset", "make_config", "measure_families", "measure_table",
            "parse_splits", "probe_order", "register_probe", "seed_setting", "setting", "setting_help",
            "split_setting", "subset_setting"]
@@ -120,6 +120,17 @@ def dtype_setting() -> Any:
 def bn_mode_setting() -> Any:
     """``bn_mode``: BatchNorm with its running statistics (eval) or each batch's (train)."""
     return setting("eval", "BatchNorm in eval (running stats) or train (batch stats) mode.")
+
+
+def check_subset(cfg: Any, n: int, held: str | None = None) -> None:
+    """A ``subset`` larger than the ``n`` samples there are is refused in one line, unless it is the
+    probe's default, which means *at most* that many (the samples used are recorded with the
+    results): a probe's defaults work on data of any size. ``held``: what has the ``n`` samples."""
+    subset = getattr(cfg, "subset", None)
+    default = next(f.default for f in dataclasses.fields(cfg) if f.name == "subset")
+    if subset is not None and subset > n and subset != default:
+        raise ConfigError(f"subset of {subset} samples asked for, but {held or f'the data hold {n}'}; "
+                          f"use a subset ≤ {n} or none")
 
 
 def _is_int(value: Any) -> bool:

@@ -37,6 +37,7 @@ from landscape.probes.base import (
     batch_size_setting,
     bn_mode_setting,
     check_settings,
+    check_subset,
     dtype_setting,
     fixed_subset,
     register_probe,
@@ -134,10 +135,7 @@ def hessian(
     ``esd_nodes``/``esd_weights``/``density_grid``/``density``, ``layers`` (per-layer
     ``top_eigenvalue``, ``trace``, ``trace_se``, ``num_params``), and counts (``num_hvps``, ``num_params``).
     """
-    if cfg.subset is not None and cfg.subset > len(x):
-        raise ConfigError(
-            f"subset of {cfg.subset} samples asked for, but the data hold {len(x)}; use a subset ≤ {len(x)} or none"
-        )
+    check_subset(cfg, len(x))
     if cfg.engine == "pyhessian":
         if y is None:  # PyHessian takes one in-memory batch
             x, y = select(x, y, torch.arange(len(x)))

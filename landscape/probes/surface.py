@@ -37,6 +37,7 @@ from landscape.probes.base import (
     batch_size_setting,
     bn_mode_setting,
     check_settings,
+    check_subset,
     fixed_subset,
     parse_splits,
     register_probe,
@@ -284,8 +285,7 @@ def _split_data(ctx: ProbeContext, cfg: SurfaceConfig) -> dict[str, tuple[Any, t
     data = {}
     for split in parse_splits(cfg.splits):
         s = ctx.split(split)
-        if cfg.subset is not None and cfg.subset > len(s):
-            raise ConfigError(f"subset of {cfg.subset} samples asked for, but the {split} split has {len(s)}")
+        check_subset(cfg, len(s), f"the {split} split has {len(s)}")
         if is_stream(s) and cfg.subset is None:
             data[split] = (s.to(ctx.device), None)
             continue

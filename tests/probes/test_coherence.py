@@ -246,3 +246,21 @@ def test_bad_inputs():
         coherence(model, lambda z, t: z.sum(), x, y, CoherenceConfig(subset=None))
     with pytest.raises(ConfigError, match="method must be"):
         gradient_statistics(model, ce, x, y, method="loop")
+
+
+def test_a_default_subset_larger_than_the_data_means_all_of_it_and_an_explicit_one_is_refused():
+    """The probes' default subsets (coherence 512, sharpness 1024) are 'at most': they work on a
+    user's 40 samples and record how many were used; a subset the user asks for and the data
+    cannot give is one clear line."""
+    import landscape as ls
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 3))
+    x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
+    out = ls.coherence(model, nn.CrossEntropyLoss(), (x, y))
+    assert out["num_samples"] == 40
+    # all 40: the same numbers as asking for no subset
+    everything = ls.coherence(model, nn.CrossEntropyLoss(), (x, y), subset=None)
+    np.testing.assert_array_equal(out["alpha"], everything["alpha"])
+    with pytest.raises(ConfigError, match="^subset of 100 samples asked for, but the data hold 40; use a subset ≤ 40"):
+        ls.coherence(model, nn.CrossEntropyLoss(), (x, y), subset=100)

@@ -13,7 +13,7 @@ from landscape.core.data import samples_args, select
 from landscape.core.subsets import fixed_subset
 from landscape.errors import ConfigError, LandscapeError
 from landscape.outputs import OutputFn
-from landscape.probes.base import ProbeContext, register_probe
+from landscape.probes.base import ProbeContext, check_subset, register_probe
 from landscape.probes.coherence.config import CoherenceConfig
 from landscape.probes.coherence.per_example import Loss, gradient_statistics
 from landscape.probes.coherence.statistics import _flat, summarize
@@ -41,10 +41,7 @@ def coherence(
     """
     if len(x) < 2:
         raise ConfigError(f"coherence needs at least 2 examples, the data hold {len(x)}")
-    if cfg.subset is not None and cfg.subset > len(x):
-        raise ConfigError(
-            f"subset of {cfg.subset} samples asked for, but the data hold {len(x)}; use a subset ≤ {len(x)} or none"
-        )
+    check_subset(cfg, len(x))
     idx = fixed_subset(len(x), cfg.subset, cfg.seed)
     xs, ys = select(x, y, idx)
     stats = gradient_statistics(model, loss, xs, ys, method=cfg.method, chunk=cfg.chunk,

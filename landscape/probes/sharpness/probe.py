@@ -13,7 +13,7 @@ from torch import nn
 from landscape.core.data import samples_args, select
 from landscape.errors import ConfigError
 from landscape.outputs import OutputFn
-from landscape.probes.base import ProbeContext, fixed_subset, register_probe
+from landscape.probes.base import ProbeContext, check_subset, fixed_subset, register_probe
 from landscape.probes.sharpness.auto_pgd import _worst_case
 from landscape.probes.sharpness.average import _average_case
 from landscape.probes.sharpness.config import SharpnessConfig
@@ -70,6 +70,7 @@ def sharpness(
     ``num_params``, ``num_gradients``. ``on_step(n)`` is told the gradient evaluations so far.
     ``f_w(x)`` is :func:`landscape.outputs.logits_of` of the model's output (or ``output_fn``'s).
     """
+    check_subset(cfg, len(x))
     subset = cfg.subset if cfg.subset is not None else len(x)
     if cfg.m > min(subset, len(x)):
         raise ConfigError(f"m={cfg.m} is larger than the {min(subset, len(x))} data points available; use a smaller m")
