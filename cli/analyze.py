@@ -10,13 +10,19 @@ from typing import Any, Optional
 import typer
 
 from landscape.analyze import analyze as run_analysis
-from landscape.analyze import check_executor, check_model_specs, default_output, parse_probes
+from landscape.analyze import (
+    check_executor,
+    check_model_specs,
+    default_output,
+    parse_probes,
+    probe_configs,
+)
 from landscape.errors import ConfigError
 from landscape.figures import plots_dir_for, probe_figures
-from landscape.probes import make_config
-from landscape.probes.base import default_probes
+from landscape.probes import PROBES
+from landscape.probes.base import coerce_setting, default_probes
 from landscape.targets import resolve_targets
-from landscape_cli.app import console, lit
+from landscape_cli.app import SOME_FAILED, console, end_with_failures, lit
 from landscape_cli.options import (
     CHECKPOINTS,
     DATASET,
@@ -39,18 +45,26 @@ from landscape_cli.options import (
     TASK,
     WEIGHTS,
     foreign_specs,
-    parse_key_values,
+    parse_pairs,
 )
-from landscape_cli.printing import analysis_progress, print_data, print_failures, print_summary
+from landscape_cli.printing import (
+    analysis_progress,
+    failed_tasks,
+    print_data,
+    print_failures,
+    print_summary,
+)
 
 
 def probe_settings(items: list[str] | None) -> dict[str, dict[str, Any]]:
-    """``["hessian.top_k=10"]`` → ``{"hessian": {"top_k": 10}}``."""
+    """``["hessian.top_k=10"]`` → ``{"hessian": {"top_k": 10}}``: each text read by its field's type."""
     settings: dict[str, dict[str, Any]] = {}
-    for key, value in parse_key_values(items, "--setting").items():
+    for key, value in parse_pairs(items, "--setting").items():
         probe, dot, name = key.partition(".")
         if not dot or not name:
             raise ConfigError(f"--setting takes PROBE.KEY=VALUE, got {key!r}")
+        if probe in PROBES:  # an unknown probe or key is refused by probe_configs, in one line
+            value = coerce_setting(PROBES[probe].config, name, value, text=True)
         settings.setdefault(probe, {})[name] = value
     return settings
 
@@ -78,13 +92,13 @@ def analyze(
 ) -> None:
     """Run several probes on a run's checkpoints into one results file; a failing probe is reported and the others go on.
 
-    TARGET may also be a folder of foreign .safetensors/.pt files with --model (or --model-factory) and --dataset."""
+    TARGET may also be a folder of foreign .safetensors/.pt files with --model (or --model-factory) and --dataset.
+    Exit code 1 when some (probe × checkpoint) tasks failed (the others are stored), 2 when none could be done."""
     settings = probe_settings(setting)
     targets = resolve_targets(target, checkpoints, weights=weights, strip_prefix=strip_prefix)  # fails first
     out_path = out if out is not None else default_output(target)
     names = parse_probes(probes)
-    for name in names:  # argument mistakes fail here, before any progress output
-        make_config(name, **settings.get(name, {}))
+    probe_configs(names, settings)  # argument mistakes fail here, before any progress output
     check_executor(executor, workers)
     model_spec, data_spec = foreign_specs(model, model_param, num_classes, input_shape, model_factory,
                                           dataset, dataset_param, loss, data_factory, task, target_key)
@@ -126,5 +140,9 @@ def analyze(
         folder = plots_dir_for(out_path)
         written = [p for probe in report.results for p in probe_figures(out_path, probe, folder)]
         console.print(f"figures: [bold]{lit(folder)}[/] ({len(written)} files)")
-    if report.failures and not report.results:
-        raise typer.Exit(2)
+    if report.failures:  # after everything else is stored and printed: a script can tell
+        stored = any(report.results.values())
+        end_with_failures(f"{failed_tasks(report.failures, len(names), len(names) * len(targets))} (recorded "
+                          f"under /failures in {out_path}); "
+                          + ("the others are stored" if stored else "nothing was analyzed"),
+                          SOME_FAILED if stored else 2)

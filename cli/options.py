@@ -7,8 +7,8 @@
   (:data:`DATASET`, :data:`DATASET_PARAM`, :data:`DATA_FACTORY`, :data:`TASK`, :data:`TARGET_KEY`,
   :data:`LOSS`), turned into specs by :func:`foreign_specs`;
 - what happens around the work: :data:`FORCE`, :data:`PLOTS`, :data:`PROGRESS`;
-- text → values: :func:`parse_key_values` (``KEY=VALUE`` flags), :func:`parse_setting` (a probe
-  setting of a tuple or union type).
+- text → values: :func:`parse_key_values` (``KEY=VALUE`` flags, JSON values), :func:`parse_pairs`
+  (their text), :func:`parse_setting` (a probe setting of a tuple or union type).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import typer
 
 from landscape.checkpoints import ModelSpec
 from landscape.errors import ConfigError
+from landscape.probes.base import coerce_value
 from landscape.targets import DataSpec, infer_model_shapes
 
 TARGET = typer.Argument(..., help="RUN_DIR, one of its checkpoint files, or a foreign checkpoint file/folder.")
@@ -74,17 +75,25 @@ def probe_options(checkpoints: str) -> list[tuple[str, Any, Any]]:
     ]
 
 
-def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
-    """``["width=256", "activation=gelu"]`` → ``{"width": 256, "activation": "gelu"}`` (values parsed as JSON when they can be)."""
-    out: dict[str, Any] = {}
+def parse_pairs(items: list[str] | None, flag: str) -> dict[str, str]:
+    """``["top_k=3", "x=-1:1:5"]`` → ``{"top_k": "3", "x": "-1:1:5"}``: the text of each value."""
+    out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``["width=256", "activation=gelu"]`` → ``{"width": 256, "activation": "gelu"}`` (values parsed as JSON when they can be)."""
+    out: dict[str, Any] = {}
+    for key, value in parse_pairs(items, flag).items():
         try:
-            out[key.strip()] = json.loads(value)
+            out[key] = json.loads(value)
         except json.JSONDecodeError:
-            out[key.strip()] = value
+            out[key] = value
     return out
 
 
@@ -98,42 +107,11 @@ def scalar_type(tp: Any) -> Any:
     return None
 
 
-def describe_type(tp: Any) -> str:
-    """``tp`` in words, for an error: ``float or none``, ``comma-separated float values (e.g. 0.1,0.2)``."""
-    parts = []
-    for a in (get_args(tp) if get_origin(tp) in (Union, UnionType) else (tp,)):
-        if a is type(None):
-            parts.append("none")
-        elif get_origin(a) is tuple:
-            items = get_args(a)
-            n = "" if items[-1] is Ellipsis else f"{len(items)} "
-            parts.append(f"{n}comma-separated {items[0].__name__} values (e.g. 0.1,0.2)")
-        else:
-            parts.append(getattr(a, "__name__", str(a)))
-    return " or ".join(parts)
-
-
 def parse_setting(tp: Any, flag: str, text: str) -> Any:
     """The value of a setting of type ``tp`` (a tuple, a union such as ``float | str``) given as
-    text: ``0.1,0.2`` for a tuple, ``none`` for None, each alternative of a union tried in order."""
-    options = get_args(tp) if get_origin(tp) in (Union, UnionType) else (tp,)
-    if type(None) in options and text.strip().lower() in ("none", "null"):
-        return None
-    for a in options:
-        try:
-            if get_origin(a) is tuple:
-                items = get_args(a)
-                values = tuple(items[0](v.strip()) for v in text.split(",") if v.strip())
-                if values and (items[-1] is Ellipsis or len(values) == len(items)):
-                    return values
-            elif a is bool:
-                if text.strip().lower() in ("true", "false", "1", "0"):
-                    return text.strip().lower() in ("true", "1")
-            elif a in (int, float, str):
-                return a(text)
-        except ValueError:
-            continue
-    raise ConfigError(f"{flag} takes {describe_type(tp)}, got {text!r}")
+    text: ``0.1,0.2`` for a tuple, ``none`` for None, each alternative of a union tried in order
+    (:func:`landscape.probes.base.coerce_value`, as ``--setting KEY=VALUE`` is read)."""
+    return coerce_value(tp, flag, text, text=True)
 
 
 def foreign_specs(model, model_param, num_classes, input_shape, factory, dataset, dataset_param, loss,

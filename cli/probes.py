@@ -22,13 +22,13 @@ from landscape.analyze import check_model_specs, default_output, run_probe
 from landscape.errors import ConfigError, LandscapeError
 from landscape.figures import plots_dir_for, probe_figures
 from landscape.probes import PROBES, make_config
-from landscape.probes.base import probe_order
+from landscape.probes.base import coerce_setting, probe_order
 from landscape.targets import resolve_targets
-from landscape_cli.app import app, console, lit
+from landscape_cli.app import app, console, end_with_failures, lit
 from landscape_cli.options import (
     TARGET,
     foreign_specs,
-    parse_key_values,
+    parse_pairs,
     parse_setting,
     probe_options,
     scalar_type,
@@ -44,7 +44,8 @@ def run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | N
                   weights: str = "auto", strip_prefix: str | None = None,
                   allow_outside_links: bool = False) -> None:
     """Run a probe with a progress bar: over checkpoints, or over units of work (``work_per_target``
-    per checkpoint, e.g. grid points) with an ETA; then a summary table and the figures."""
+    per checkpoint, e.g. grid points) with an ETA; then a summary table and the figures. Checkpoints
+    that failed end it with exit code 1 (some) or 2 (all)."""
     model_spec, data_spec = foreign
     targets = resolve_targets(target, checkpoints, weights=weights, strip_prefix=strip_prefix)  # fails first
     n_targets = len(targets)
@@ -82,7 +83,8 @@ def run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | N
         if len(errors) == 1:
             raise LandscapeError(errors.pop())
         print_failures({f"{probe} {name}": error for name, error in failures.items()})
-        raise typer.Exit(2)
+        end_with_failures(f"{len(failures)} of {n_targets} checkpoints failed (each named above); nothing was analyzed",
+                          2)
     print_data(data_lines)
     print_summary(probe, records)
     print_failures({f"{probe} {name}": error for name, error in failures.items()})
@@ -92,6 +94,9 @@ def run_probe_cli(probe: str, cfg, target: Path, checkpoints: str, out: Path | N
         written = probe_figures(out_path, probe, folder)
         if written:
             console.print(f"figures: [bold]{lit(folder)}[/] ({len(written)} files)")
+    if failures:  # after everything else is stored and printed: a script can tell
+        end_with_failures(f"{len(failures)} of {n_targets} checkpoints failed (each named above); "
+                          f"the others are stored in {out_path}")
 
 
 def setting_params(probe) -> list[tuple[inspect.Parameter, Callable[[Any], Any] | None]]:
@@ -140,7 +145,8 @@ def add_probe_command(name: str) -> None:
             source = ctx.get_parameter_source(param.name)  # only what the user gave overrides the config
             if source is not None and source.name != "DEFAULT":
                 given[param.name] = parse(value) if parse is not None else value
-        extra = parse_key_values(kwargs.pop("setting"), "--setting")
+        extra = {key: coerce_setting(probe.config, key, text, text=True)  # the text, read by the field's type
+                 for key, text in parse_pairs(kwargs.pop("setting"), "--setting").items()}
         twice = sorted(set(given) & set(extra))
         if twice:
             raise ConfigError(f"{twice[0]} is given twice (--{twice[0].replace('_', '-')} and --setting "

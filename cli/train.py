@@ -16,9 +16,9 @@ from landscape.sweep import expand_grid, read_grid
 from landscape.sweep import sweep as run_sweep
 from landscape.train.config import TrainConfig
 from landscape.train.trainer import train as run_training
-from landscape_cli.app import console, err_console, lit
+from landscape_cli.app import console, end_with_failures, err_console, lit
 from landscape_cli.options import DEVICE, PROGRESS, parse_key_values
-from landscape_cli.printing import print_summary, progress_bar
+from landscape_cli.printing import failed_tasks, print_summary, progress_bar
 
 
 def build_train_config(config_file: Path | None, overrides: dict[str, Any], params: dict[str, dict[str, Any]]):
@@ -150,6 +150,10 @@ def demo(
         err_console.print(f"[bold red]{lit(probe)} failed:[/] {lit(error)}", highlight=False, soft_wrap=True)
     console.print(f"run directory: [bold]{lit(run_dir)}[/]  results: {lit(run_dir / 'analysis.h5')}  "
                   f"figures: {lit(run_dir / 'plots')} ({len(result.figures)} files)")
+    if result.failures:  # after everything else is stored and printed: a script can tell
+        n_probes = len({*result.results, *(key.partition(" ")[0] for key in result.failures)})
+        end_with_failures(f"{failed_tasks(result.failures, n_probes, None)} "
+                          f"(recorded under /failures in {run_dir / 'analysis.h5'}); the others are stored")
 
 
 def sweep(
@@ -169,7 +173,7 @@ def sweep(
         results = run_sweep(spec, out, device=device, executor=executor, workers=workers, address=address)
     table = Table(title=f"sweep {lit(grid)} → {lit(out)}")
     for c in ("run", "status", "test acc"):
-        table.add_column(c, justify="left" if c == "run" else "right")
+        table.add_column(c, justify="left" if c == "run" else "right", overflow="fold")  # names never cut
     for r in results:
         table.add_row(lit(r.name), lit(r.status), "–" if r.test_acc is None else f"{r.test_acc:.4f}")
     console.print(table)

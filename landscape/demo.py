@@ -34,6 +34,11 @@ class DemoResult:
     figures: list[Path]
 
 
+def _settings_for(probes) -> dict[str, dict]:
+    """:data:`DEMO_SETTINGS` of these probes (analyze refuses settings of a probe it does not run)."""
+    return {p: DEMO_SETTINGS[p] for p in probes if p in DEMO_SETTINGS}
+
+
 def run_demo(out: str | Path = "runs/demo", *, device: str = "auto", epochs: int = 30,
              progress: bool = True) -> DemoResult:
     """Train :data:`DEMO_CONFIG` into ``out`` (replacing an earlier demo run there), then run every
@@ -46,9 +51,9 @@ def run_demo(out: str | Path = "runs/demo", *, device: str = "auto", epochs: int
     out = Path(out)
     cfg = DEMO_CONFIG.replace(epochs=epochs)
     training = train(cfg, out, overwrite=(out / "config.json").is_file(), device=device, progress=progress)
-    last = analyze(out, list(LAST_ONLY), settings=DEMO_SETTINGS, device=device)
-    over_training = analyze(out, [p for p in PROBES.names() if p not in LAST_ONLY], settings=DEMO_SETTINGS,
-                            checkpoints="all", device=device)
+    others = [p for p in PROBES.names() if p not in LAST_ONLY]
+    last = analyze(out, list(LAST_ONLY), settings=_settings_for(LAST_ONLY), device=device)
+    over_training = analyze(out, others, settings=_settings_for(others), checkpoints="all", device=device)
     results = {**last.results, **over_training.results}
     figures = all_figures(out / "analysis.h5", out / "plots")
     return DemoResult(training, results, {**last.failures, **over_training.failures}, figures)

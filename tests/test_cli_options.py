@@ -21,9 +21,9 @@ def test_parse_setting(tp, text, value):
 
 
 @pytest.mark.parametrize("tp, text, message", [
-    (tuple[float, float], "0.5", "--x takes 2 comma-separated float values (e.g. 0.1,0.2), got '0.5'"),
-    (tuple[float, ...], "a,b", "--x takes comma-separated float values (e.g. 0.1,0.2), got 'a,b'"),
-    (int | None, "x", "--x takes int or none, got 'x'"),
+    (tuple[float, float], "0.5", "--x must be 2 comma-separated float values (e.g. 0.1,0.2), got '0.5'"),
+    (tuple[float, ...], "a,b", "--x must be comma-separated float values (e.g. 0.1,0.2), got 'a,b'"),
+    (int | None, "x", "--x must be int or none, got 'x'"),
 ])
 def test_parse_setting_mistakes(tp, text, message):
     with pytest.raises(ConfigError) as info:

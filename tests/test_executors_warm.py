@@ -17,6 +17,7 @@ from landscape.store import Store
 
 FAST = {"hessian": dict(top_k=2, bottom_k=1, trace_samples=10, subset=100, lanczos_steps=30),
         "rankme": {"samples": 100}, "collapse": {"samples": 100}}
+ONLY_HESSIAN = {"hessian": FAST["hessian"]}  # analyze refuses settings of a probe it does not run
 
 
 def _same_files(a_path, b_path) -> None:
@@ -39,7 +40,7 @@ def test_auto_stays_in_process_for_a_light_job(tiny_run, tmp_path):
     from landscape.analyze import analyze
 
     executors.shutdown_pool()  # a cold start: no pool to reuse
-    report = analyze(tiny_run, "hessian", settings=FAST, checkpoints="all", device="cpu",
+    report = analyze(tiny_run, "hessian", settings=ONLY_HESSIAN, checkpoints="all", device="cpu",
                      out=tmp_path / "auto.h5", executor="auto", workers=2)
     assert report.executor == "local" and "in-process" in report.executor_reason
     assert executors._POOL["pool"] is None  # no worker was started
@@ -120,8 +121,8 @@ def test_auto_with_workers_forced_cheap_runs_the_rest_on_the_pool(tiny_run, tmp_
     monkeypatch.setattr(executors, "WORKER_START_SECONDS", 0.0)
     monkeypatch.setattr(executors, "FIRST_CALL_SECONDS", 0.0)
     monkeypatch.setattr(executors, "AUTO_MARGIN", 1e-9)  # any estimate favours the pool
-    local = analyze(tiny_run, "hessian", settings=FAST, checkpoints="all", device="cpu", out=tmp_path / "l.h5")
-    auto = analyze(tiny_run, "hessian", settings=FAST, checkpoints="all", device="cpu", out=tmp_path / "a.h5",
+    local = analyze(tiny_run, "hessian", settings=ONLY_HESSIAN, checkpoints="all", device="cpu", out=tmp_path / "l.h5")
+    auto = analyze(tiny_run, "hessian", settings=ONLY_HESSIAN, checkpoints="all", device="cpu", out=tmp_path / "a.h5",
                    executor="auto", workers=2)
     assert auto.executor == "process" and "workers" in auto.executor_reason
     assert [r.group for r in auto.results["hessian"]] == [r.group for r in local.results["hessian"]]
@@ -204,12 +205,12 @@ def test_an_interrupted_pooled_analysis_keeps_what_was_written(run_copy):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        analyze(run_copy, "hessian", settings=FAST, checkpoints="all", device="cpu", executor="process",
+        analyze(run_copy, "hessian", settings=ONLY_HESSIAN, checkpoints="all", device="cpu", executor="process",
                 workers=2, on_target=stop_after_one)
     assert len(seen) == 1
     stored = [g for g in Store(run_copy / "analysis.h5").groups() if g.endswith("/hessian")]
     assert len(stored) == 1
-    report = analyze(run_copy, "hessian", settings=FAST, checkpoints="all", device="cpu")
+    report = analyze(run_copy, "hessian", settings=ONLY_HESSIAN, checkpoints="all", device="cpu")
     skipped = [r.target.name for r in report.results["hessian"] if r.skipped]
     assert skipped == seen and len(report.results["hessian"]) > 1
 

@@ -148,8 +148,8 @@ def test_options_build_the_config_given_options_only(built, args, expected):
 
 @pytest.mark.parametrize("args, message", [
     (["hessian", "--top-k", "3", "--setting", "top_k=4"], "top_k is given twice"),
-    (["sharpness", "--rho", "a,b"], "--rhos takes comma-separated float values"),
-    (["measures", "--ce-thresholds", "0.5"], "--ce-thresholds takes 2 comma-separated float values"),
+    (["sharpness", "--rho", "a,b"], "--rhos must be comma-separated float values"),
+    (["measures", "--ce-thresholds", "0.5"], "--ce-thresholds must be 2 comma-separated float values"),
     (["hessian", "--top-k", "0"], "top_k must be ≥ 1"),
 ])
 def test_option_mistakes_are_one_line(built, capsys, args, message):

@@ -46,7 +46,7 @@ from landscape.analyze.stored import (  # noqa: F401  (re-exported: facade.py an
 )
 from landscape.analyze.tasks import CheckpointTask, ProbeTask
 from landscape.checkpoints import ModelSpec
-from landscape.errors import LandscapeError
+from landscape.errors import ConfigError, LandscapeError
 from landscape.probes import PROBES, make_config
 from landscape.probes.base import default_probes, measure_families, measure_table
 from landscape.results import collect_series
@@ -56,7 +56,7 @@ from landscape.targets import DataSpec, Target, check_data_spec, resolve_targets
 __all__ = [
     "ANALYZE_EXECUTORS", "AnalysisReport", "CheckpointTask", "ProbeRecord", "ProbeTask", "analyze",
     "check_executor", "check_model_on_data", "check_model_specs", "collect_series", "compute_probe",
-    "default_output", "keep_global_rng", "parse_probes", "preload_data", "run_probe",
+    "default_output", "keep_global_rng", "parse_probes", "preload_data", "probe_configs", "run_probe",
 ]
 
 
@@ -160,6 +160,19 @@ def parse_probes(probes: str | list[str]) -> list[str]:
     return [PROBES.canonical(p) for p in probes]
 
 
+def probe_configs(names: list[str], settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Each probe's config: its defaults updated by ``settings[probe]`` (:func:`make_config`).
+    Settings for a probe that is not among ``names`` are refused (they would do nothing)."""
+    settings = {PROBES.canonical(p) if p in PROBES else p: given for p, given in (settings or {}).items()}
+    idle = sorted(p for p, given in settings.items() if given and p not in names)
+    if idle:
+        one = len(idle) == 1
+        raise ConfigError(f"settings given for {', '.join(idle)}, which {'is' if one else 'are'} not run "
+                          f"(the probes run: {', '.join(names)}); add {'it' if one else 'them'} to the probes "
+                          f"or drop {'its' if one else 'their'} settings")
+    return {name: make_config(name, **settings.get(name, {})) for name in names}
+
+
 def analyze(
     path: str | Path,
     probes: str | list[str] = "default",
@@ -195,7 +208,7 @@ def analyze(
     checkpoint is estimated clearly longer than starting workers. The report says what ran, and why."""
     check_executor(executor, workers)
     names = parse_probes(probes)
-    configs = {name: make_config(name, **(settings or {}).get(name, {})) for name in names}
+    configs = probe_configs(names, settings)
     store = Store(out if out is not None else default_output(path))
     targets = resolve_targets(path, checkpoints, weights=weights, strip_prefix=strip_prefix)
     check_model_specs(targets, model_spec)

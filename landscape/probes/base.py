@@ -12,21 +12,35 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from landscape.core.kernel import BN_MODES
 from landscape.core.subsets import fixed_subset, parse_splits
 from landscape.datasets import Dataset, Split
 from landscape.errors import ConfigError
+from landscape.probes.settings import (
+    SPLITS,
+    batch_size_setting,
+    bn_mode_setting,
+    check_settings,
+    check_subset,
+    coerce_setting,
+    coerce_value,
+    describe_type,
+    dtype_setting,
+    seed_setting,
+    setting,
+    setting_help,
+    split_setting,
+    subset_setting,
+)
 from landscape.registry import Registry
-from landscape.utils import DTYPES
 
-__all__ = ["PROBES", "SPLITS", "Probe", "ProbeContext", "batch_size_setting", "bn_mode_setting", "check_settings", "check_subset",
-           "default_probes", "dtype_setting", "fixed_subset", "make_config", "measure_families", "measure_table",
-           "parse_splits", "probe_order", "register_probe", "seed_setting", "setting", "setting_help",
-           "split_setting", "subset_setting"]
+__all__ = ["PROBES", "SPLITS", "Probe", "ProbeContext", "batch_size_setting", "bn_mode_setting",
+           "check_settings", "check_subset", "coerce_setting", "coerce_value", "default_probes",
+           "describe_type", "dtype_setting", "fixed_subset", "make_config", "measure_families",
+           "measure_table", "parse_splits", "probe_order", "register_probe", "seed_setting",
+           "setting", "setting_help", "split_setting", "subset_setting"]
 
 
 @dataclass
@@ -78,84 +92,6 @@ class ProbeContext:
         if name not in table:
             raise ConfigError(f"unknown split {name!r}; use train or test")
         return table[name]
-
-
-def setting(default: Any, help: str) -> Any:
-    """A config field with its default and the help text the CLI shows for ``--KEY``:
-    ``top_k: int = setting(5, "Largest eigenvalues.")``."""
-    return field(default=default, metadata={"help": help})
-
-
-# The option groups every probe shares, declared once: which data (split, subset, batch_size, seed)
-# and which numerics (dtype, bn_mode). A probe's config names the ones it has with these helpers
-# (its own default where it differs) and :func:`check_settings` validates them alike everywhere.
-SPLITS = ("train", "test")
-
-
-def split_setting(default: str = "train") -> Any:
-    """``split``: the checkpoint's data the probe reads."""
-    return setting(default, "train or test.")
-
-
-def subset_setting(default: int | None, what: str = "samples") -> Any:
-    """``subset``: a fixed, seeded subset of the split (``None``: all of it)."""
-    return setting(default, f"A fixed subset of N {what}, drawn with seed (None: the whole split).")
-
-
-def batch_size_setting(default: int | None, what: str = "Samples per forward pass") -> Any:
-    """``batch_size``: samples per pass (memory, never the result, except where said)."""
-    return setting(default, f"{what}{' (None: all in one)' if default is None else ''}.")
-
-
-def seed_setting(uses: str) -> Any:
-    """``seed``: every random draw of the probe; ``uses`` says which."""
-    return setting(0, f"Seed of {uses}.")
-
-
-def dtype_setting() -> Any:
-    """``dtype``: the precision the probe computes in (the model is cast for it)."""
-    return setting("float32", "float32 or float64.")
-
-
-def bn_mode_setting() -> Any:
-    """``bn_mode``: BatchNorm with its running statistics (eval) or each batch's (train)."""
-    return setting("eval", "BatchNorm in eval (running stats) or train (batch stats) mode.")
-
-
-def check_subset(cfg: Any, n: int, held: str | None = None) -> None:
-    """A ``subset`` larger than the ``n`` samples there are is refused in one line, unless it is the
-    probe's default, which means *at most* that many (the samples used are recorded with the
-    results): a probe's defaults work on data of any size. ``held``: what has the ``n`` samples."""
-    subset = getattr(cfg, "subset", None)
-    default = next(f.default for f in dataclasses.fields(cfg) if f.name == "subset")
-    if subset is not None and subset > n and subset != default:
-        raise ConfigError(f"subset of {subset} samples asked for, but {held or f'the data hold {n}'}; "
-                          f"use a subset ≤ {n} or none")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def check_settings(cfg: Any, checks: list[tuple[bool, str]] = ()) -> None:
-    """Raise :class:`ConfigError` with the first failed message: the shared groups' checks for the
-    fields ``cfg`` has (split, subset, batch_size, dtype, bn_mode), then the probe's own ``checks``."""
-    have = {f.name for f in dataclasses.fields(cfg)}
-    shared: list[tuple[bool, str]] = []
-    if "split" in have:
-        shared.append((cfg.split in SPLITS, f"split must be train or test, got {cfg.split!r}"))
-    for name in ("subset", "batch_size"):
-        if name in have:
-            value = getattr(cfg, name)
-            shared.append((value is None or (_is_int(value) and value >= 1),
-                           f"{name} must be a whole number ≥ 1 or None, got {value!r}"))
-    if "dtype" in have:
-        shared.append((cfg.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}"))
-    if "bn_mode" in have:
-        shared.append((cfg.bn_mode in BN_MODES, f"bn_mode must be one of {', '.join(BN_MODES)}, got {cfg.bn_mode!r}"))
-    for ok, message in [*shared, *checks]:
-        if not ok:
-            raise ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -251,16 +187,12 @@ def measure_families() -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(merged.items())
 
 
-def setting_help(config: type) -> dict[str, str]:
-    """``{field: help}`` of a config's fields (``setting(..., help)`` metadata; empty if none)."""
-    return {f.name: str(f.metadata.get("help", "")) for f in dataclasses.fields(config)}
-
-
 def make_config(probe: str, **settings: Any) -> Any:
-    """Build a probe's config from keyword settings; unknown keys fail with the valid ones."""
+    """Build a probe's config from keyword settings, each converted to its field's type
+    (:func:`coerce_setting`); unknown keys and values of the wrong type fail in one line."""
     cls = PROBES[probe].config
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(settings) - set(names))
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)} for probe {probe!r}; valid: {', '.join(names)}")
-    return cls(**settings)
+    return cls(**{key: coerce_setting(cls, key, value) for key, value in settings.items()})
