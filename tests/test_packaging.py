@@ -1,8 +1,9 @@
 """Every package of the source tree is in pyproject's explicit package list (a non-editable
 install ships only those: a package left out installs without error and fails on import)."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
